@@ -1,0 +1,131 @@
+"""The agent's configuration: every key validated, unknown keys refused, insecure values refused.
+
+Names follow the predecessor (``host``, ``port``, ``log_file``, ``log_level``, ``check_interval``,
+``metrics.enable_*``, ``security.allowed_ips``) plus the contract's TLS, rate-limit, HMAC and audit keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+DEFAULT_AUTH_LOGS = (Path("/var/log/auth.log"), Path("/var/log/secure"))
+# Ports commonly used by backdoors, IRC botnets, Metasploit defaults and cryptominer pools.
+DEFAULT_SUSPICIOUS_PORTS = (
+    1080, 1337, 2222, 3333, 4444, 4445, 5555, 6666, 6667, 6668, 6669, 7777, 8888,
+    9999, 12345, 14444, 31337, 45700, 54321,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MetricsConfig(_Section):
+    enable_temperature: bool = True
+    enable_cpu: bool = True
+    enable_memory: bool = True
+    enable_disk: bool = True
+    enable_security: bool = True
+
+
+class TLSConfig(_Section):
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None = None
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.3"
+
+
+class RateLimitConfig(_Section):
+    per_second: float = Field(default=10.0, gt=0, le=10_000)
+    burst: int = Field(default=20, ge=1, le=100_000)
+
+
+class SecurityConfig(_Section):
+    allowed_ips: tuple[str, ...] = Field(min_length=1, max_length=4096)
+    allowed_clients: tuple[str, ...] = ()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    hmac_keys: dict[str, Path] = Field(min_length=1)
+    max_clock_skew: int = Field(default=300, ge=1, le=3600)
+    auth_log_paths: tuple[Path, ...] = DEFAULT_AUTH_LOGS
+    # SSH brute force: fail2ban's defaults, maxretry 5 within findtime 10 minutes
+    ssh_max_failures: int = Field(default=5, ge=1, le=100_000)
+    ssh_find_time: int = Field(default=600, ge=10, le=86_400)
+    suspicious_ports: tuple[int, ...] = DEFAULT_SUSPICIOUS_PORTS
+    # process names allowed to listen on a socket; empty means "report no listener as unexpected"
+    expected_listeners: tuple[str, ...] = ()
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            try:
+                network = ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or CIDR") from exc
+            if network.prefixlen == 0:
+                raise ValueError(f"{value!r} allows every address; list the collectors' addresses")
+        return values
+
+    @field_validator("hmac_keys")
+    @classmethod
+    def _key_ids(cls, values: dict[str, Path]) -> dict[str, Path]:
+        import re
+
+        for key_id in values:
+            if re.match(KEY_ID_PATTERN, key_id) is None:
+                raise ValueError(f"key id {key_id!r} must match {KEY_ID_PATTERN}")
+        return values
+
+    @field_validator("suspicious_ports")
+    @classmethod
+    def _ports(cls, values: tuple[int, ...]) -> tuple[int, ...]:
+        for port in values:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is outside 1..65535")
+        return values
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(ipaddress.ip_network(value, strict=False) for value in self.allowed_ips)
+
+
+class ServerLimits(_Section):
+    """Transport limits; defaults suit a handful of collectors polling every few seconds."""
+
+    max_connections: int = Field(default=32, ge=1, le=4096)
+    handshake_timeout: float = Field(default=5.0, gt=0, le=120)
+    request_timeout: float = Field(default=10.0, gt=0, le=300)
+    idle_timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_body_bytes: int = Field(default=16_384, ge=256, le=1_048_576)
+
+
+class AgentConfig(_Section):
+    name: str = Field(pattern=AGENT_NAME_PATTERN)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    check_interval: float = Field(default=30.0, ge=1, le=3600)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_file: Path | None = None
+    metrics: MetricsConfig = MetricsConfig()
+    tls: TLSConfig
+    security: SecurityConfig
+    server: ServerLimits = ServerLimits()
+    audit_log: Path
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError("must be an IP address to listen on (e.g. 127.0.0.1 or ::)") from exc
+        return value

@@ -1,0 +1,71 @@
+"""The collector's configuration, names kept from the predecessor plus the contract's TLS/HMAC/spool keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from storage.config import StorageConfig
+
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+HOST_PATTERN = r"^[A-Za-z0-9:.\[\]-]{1,253}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AgentEntry(_Section):
+    name: str = Field(pattern=AGENT_NAME_PATTERN)
+    host: str = Field(pattern=HOST_PATTERN)
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class TLSConfig(_Section):
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class HMACConfig(_Section):
+    key_id: str = Field(pattern=AGENT_NAME_PATTERN)
+    key_file: Path
+
+
+class Thresholds(_Section):
+    cpu_usage: float = Field(default=80, ge=0, le=100)
+    # None: the agent's hardware "high" limit when it reports one, else 70 (the predecessor's default)
+    cpu_temperature: float | None = Field(default=None, ge=0, le=150)
+    system_load: float = Field(default=2.0, ge=0)
+    memory_usage: float = Field(default=85, ge=0, le=100)
+    disk_usage: float = Field(default=90, ge=0, le=100)
+    threat_level: Literal["low", "medium", "high"] = "medium"
+
+
+class CollectorConfig(_Section):
+    agents: tuple[AgentEntry, ...] = Field(min_length=1, max_length=100_000)
+    poll_interval: float = Field(default=30, ge=0.1, le=86_400)
+    timeout: float = Field(default=10, gt=0, le=300)
+    max_workers: int = Field(default=10, ge=1, le=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_file: Path | None = None
+    thresholds: Thresholds = Thresholds()
+    storage: StorageConfig = StorageConfig()
+    tls: TLSConfig
+    hmac: HMACConfig
+    spool_dir: Path
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # argv of a program that receives each alert as one JSON document on stdin; never run through a shell
+    alert_command: tuple[str, ...] | None = None
+
+    @field_validator("agents")
+    @classmethod
+    def _unique(cls, agents: tuple[AgentEntry, ...]) -> tuple[AgentEntry, ...]:
+        seen: set[str] = set()
+        for agent in agents:
+            if agent.name in seen:
+                raise ValueError(f"agent name {agent.name!r} is listed twice")
+            seen.add(agent.name)
+        return agents

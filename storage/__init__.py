@@ -1,0 +1,28 @@
+"""Storage: the sample record, alerts and agent states, and their backends behind one Protocol.
+
+Exceptions (all in :mod:`storage.errors`)::
+
+    StorageError                 root of everything this package raises
+    ├── StorageUnavailable       the backend cannot be reached now (spool and retry)
+    └── StorageConfigError       the storage configuration is unusable (fail at start-up)
+
+``storage`` imports no other package of ours.
+"""
+
+from storage.base import Batch, Store
+from storage.errors import StorageConfigError, StorageError, StorageUnavailable
+from storage.models import ALERT_COLUMNS, SAMPLE_COLUMNS, STATUS_COLUMNS, AgentStatus, Alert, Sample
+
+__all__ = [
+    "ALERT_COLUMNS",
+    "SAMPLE_COLUMNS",
+    "STATUS_COLUMNS",
+    "AgentStatus",
+    "Alert",
+    "Batch",
+    "Sample",
+    "Store",
+    "StorageConfigError",
+    "StorageError",
+    "StorageUnavailable",
+]
