@@ -1,0 +1,429 @@
+"""PKI bootstrap: a CA, agent and collector certificates, HMAC keys, a CRL and ready-to-run configs.
+
+    python pki/make_certs.py --out DIR [--agent NAME=HOST[,HOST...]]... [--collector NAME]...
+                             [--days N] [--allow CIDR]... [--port N] [--force]
+    python pki/make_certs.py --out DIR --revoke NAME
+    python pki/make_certs.py --out DIR --refresh-crl
+
+Re-running with the same ``--out`` keeps the CA and every existing key and certificate, adds what is
+new, and touches no existing file (configs only gain entries for new agents or collectors). ``--force``
+re-issues the named agents' and collectors' keys and certificates (never the CA).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: python pki/make_certs.py
+    # Python put pki/ itself first on sys.path, where our modules would shadow the standard library's.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pki import ca as ca_lib
+from pki.errors import PKIError
+from pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
+from pki.tokens import new_key_text
+
+DEFAULT_AGENT = ("localhost", ("localhost", "127.0.0.1", "::1"))
+DEFAULT_COLLECTOR = "collector"
+DEFAULT_PORT = 8000
+DEFAULT_ALLOW = ("127.0.0.1", "::1")
+
+
+class UsageError(PKIError):
+    """Bad command-line input."""
+
+
+@dataclass
+class Plan:
+    out: Path
+    agents: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    collectors: list[str] = field(default_factory=list)
+    days: int = ca_lib.LEAF_DAYS
+    allow: tuple[str, ...] = DEFAULT_ALLOW
+    port: int = DEFAULT_PORT
+    force: bool = False
+
+
+def _name(value: str, what: str) -> str:
+    if ca_lib.NAME_PATTERN.match(value) is None:
+        raise UsageError(f"{what} name {value!r} must be 1-64 of A-Z a-z 0-9 . _ - (no path separators)")
+    return value
+
+
+def parse_agent(spec: str) -> tuple[str, tuple[str, ...]]:
+    name, sep, hosts_text = spec.partition("=")
+    if not sep or not hosts_text:
+        raise UsageError(f"--agent {spec!r}: expected NAME=HOST[,HOST...]")
+    hosts = tuple(host.strip() for host in hosts_text.split(","))
+    for host in hosts:
+        try:
+            ca_lib.general_name(host)
+        except ValueError as exc:
+            raise UsageError(f"--agent {spec!r}: {exc}") from None
+    return _name(name, "agent"), hosts
+
+
+def _write_private(path: Path, data: bytes, force: bool) -> bool:
+    return write_atomic(path, data, mode=PRIVATE_MODE, overwrite=force)
+
+
+def _write_public(path: Path, data: bytes, force: bool = False) -> bool:
+    return write_atomic(path, data, mode=PUBLIC_MODE, overwrite=force)
+
+
+def _load_issued(cert_path: Path, key_path: Path) -> ca_lib.Issued:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{key_path}: not an EC private key")
+    return ca_lib.Issued(key, cert)
+
+
+def _ensure_ca(out: Path) -> ca_lib.Issued:
+    cert_path, key_path = out / "ca.crt", out / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        try:
+            return _load_issued(cert_path, key_path)
+        except (ValueError, OSError) as exc:
+            raise PKIError(f"{cert_path}: existing CA cannot be loaded: {exc}") from exc
+    if cert_path.exists() or key_path.exists():
+        raise PKIError(f"{out}: only one of ca.crt and ca.key exists; restore the other or use a new --out")
+    issued = ca_lib.create_ca()
+    _write_private(key_path, ca_lib.key_pem(issued.key), force=False)
+    _write_public(cert_path, ca_lib.cert_pem(issued.cert))
+    return issued
+
+
+def _ensure_leaf(
+    authority: ca_lib.Issued, folder: Path, name: str, role: ca_lib.Role, hosts: Sequence[str], plan: Plan
+) -> list[str]:
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    notes: list[str] = []
+    if cert_path.exists() and key_path.exists() and not plan.force:
+        if role == "server":
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                existing = {str(v) for v in san.get_values_for_type(x509.DNSName)}
+                existing |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+            except x509.ExtensionNotFound:
+                existing = set()
+            wanted = {str(ca_lib.general_name(h).value) for h in hosts}
+            if existing != wanted:
+                notes.append(f"{cert_path}: kept; its hosts differ from the ones given (use --force to re-issue)")
+        return notes
+    issued = ca_lib.issue(authority, name, role, hosts=hosts, days=plan.days)
+    _write_private(key_path, ca_lib.key_pem(issued.key), force=True)
+    _write_public(cert_path, ca_lib.cert_pem(issued.cert), force=True)
+    return notes
+
+
+def _revoked_entries(out: Path) -> list[tuple[int, dt.datetime]]:
+    path = out / "crl.pem"
+    if not path.exists():
+        return []
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    return [(entry.serial_number, entry.revocation_date_utc) for entry in crl]
+
+
+def _write_crl(out: Path, authority: ca_lib.Issued, revoked: list[tuple[int, dt.datetime]]) -> None:
+    _write_public(out / "crl.pem", ca_lib.crl_pem(ca_lib.build_crl(authority, revoked)), force=True)
+
+
+def _merge_json(path: Path, build: dict[str, Any], merge_key: str | None) -> None:
+    """Write a config if absent; if present, only add new entries under ``merge_key``."""
+    if not path.exists():
+        write_atomic(path, (json.dumps(build, indent=2) + "\n").encode(), mode=0o640)
+        return
+    if merge_key is None:
+        return
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PKIError(f"{path}: existing config is not valid JSON; fix or remove it") from exc
+    section = current
+    *parents, leaf = merge_key.split(".")
+    for part in parents:
+        section = section.setdefault(part, {})
+    existing, wanted = section.get(leaf), build
+    for part in merge_key.split("."):
+        wanted = wanted[part]
+    if isinstance(existing, list) and isinstance(wanted, list):
+
+        def identity(entry: Any) -> Any:
+            return entry.get("name") if isinstance(entry, dict) else entry
+
+        present = {identity(entry) for entry in existing}
+        added = [entry for entry in wanted if identity(entry) not in present]
+        if not added:
+            return
+        section[leaf] = existing + added
+    elif isinstance(existing, dict) and isinstance(wanted, dict):
+        added_keys = {k: v for k, v in wanted.items() if k not in existing}
+        if not added_keys:
+            return
+        section[leaf] = {**existing, **added_keys}
+    else:
+        return
+    write_atomic(path, (json.dumps(current, indent=2) + "\n").encode(), mode=0o640, overwrite=True)
+
+
+def _agent_config(out: Path, name: str, hosts: Sequence[str], collectors: Sequence[str], plan: Plan) -> dict[str, Any]:
+    loopback = all(_is_loopback(host) for host in hosts)
+    return {
+        "name": name,
+        "host": "127.0.0.1" if loopback else "0.0.0.0",  # noqa: S104 - a remote agent must listen; the allowlist guards it
+        "port": plan.port,
+        "log_level": "INFO",
+        "metrics": {
+            "enable_temperature": True,
+            "enable_cpu": True,
+            "enable_memory": True,
+            "enable_disk": True,
+            "enable_security": True,
+        },
+        "tls": {
+            "cert": str(out / "agents" / f"{name}.crt"),
+            "key": str(out / "agents" / f"{name}.key"),
+            "ca": str(out / "ca.crt"),
+            "crl": str(out / "crl.pem"),
+            "min_version": "TLSv1.3",
+        },
+        "security": {
+            "allowed_ips": list(plan.allow),
+            "allowed_clients": list(collectors),
+            "rate_limit": {"per_second": 10, "burst": 20},
+            "hmac_keys": {c: str(out / "collectors" / f"{c}.hmac") for c in collectors},
+            "max_clock_skew": 300,
+        },
+        "audit_log": str(out / "data" / f"audit-{name}.log"),
+    }
+
+
+def _collector_config(
+    out: Path, collector: str, agents: Sequence[tuple[str, Sequence[str]]], plan: Plan
+) -> dict[str, Any]:
+    data = out / "data"
+    return {
+        "agents": [{"name": name, "host": _dial_host(hosts), "port": plan.port} for name, hosts in agents],
+        "poll_interval": 30,
+        "timeout": 10,
+        "max_workers": 10,
+        "tls": {
+            "cert": str(out / "collectors" / f"{collector}.crt"),
+            "key": str(out / "collectors" / f"{collector}.key"),
+            "ca": str(out / "ca.crt"),
+        },
+        "hmac": {"key_id": collector, "key_file": str(out / "collectors" / f"{collector}.hmac")},
+        "storage": {
+            "type": "file",
+            "json_file": str(data / "metrics_data.json"),
+            "metrics_file": str(data / "metrics_data.log"),
+            "rotation": {"max_size": "10MB", "backup_count": 5},
+        },
+        "spool_dir": str(data / "spool"),
+        "thresholds": {"cpu_usage": 80, "system_load": 2.0, "memory_usage": 85, "disk_usage": 90},
+    }
+
+
+def _dial_host(hosts: Sequence[str]) -> str:
+    """The host a collector dials: the first given, but 127.0.0.1 for a loopback agent that lists it
+    (``localhost`` may resolve to ::1 first while the agent listens on 127.0.0.1)."""
+    if all(_is_loopback(host) for host in hosts) and "127.0.0.1" in hosts:
+        return "127.0.0.1"
+    return hosts[0]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _existing_names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.crt")) if folder.is_dir() else []
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        if not out.exists():
+            out.mkdir(parents=True)
+            os.chmod(out, 0o700)  # explicit: a permissive umask must not open the directory
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise PKIError(f"{out}: cannot write there: {exc.strerror or exc}") from exc
+
+
+def bootstrap(plan: Plan) -> list[str]:
+    """Create or extend the PKI under ``plan.out``; return notes for the operator."""
+    _check_writable(plan.out)
+    for sub in ("agents", "collectors", "data"):
+        (plan.out / sub).mkdir(mode=0o700, exist_ok=True)
+    os.chmod(plan.out / "data", 0o700)
+    authority = _ensure_ca(plan.out)
+    notes: list[str] = []
+    for name, hosts in plan.agents:
+        notes += _ensure_leaf(authority, plan.out / "agents", name, "server", hosts, plan)
+    for name in plan.collectors:
+        notes += _ensure_leaf(authority, plan.out / "collectors", name, "client", (), plan)
+        _write_private(plan.out / "collectors" / f"{name}.hmac", new_key_text(), force=plan.force)
+    if not (plan.out / "crl.pem").exists():
+        _write_crl(plan.out, authority, [])
+    collectors = _existing_names(plan.out / "collectors")
+    for name, hosts in plan.agents:
+        _merge_json(plan.out / f"agent-{name}.json", _agent_config(plan.out, name, hosts, collectors, plan), None)
+    # every agent config, old or new, learns the keys and names of collectors added since
+    for name in _existing_names(plan.out / "agents"):
+        config = _agent_config(plan.out, name, ("localhost",), collectors, plan)
+        for key in ("security.hmac_keys", "security.allowed_clients"):
+            if (plan.out / f"agent-{name}.json").exists():
+                _merge_json(plan.out / f"agent-{name}.json", config, key)
+    for collector in plan.collectors:
+        _merge_json(
+            _collector_config_path(plan.out, collector), _collector_config(plan.out, collector, plan.agents, plan), None
+        )
+    # every collector config, old or new, learns the agents added in this run
+    for path in sorted(plan.out.glob("collector*.json")):
+        _merge_json(path, _collector_config(plan.out, DEFAULT_COLLECTOR, plan.agents, plan), "agents")
+    return notes
+
+
+def _collector_config_path(out: Path, collector: str) -> Path:
+    """``collector.json`` belongs to the first collector made here; later ones get ``collector-NAME.json``."""
+    main = out / "collector.json"
+    if not main.exists():
+        return main
+    try:
+        owner = json.loads(main.read_text()).get("hmac", {}).get("key_id")
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    return main if owner == collector else out / f"collector-{collector}.json"
+
+
+def revoke(out: Path, name: str) -> str:
+    authority = _ensure_existing_ca(out)
+    for folder in ("collectors", "agents"):
+        cert_path = out / folder / f"{name}.crt"
+        if cert_path.exists():
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            revoked = _revoked_entries(out)
+            if cert.serial_number not in {serial for serial, _ in revoked}:
+                revoked.append((cert.serial_number, ca_lib.utcnow()))
+            _write_crl(out, authority, revoked)
+            return f"revoked {folder[:-1]} {name} (serial {cert.serial_number:x}) in {out / 'crl.pem'}"
+    raise PKIError(f"{out}: no agent or collector certificate named {name!r}")
+
+
+def refresh_crl(out: Path) -> str:
+    authority = _ensure_existing_ca(out)
+    _write_crl(out, authority, _revoked_entries(out))
+    return f"re-signed {out / 'crl.pem'} (valid {ca_lib.CRL_DAYS} days)"
+
+
+def _ensure_existing_ca(out: Path) -> ca_lib.Issued:
+    if not (out / "ca.crt").exists() or not (out / "ca.key").exists():
+        raise PKIError(f"{out}: no CA here (ca.crt and ca.key); bootstrap first")
+    return _load_issued(out / "ca.crt", out / "ca.key")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="make-certs", description="Bootstrap the secure-monitor PKI: CA, certificates, HMAC keys, configs."
+    )
+    parser.add_argument("--out", required=True, type=Path, help="directory to create or extend")
+    parser.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME=HOST[,HOST...]",
+        help="an agent and the host names/addresses it is reached at (repeatable)",
+    )
+    parser.add_argument(
+        "--collector",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a collector; NAME is also its HMAC key id (repeatable)",
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=ca_lib.LEAF_DAYS,
+        help=f"leaf certificate lifetime in days (1-{ca_lib.MAX_LEAF_DAYS}, default {ca_lib.LEAF_DAYS})",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="collector addresses the agents' configs allow (default 127.0.0.1 and ::1)",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port written into configs")
+    parser.add_argument("--force", action="store_true", help="re-issue keys and certificates of the named entities")
+    parser.add_argument("--revoke", metavar="NAME", help="revoke this collector's (or agent's) certificate")
+    parser.add_argument("--refresh-crl", action="store_true", help="re-sign crl.pem with a new nextUpdate")
+    return parser
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    if not 1 <= args.days <= ca_lib.MAX_LEAF_DAYS:
+        raise UsageError(f"--days must be 1..{ca_lib.MAX_LEAF_DAYS}, not {args.days}")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be 1..65535, not {args.port}")
+    agents = [parse_agent(spec) for spec in args.agent]
+    collectors = [_name(name, "collector") for name in args.collector]
+    if not agents and not collectors:
+        agents, collectors = [DEFAULT_AGENT], [DEFAULT_COLLECTOR]
+    for value in args.allow:
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise UsageError(f"--allow {value!r}: not an IP address or CIDR") from None
+        if network.prefixlen == 0:
+            raise UsageError(f"--allow {value!r} allows every address")
+    return Plan(
+        args.out.resolve(), agents, collectors, args.days, tuple(args.allow) or DEFAULT_ALLOW, args.port, args.force
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.revoke:
+            print(revoke(args.out.resolve(), _name(args.revoke, "certificate")))
+            return 0
+        if args.refresh_crl:
+            print(refresh_crl(args.out.resolve()))
+            return 0
+        plan = _plan(args)
+        for note in bootstrap(plan):
+            print(f"note: {note}", file=sys.stderr)
+    except PKIError as exc:
+        print(f"make-certs: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"make-certs: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"PKI ready in {plan.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The two TLS factories (agent = server, collector = client), built once at start-up.
+
+Both sides trust only our CA (never the system store), require certificates, speak TLS 1.2 at the
+least with AEAD ciphers and ECDHE key exchange over X25519/P-256/P-384, and refuse compression and
+renegotiation. There is no switch that turns verification off. Every failure names the file at fault.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import hashlib
+import ssl
+import sys
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pki.errors import MaterialError
+from pki.files import check_private, read_material
+
+TLSVersionName = Literal["TLSv1.2", "TLSv1.3"]
+
+DEFAULT_MIN_VERSION: TLSVersionName = "TLSv1.3"
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0  # seconds; a peer that says nothing is cut off after this
+
+# TLS 1.2 suites: ECDHE only (forward secrecy) with AEAD only (GCM, ChaCha20-Poly1305), Mozilla
+# "intermediate" order. TLS 1.3 suites are all AEAD with forward secrecy; OpenSSL's defaults stand.
+TLS12_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+# Key-exchange groups: the three every modern peer supports; no finite-field DH, no P-521 or X448
+# (slow, and they add nothing for our 128-bit keys).
+KEY_EXCHANGE_GROUPS = b"X25519:P-256:P-384"
+_FALLBACK_GROUP = "prime256v1"
+
+_VERSIONS: dict[str, ssl.TLSVersion] = {
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL 1.1.1 and 3.x: SSL_CTX_set1_groups_list()
+
+
+class PeerIdentity(NamedTuple):
+    """Who is on the other end, as the audit log records it."""
+
+    common_name: str
+    subject: str
+    fingerprint: str  # lowercase hex SHA-256 of the DER certificate
+    serial: str  # lowercase hex
+
+
+def peer_identity(der: bytes) -> PeerIdentity:
+    """Identity of a verified peer certificate (``sslsock.getpeercert(binary_form=True)``)."""
+    fingerprint = hashlib.sha256(der).hexdigest()
+    cert = x509.load_der_x509_certificate(der)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else ""
+    return PeerIdentity(common_name, cert.subject.rfc4514_string(), fingerprint, format(cert.serial_number, "x"))
+
+
+def _load_pem_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(read_material(path))
+    except ValueError as exc:
+        raise MaterialError(path, "is not a PEM certificate") from exc
+
+
+def _check_leaf(path: Path, cert: x509.Certificate, usage: x509.ObjectIdentifier, role: str) -> None:
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = x509.ExtendedKeyUsage([])
+    if usage not in usages:
+        raise MaterialError(path, f"certificate lacks the {role} extended key usage")
+    now = dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc < now:
+        raise MaterialError(path, f"certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if cert.not_valid_before_utc > now:
+        raise MaterialError(path, f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d} UTC")
+
+
+def _load_ca(context: ssl.SSLContext, ca: Path) -> x509.Certificate:
+    pem = read_material(ca)
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise MaterialError(ca, "is not a PEM CA certificate") from exc
+    if not constraints.ca:
+        raise MaterialError(ca, "is not a CA certificate (basicConstraints CA:FALSE)")
+    # Our CA only: cadata from the bytes we checked, never load_default_certs() or the system store.
+    context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+    return cert
+
+
+def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    check_private(key)
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except ssl.SSLError as exc:
+        raise MaterialError(key, f"is not the private key of {cert} or not a PEM key") from exc
+    except OSError as exc:
+        raise MaterialError(key, f"cannot read: {exc.strerror or exc}") from exc
+
+
+def _load_crl(context: ssl.SSLContext, crl_path: Path, ca_cert: x509.Certificate) -> None:
+    try:
+        crl = x509.load_pem_x509_crl(read_material(crl_path))
+    except ValueError as exc:
+        raise MaterialError(crl_path, "is not a PEM CRL") from exc
+    public_key = ca_cert.public_key()
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(public_key):  # type: ignore[arg-type]
+        raise MaterialError(crl_path, "CRL is not signed by the configured CA")
+    next_update = crl.next_update_utc
+    if next_update is None or next_update < dt.datetime.now(dt.UTC):
+        raise MaterialError(crl_path, "CRL is past its nextUpdate; issue a fresh one (make_certs --refresh-crl)")
+    context.load_verify_locations(cafile=str(crl_path))
+    # Check the peer's certificate against the CRL; a missing or foreign CRL fails the handshake.
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
+    """The ``SSL_CTX *`` inside a CPython ``ssl.SSLContext`` (first field after the object header)."""
+    if sys.implementation.name != "cpython":
+        return None
+    header = object.__basicsize__  # PyObject_HEAD
+    pointer = ctypes.c_void_p.from_address(id(context) + header).value
+    return pointer or None
+
+
+def _restrict_groups(context: ssl.SSLContext) -> None:
+    """Limit key exchange to X25519/P-256/P-384.
+
+    The ssl module of Python 3.11 has no API for a list of groups (``set_ecdh_curve`` takes one), so
+    we call ``SSL_CTX_set1_groups_list`` through the libssl that ``_ssl`` is linked against, after
+    checking that the pointer we found is the context (its verify mode and options must match).
+    Where that cannot be done safely we fall back to P-256 alone: narrower, never wider.
+    """
+    try:
+        import _ssl
+
+        library = ctypes.CDLL(_ssl.__file__)
+        ctrl = library.SSL_CTX_ctrl
+        get_verify_mode = library.SSL_CTX_get_verify_mode
+        get_options = library.SSL_CTX_get_options
+    except (OSError, AttributeError):
+        context.set_ecdh_curve(_FALLBACK_GROUP)
+        return
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+    ctrl.restype = ctypes.c_long
+    get_verify_mode.argtypes = [ctypes.c_void_p]
+    get_verify_mode.restype = ctypes.c_int
+    get_options.argtypes = [ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64
+    pointer = _ssl_ctx_pointer(context)
+    expected_mode = 0x01 | 0x02 if context.verify_mode == ssl.CERT_REQUIRED else None
+    if (
+        pointer is None
+        or expected_mode is None
+        or get_verify_mode(pointer) != expected_mode
+        or get_options(pointer) != int(context.options)
+        or ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, KEY_EXCHANGE_GROUPS) != 1
+    ):
+        context.set_ecdh_curve(_FALLBACK_GROUP)
+
+
+def _harden(context: ssl.SSLContext, min_version: TLSVersionName) -> None:
+    if min_version not in _VERSIONS:
+        raise ValueError(f"tls.min_version must be one of {sorted(_VERSIONS)}, not {min_version!r}")
+    context.minimum_version = _VERSIONS[min_version]
+    context.set_ciphers(TLS12_CIPHERS)
+    # CRIME: compression leaks secrets through length; renegotiation: DoS and old splicing attacks.
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # No session resumption: every connection proves its certificate anew, so a CRL or allowlist
+    # change takes effect on the next connection and no ticket key sits in memory.
+    context.options |= ssl.OP_NO_TICKET
+    # A fresh ECDHE key for every handshake (the OpenSSL default, made explicit).
+    context.options |= ssl.OP_SINGLE_ECDH_USE
+    # Refuse certificates that bend X.509 rules (missing key identifiers, bad encodings).
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    context.verify_mode = ssl.CERT_REQUIRED
+
+
+def server_context(
+    cert: Path,
+    key: Path,
+    ca: Path,
+    crl: Path | None = None,
+    min_version: TLSVersionName = DEFAULT_MIN_VERSION,
+) -> ssl.SSLContext:
+    """The agent's context: our certificate, client certificates of our CA required, CRL if given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(context, min_version)
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE  # our order of suites, not the client's
+    context.num_tickets = 0  # TLS 1.3: send no session tickets (see OP_NO_TICKET above)
+    _check_leaf(cert, _load_pem_cert(cert), ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth")
+    _load_chain(context, cert, key)
+    ca_cert = _load_ca(context, ca)
+    if crl is not None:
+        _load_crl(context, crl, ca_cert)
+    _restrict_groups(context)
+    return context
+
+
+def client_context(cert: Path, key: Path, ca: Path, min_version: TLSVersionName = "TLSv1.2") -> ssl.SSLContext:
+    """The collector's context: verifies the agent against our CA and its host, presents our certificate.
+
+    The floor is TLS 1.2 so that agents configured with ``tls.min_version = "TLSv1.2"`` stay reachable;
+    TLS 1.3 is negotiated whenever the agent offers it. Wrap sockets with ``server_hostname=<agent host>``.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context, min_version)
+    context.check_hostname = True  # the agent's certificate must name the host we dialled (DNS or IP SAN)
+    _check_leaf(cert, _load_pem_cert(cert), ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth")
+    _load_chain(context, cert, key)
+    _load_ca(context, ca)
+    _restrict_groups(context)
+    return context
