@@ -1,0 +1,203 @@
+"""The SMON1-HMAC-SHA256 token: exact wire form, every bound field, single use, hostile headers."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pki import tokens
+from pki.errors import InsecurePermissions, MaterialError, TokenError
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+AGENT = "web-01"
+BODY = b"<?xml version='1.0'?><methodCall><methodName>ping</methodName><params></params></methodCall>"
+NOW = 1_800_000_000
+
+
+def verifier(**kwargs: object) -> tokens.Verifier:
+    return tokens.Verifier({"collector": KEY}, AGENT, clock=lambda: NOW, **kwargs)  # type: ignore[arg-type]
+
+
+def header(**overrides: object) -> str:
+    fields: dict[str, object] = {
+        "key_id": "collector",
+        "key": KEY,
+        "agent": AGENT,
+        "body": BODY,
+        "ts": NOW,
+        "nonce": "0" * 32,
+    }
+    fields.update(overrides)
+    return tokens.sign(
+        fields.pop("key_id"),
+        fields.pop("key"),
+        fields.pop("agent"),
+        fields.pop("body"),  # type: ignore[arg-type]
+        **fields,
+    )  # type: ignore[arg-type]
+
+
+def test_signature_matches_the_contract_written_out_by_hand() -> None:
+    nonce = "a" * 32
+    lines = [
+        "SMON1-HMAC-SHA256",
+        "collector",
+        str(NOW),
+        nonce,
+        AGENT,
+        "POST",
+        "/RPC2",
+        hashlib.sha256(BODY).hexdigest(),
+    ]
+    expected = hmac.new(KEY, "\n".join(lines).encode(), hashlib.sha256).hexdigest()
+    assert header(nonce=nonce) == (
+        f'SMON1-HMAC-SHA256 keyid="collector", ts="{NOW}", nonce="{nonce}", sig="{expected}"'
+    )
+
+
+def test_a_token_verifies_exactly_once() -> None:
+    check = verifier()
+    value = header()
+    assert check.verify(value, BODY) == "collector"
+    with pytest.raises(TokenError) as refused:
+        check.verify(value, BODY)
+    assert refused.value.reason == "replay"
+
+
+BOUND_FIELDS = {
+    "key": ("bad_signature", {"key": OTHER_KEY}),
+    "agent": ("bad_signature", {"agent": "web-02"}),
+    "body": ("bad_signature", {"body": BODY.replace(b"ping", b"pong")}),
+    "method": ("bad_signature", {"method": "GET"}),
+    "path": ("bad_signature", {"path": "/RPC3"}),
+    "key_id": ("unknown_key", {"key_id": "intruder"}),
+}
+
+
+@pytest.mark.parametrize("field", sorted(BOUND_FIELDS))
+def test_each_bound_field_changes_the_verdict(field: str) -> None:
+    reason, change = BOUND_FIELDS[field]
+    with pytest.raises(TokenError) as refused:
+        verifier().verify(header(**change), BODY)
+    assert refused.value.reason == reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    position=st.integers(min_value=0, max_value=10_000),
+    flip=st.integers(min_value=1, max_value=255),
+    target=st.sampled_from(["body", "header"]),
+)
+def test_any_single_byte_change_is_refused(position: int, flip: int, target: str) -> None:
+    value = header().encode()
+    body = BODY
+    if target == "body":
+        index = position % len(body)
+        body = body[:index] + bytes([body[index] ^ flip]) + body[index + 1 :]
+    else:
+        index = position % len(value)
+        value = value[:index] + bytes([value[index] ^ flip]) + value[index + 1 :]
+    with pytest.raises(TokenError):
+        verifier().verify(value, body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=600), st.text(max_size=600)))
+def test_garbage_headers_are_refused_as_auth_errors(value: bytes | str) -> None:
+    with pytest.raises(TokenError) as refused:
+        verifier().verify(value, BODY)
+    assert refused.value.reason in {"missing", "malformed", "unknown_key", "stale", "bad_signature"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "   ",
+        header()[:-5],
+        header() + "x",
+        header() + " " * 300,
+        header().replace("SMON1", "SMON2"),
+        header().upper(),
+        "Bearer abc",
+    ],
+)
+def test_missing_truncated_oversized_and_foreign_tokens(value: str | None) -> None:
+    with pytest.raises(TokenError) as refused:
+        verifier().verify(value, BODY)
+    assert refused.value.reason in {"missing", "malformed"}
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -10_000])
+def test_timestamps_outside_the_window_are_stale(offset: int) -> None:
+    with pytest.raises(TokenError) as refused:
+        verifier().verify(header(ts=NOW + offset), BODY)
+    assert refused.value.reason == "stale"
+
+
+def test_tokens_older_than_the_agent_start_are_refused() -> None:
+    check = verifier(not_before=NOW - 5)
+    with pytest.raises(TokenError) as refused:
+        check.verify(header(ts=NOW - 6), BODY)
+    assert refused.value.reason == "stale"
+    assert check.verify(header(ts=NOW - 5), BODY) == "collector"
+
+
+def test_forged_tokens_never_enter_the_replay_cache() -> None:
+    check = verifier()
+    for index in range(50):
+        with pytest.raises(TokenError):
+            check.verify(header(key=OTHER_KEY, nonce=f"{index:032x}"), BODY)
+    assert len(check.cache) == 0
+    assert check.verify(header(nonce=f"{7:032x}"), BODY) == "collector"
+
+
+def test_replay_cache_is_bounded_and_never_reopens_a_replay() -> None:
+    cache = tokens.ReplayCache(window=300, capacity=10)
+    for index in range(10):
+        assert cache.add("k", f"n{index}", NOW + index, NOW)
+    assert cache.add("k", "n10", NOW + 10, NOW)  # evicts n0 (ts NOW) and raises the floor to NOW
+    assert len(cache) == 10
+    assert not cache.add("k", "n0", NOW, NOW)  # forgotten, yet still refused
+    assert not cache.add("k", "n5", NOW + 5, NOW)  # remembered
+
+
+def test_replay_cache_forgets_what_is_stale_anyway() -> None:
+    cache = tokens.ReplayCache(window=300, capacity=1000)
+    for index in range(100):
+        cache.add("k", f"n{index}", NOW, NOW)
+    cache.add("k", "late", NOW + 700, NOW + 700)
+    assert len(cache) == 1
+
+
+def test_key_files_must_be_private_and_64_hex_digits(tmp_path: Path) -> None:
+    good = tmp_path / "c.hmac"
+    good.write_bytes(tokens.new_key_text())
+    os.chmod(good, 0o600)
+    assert len(tokens.load_key(good)) == 32
+    os.chmod(good, 0o644)
+    with pytest.raises(InsecurePermissions, match=str(good)):
+        tokens.load_key(good)
+    short = tmp_path / "short.hmac"
+    short.write_text("abcd\n")
+    os.chmod(short, 0o600)
+    with pytest.raises(MaterialError, match="64 hex digits"):
+        tokens.load_key(short)
+
+
+def test_replace_keys_keeps_the_replay_cache() -> None:
+    check = verifier()
+    value = header()
+    check.verify(value, BODY)
+    check.replace_keys({"collector": KEY, "new": OTHER_KEY})
+    with pytest.raises(TokenError) as refused:
+        check.verify(value, BODY)
+    assert refused.value.reason == "replay"
