@@ -1,0 +1,83 @@
+"""What ``secure-viz`` does, as a function: query storage, draw the plots, write the dashboard."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from storage.base import Store
+from viz.config import PlotThresholds
+from viz.dashboard import render_index
+from viz.errors import NoDataError
+from viz.plots import PLOTS, PlotInput
+from viz.render import prepare_output_dir, render_plots, write_atomic
+from viz.series import Window, prepare
+from viz.summary import agent_rows
+
+log = logging.getLogger(__name__)
+
+ALL = "all"
+PLOT_CHOICES: tuple[str, ...] = (ALL, *PLOTS)
+INDEX_NAME = "index.html"
+
+
+class Request(NamedTuple):
+    """One run: which plot(s), over which window, for which agent (None: every agent), into which directory."""
+
+    plot: str
+    window: Window
+    agent: str | None
+    output_dir: Path
+
+
+def window_for(hours: float, now: float | None = None) -> Window:
+    """The last ``hours`` up to ``now`` (default: the current time)."""
+    end = time.time() if now is None else now
+    return Window(end - hours * 3600.0, end)
+
+
+def describe(window: Window, agent: str | None) -> str:
+    hours = (window.end - window.start) / 3600.0
+    who = f"agent {agent}" if agent is not None else "any agent"
+    return f"no samples for {who} in the last {hours:g} h"
+
+
+def generate(store: Store, request: Request, thresholds: PlotThresholds) -> list[Path]:
+    """Write the requested PNG(s) (and ``index.html`` for ``all``); return the paths written.
+
+    Raises :class:`NoDataError` when storage holds no sample for the window (and agent), before any
+    file is written; :class:`storage.StorageError` from the queries; :class:`viz.OutputError`.
+    """
+    window = request.window
+    started = time.perf_counter()
+    samples = store.query_samples(window.start, window.end, request.agent)
+    if samples.empty:
+        raise NoDataError(describe(window, request.agent))
+    names = plot_names(request.plot)
+    statuses = alerts = pd.DataFrame()
+    if request.plot == ALL:
+        statuses = store.query_statuses(window.start, window.end, request.agent)
+        # From the start of history: an alert that fired before the window and never cleared is open.
+        alerts = store.query_alerts(0.0, window.end, request.agent)
+    log.debug("queried %d samples in %.3f s", len(samples), time.perf_counter() - started)
+    prepare_output_dir(request.output_dir)
+    prepared = prepare(samples, window)
+    written = render_plots(names, PlotInput(prepared, thresholds), request.output_dir)
+    if request.plot == ALL:
+        rows = agent_rows(prepared, statuses, alerts)
+        page = render_index(rows, [PLOTS[name] for name in names], window, request.agent, window.end)
+        index = request.output_dir / INDEX_NAME
+        write_atomic(index, page.encode("utf-8"))
+        written.append(index)
+    log.debug("wrote %d files in %.3f s", len(written), time.perf_counter() - started)
+    return written
+
+
+def plot_names(plot: str) -> Sequence[str]:
+    """The plots a ``--plot`` choice draws."""
+    return list(PLOTS) if plot == ALL else [plot]

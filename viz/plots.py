@@ -1,0 +1,256 @@
+"""One drawing function per plot, onto a Matplotlib ``Figure`` (no pyplot, no global backend state).
+
+Every text that came from storage (agent names, temperature reasons) goes through :func:`plain` so
+that an agent cannot make Matplotlib parse mathtext or break the layout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from matplotlib import dates as mdates
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
+from viz.series import (
+    MAX_INDIVIDUAL,
+    THREAT_LEVELS,
+    Prepared,
+    Series,
+    Window,
+    bin_column,
+    no_sensor,
+    reduce_metric,
+    threat_counts,
+    threat_values,
+    to_datenum,
+)
+
+DPI = 100
+WIDE = (11.0, 5.0)
+"""Inches of a one-panel plot: 1100 x 500 px at ``DPI``."""
+TALL = (11.0, 9.0)
+"""Inches of a three-panel plot: 1100 x 900 px at ``DPI``."""
+MAX_LABEL = 32
+MAX_NOTED = 4
+"""Agents named one by one in the "no sensor" note; the rest are counted."""
+
+THREAT_COLORS = ("#4caf50", "#fdd835", "#fb8c00", "#e53935")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class PlotInput(NamedTuple):
+    """Everything a drawing function reads: the prepared samples and the thresholds."""
+
+    prepared: Prepared
+    thresholds: PlotThresholds
+
+    @property
+    def window(self) -> Window:
+        return self.prepared.window
+
+
+class PlotSpec(NamedTuple):
+    name: str
+    title: str
+    size: tuple[float, float]
+    draw: Callable[[Figure, PlotInput], None]
+    cost: float = 1.0
+    """Rough drawing time relative to a one-panel plot, to share work between processes."""
+
+    @property
+    def pixels(self) -> tuple[int, int]:
+        """(width, height) of the PNG."""
+        return round(self.size[0] * DPI), round(self.size[1] * DPI)
+
+
+def plain(text: str, limit: int = MAX_LABEL) -> str:
+    """Untrusted text as literal Matplotlib text: one line, bounded, no mathtext."""
+    flat = _UNSAFE.sub(" ", text)
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    # Matplotlib parses mathtext only when a string holds unescaped "$" pairs; escaping every "$"
+    # (a backslash before a "$" included) leaves none, and Matplotlib shows each "\$" as "$".
+    return flat.replace("$", r"\$")
+
+
+def _subtitle(names: tuple[str, ...], window: Window) -> str:
+    who = f"agent {plain(names[0])}" if len(names) == 1 else f"{len(names)} agents"
+    until = datetime.fromtimestamp(window.end, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    hours = window.span / 3600.0
+    return f"{who}, last {hours:g} h until {until}"
+
+
+def _setup(fig: Figure, title: str, data: PlotInput, panels: int) -> list[Axes]:
+    axes: list[Axes] = list(fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
+    fig.subplots_adjust(left=0.07, right=0.78, top=0.9 if panels == 1 else 0.93, bottom=0.1, hspace=0.25)
+    fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, data.window)}", fontsize="medium")
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]  # untyped upstream
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.set_xlim(float(to_datenum(data.window.start)), float(to_datenum(data.window.end)))
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        ax.grid(True, alpha=0.3)
+    axes[-1].set_xlabel("time (UTC)")
+    return axes
+
+
+def _draw_series(ax: Axes, series: Series, what: str) -> None:
+    if series.band is not None:
+        band = series.band
+        ax.fill_between(band.x, band.low, band.high, color="0.6", alpha=0.35, lw=0,
+                        label=f"min-max of {band.agents} agents")
+        ax.plot(band.x, band.median, color="black", lw=1.6, label="median")
+    for line in series.lines:
+        label = plain(line.label)
+        if series.band is not None:
+            label = f"{label} (peak {np.nanmax(line.y):.3g})"
+        ax.plot(line.x, line.y, lw=1.1, label=label)
+    if series.band is None and not series.lines:
+        ax.text(0.5, 0.5, f"no {what} values reported", transform=ax.transAxes,
+                ha="center", va="center", fontsize="large", color="0.35")
+
+
+def _legend(ax: Axes, title: str | None = None) -> None:
+    handles, _labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title=title,
+                  title_fontsize="small", frameon=False)
+
+
+def _threshold(ax: Axes, value: float, label: str) -> None:
+    ax.axhline(value, color="#d32f2f", ls="--", lw=1.2, label=label)
+
+
+def _percent_plot(
+    column: str, title: str, what: str, limit: Callable[[PlotThresholds], float]
+) -> Callable[[Figure, PlotInput], None]:
+    def draw(fig: Figure, data: PlotInput) -> None:
+        (ax,) = _setup(fig, title, data, 1)
+        series = reduce_metric(data.prepared, column)
+        _draw_series(ax, series, what)
+        _threshold(ax, limit(data.thresholds), f"threshold {limit(data.thresholds):g} %")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(f"{what} (%)")
+        _legend(ax, _legend_title(series))
+
+    return draw
+
+
+def _legend_title(series: Series) -> str | None:
+    return f"top {len(series.lines)} by peak" if series.band is not None else None
+
+
+def temperature_threshold(samples: pd.DataFrame, thresholds: PlotThresholds) -> tuple[float, str]:
+    """The line to draw: configured, else the agents' own "high" limit (median), else the default."""
+    if thresholds.cpu_temperature is not None:
+        return thresholds.cpu_temperature, "configured"
+    highs = pd.to_numeric(samples["temperature_high"], errors="coerce").dropna()
+    if len(highs):
+        return float(highs.median()), "sensor high limit"
+    return DEFAULT_TEMPERATURE_THRESHOLD, "default"
+
+
+def no_sensor_note(missing: dict[str, str]) -> str:
+    """ "No sensor: a (reason); b; ... (+N more)" for the agents without a temperature."""
+    named = [
+        plain(agent) + (f" ({plain(reason, 48)})" if reason else "")
+        for agent, reason in list(missing.items())[:MAX_NOTED]
+    ]
+    more = len(missing) - len(named)
+    tail = f"; +{more} more" if more > 0 else ""
+    return f"No sensor on {len(missing)} agent{'s' if len(missing) != 1 else ''}: " + "; ".join(named) + tail
+
+
+def draw_temperature(fig: Figure, data: PlotInput) -> None:
+    (ax,) = _setup(fig, "CPU temperature", data, 1)
+    series = reduce_metric(data.prepared, "cpu_temperature")
+    has_values = bool(series.lines) or series.band is not None
+    if has_values:
+        _draw_series(ax, series, "temperature")
+    value, source = temperature_threshold(data.prepared.frame, data.thresholds)
+    _threshold(ax, value, f"threshold {value:g} °C\n({source})")
+    missing = no_sensor(data.prepared)
+    if missing:
+        note = no_sensor_note(missing)
+        if has_values:
+            ax.text(0.01, 0.02, note, transform=ax.transAxes, fontsize="small", va="bottom",
+                    bbox={"boxstyle": "round", "fc": "#fff3e0", "ec": "#fb8c00"})
+        else:
+            ax.set_ylim(0, max(value * 1.3, 1.0))
+            ax.text(0.5, 0.55, "No temperature sensor", transform=ax.transAxes, ha="center",
+                    fontsize="x-large", color="#e65100")
+            ax.text(0.5, 0.42, note, transform=ax.transAxes, ha="center", fontsize="small", wrap=True)
+    ax.set_ylabel("temperature (°C)")
+    _legend(ax, _legend_title(series))
+
+
+def draw_load(fig: Figure, data: PlotInput) -> None:
+    axes = _setup(fig, "System load", data, 3)
+    limit = data.thresholds.system_load
+    for ax, column, minutes in zip(axes, ("load_1", "load_5", "load_15"), (1, 5, 15), strict=True):
+        series = reduce_metric(data.prepared, column)
+        _draw_series(ax, series, f"{minutes}-minute load")
+        _threshold(ax, limit, f"threshold {limit:g}")
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"load {minutes} min")
+        _legend(ax, _legend_title(series))
+
+
+def _draw_threat(ax: Axes, data: PlotInput) -> None:
+    binned = bin_column(data.prepared, threat_values(data.prepared.frame), "max")
+    ax.set_ylabel("threat level")
+    if len(binned.names) <= MAX_INDIVIDUAL:
+        spread = 0.06
+        for code, name in enumerate(binned.names):
+            rows = binned.agent == code
+            offset = (code - (len(binned.names) - 1) / 2.0) * spread
+            ax.step(to_datenum(binned.x[rows]), binned.y[rows] + offset, where="post", lw=1.3,
+                    label=plain(name))
+        ax.set_yticks(range(len(THREAT_LEVELS)), THREAT_LEVELS)
+        ax.set_ylim(-0.4, len(THREAT_LEVELS) - 0.6)
+        _legend(ax)
+        return
+    x, counts = threat_counts(binned)
+    ax.stackplot(x, counts, colors=THREAT_COLORS, labels=THREAT_LEVELS, step="post", alpha=0.85)
+    ax.set_ylabel("agents per threat level")
+    ax.set_ylim(0, len(binned.names))
+    _legend(ax)
+
+
+def draw_security(fig: Figure, data: PlotInput) -> None:
+    threat_ax, issues_ax, ssh_ax = _setup(fig, "Security", data, 3)
+    _draw_threat(threat_ax, data)
+    for ax, column, label in ((issues_ax, "security_issues", "security issues"),
+                              (ssh_ax, "ssh_failures", "SSH failures")):
+        series = reduce_metric(data.prepared, column, "max")
+        _draw_series(ax, series, label)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(label)
+        _legend(ax, _legend_title(series))
+
+
+PLOTS: dict[str, PlotSpec] = {
+    spec.name: spec
+    for spec in (
+        PlotSpec("temperature", "CPU temperature", WIDE, draw_temperature),
+        PlotSpec("cpu", "CPU usage", WIDE,
+                 _percent_plot("cpu_usage", "CPU usage", "CPU usage", lambda t: t.cpu_usage)),
+        PlotSpec("load", "System load (1, 5, 15 min)", TALL, draw_load, 2.0),
+        PlotSpec("memory", "Memory usage", WIDE,
+                 _percent_plot("memory_usage", "Memory usage", "memory usage", lambda t: t.memory_usage)),
+        PlotSpec("disk", "Disk usage (fullest disk)", WIDE,
+                 _percent_plot("disk_usage", "Disk usage (fullest mounted disk)", "disk usage",
+                               lambda t: t.disk_usage)),
+        PlotSpec("security", "Security: threat level, issues, SSH failures", TALL, draw_security, 2.2),
+    )
+}
+"""Every plot, in the order of the dashboard; the key is the ``--plot`` choice and the PNG's stem."""
