@@ -11,6 +11,7 @@ Exceptions (all in :mod:`storage.errors`)::
 
 from storage.base import Batch, Store
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
+from storage.factory import open_store
 from storage.models import ALERT_COLUMNS, SAMPLE_COLUMNS, STATUS_COLUMNS, AgentStatus, Alert, Sample
 
 __all__ = [
@@ -21,8 +22,9 @@ __all__ = [
     "Alert",
     "Batch",
     "Sample",
-    "Store",
     "StorageConfigError",
     "StorageError",
     "StorageUnavailable",
+    "Store",
+    "open_store",
 ]

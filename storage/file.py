@@ -1,0 +1,340 @@
+"""The file backend (the default): JSON lines for machines, the predecessor's metrics log for people.
+
+Layout, for ``json_file = DIR/metrics_data.json`` (each data file rotated by size as ``NAME.1`` ... ``NAME.N``,
+newest backup first, N = ``rotation.backup_count``; see :mod:`storage.rotating`)::
+
+    DIR/metrics_data.json          samples: one JSON object per line, exactly the fields of
+                                   storage.models.Sample (the contract's fields, then the details)
+    DIR/metrics_data.alerts.json   alerts: one storage.models.Alert per line
+    DIR/metrics_data.status.json   agent states: one storage.models.AgentStatus per line (every poll)
+    DIR/metrics_data.json.lock     locked (flock) by the one process writing this family of files
+    metrics_file (optional)        human-readable log: one line per new sample and per alert
+
+Every data line is a flat JSON object beginning with ``"agent"``; samples end with ``findings`` and
+``extra``. Readers (:meth:`FileStore.query_samples` and friends) read the live file and its backups,
+ignore anything after the last newline (a write in progress or a crash), and return frames built by
+:mod:`storage.frames`.
+
+Idempotency (spool replays must not duplicate): a sample whose (agent, timestamp) -- an alert whose
+(agent, timestamp, metric, state), a status whose (agent, timestamp) -- was written by this process
+within the last ``dedup_window`` keys of its kind, or is among the lines of the last
+:data:`INDEX_TAIL_BYTES` of the live file when the writer opened, is not written again. Beyond that
+window a replay can reach the file twice; readers drop such duplicates (first one wins), so queries
+never show a record twice.
+
+Durability: one fsync per written file per :meth:`FileStore.write` (one per polling sweep) when
+``fsync`` is on (the default), plus directory fsyncs around rotation.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+
+from storage import frames, jsonlines
+from storage.base import Batch
+from storage.config import StorageConfig
+from storage.errors import StorageConfigError, StorageUnavailable
+from storage.frames import FrameSpec
+from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, Sample
+from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEDUP_WINDOW = 200_000
+"""Keys per record kind remembered for idempotency (about 20 MB; 100 agents x 16 h at 30 s)."""
+INDEX_TAIL_BYTES = 16 * 1024 * 1024
+"""How much of each live file is read back, when the writer opens, to remember recent keys."""
+_READ_ATTEMPTS = 3
+_R = TypeVar("_R", Sample, Alert, AgentStatus)
+_AGENT = re.compile(AGENT_NAME_PATTERN)
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+
+
+def sibling(json_file: Path, kind: str) -> Path:
+    """``metrics_data.json`` -> ``metrics_data.<kind>.json`` (no suffix: ``NAME.<kind>``)."""
+    return json_file.with_name(f"{json_file.stem}.{kind}{json_file.suffix}")
+
+
+class _RecentKeys:
+    """A set that remembers only the last ``capacity`` keys added."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._order: collections.deque[Hashable] = collections.deque()
+        self._keys: set[Hashable] = set()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    def add(self, key: Hashable) -> None:
+        if key in self._keys:
+            return
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self._capacity:
+            self._keys.discard(self._order.popleft())
+
+
+def _clean(text: str) -> str:
+    """Control characters escaped, so that one record stays one line of the human log."""
+    return text.translate(_CONTROL)
+
+
+def _number(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def human_sample_line(sample: Sample) -> str:
+    """One line of the human-readable metrics log for ``sample``."""
+    load = "/".join(_number(v, digits=2) for v in (sample.load_1, sample.load_5, sample.load_15))
+    return (
+        f"{_utc(sample.timestamp)} {sample.agent} cpu={_number(sample.cpu_usage, '%')}"
+        f" temp={_number(sample.cpu_temperature, 'C')} load={load} mem={_number(sample.memory_usage, '%')}"
+        f" disk={_number(sample.disk_usage, '%')} issues={sample.security_issues} threat={sample.threat_level}\n"
+    )
+
+
+def human_alert_line(alert: Alert) -> str:
+    """One line of the human-readable metrics log for ``alert``."""
+    technique = f" technique={_clean(alert.technique)}" if alert.technique else ""
+    message = f" {_clean(alert.message)}" if alert.message else ""
+    return (
+        f"{_utc(alert.timestamp)} {alert.agent} ALERT {alert.state} {alert.severity} {_clean(alert.metric)}"
+        f"={_number(alert.value, digits=2)} threshold={_number(alert.threshold, digits=2)}{technique}{message}\n"
+    )
+
+
+class FileStore:
+    """JSON-lines files with size rotation; see the module docstring for layout and guarantees."""
+
+    def __init__(
+        self,
+        json_file: Path,
+        *,
+        metrics_file: Path | None = None,
+        max_bytes: int = 10 * 1024 * 1024,
+        backup_count: int = 5,
+        fsync: bool = True,
+        readonly: bool = False,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
+    ) -> None:
+        self.json_file = Path(json_file)
+        self.alerts_file = sibling(self.json_file, "alerts")
+        self.status_file = sibling(self.json_file, "status")
+        self.metrics_file = metrics_file
+        self.backup_count = backup_count
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._writers_open = False
+        self._samples = RotatingFile(self.json_file, max_bytes, backup_count, fsync=fsync)
+        self._alerts = RotatingFile(self.alerts_file, max_bytes, backup_count, fsync=fsync)
+        self._statuses = RotatingFile(self.status_file, max_bytes, backup_count, fsync=fsync)
+        self._human = (
+            RotatingFile(metrics_file, max_bytes, backup_count, fsync=fsync) if metrics_file is not None else None
+        )
+        self._sample_keys = _RecentKeys(dedup_window)
+        self._alert_keys = _RecentKeys(dedup_window)
+        self._status_keys = _RecentKeys(dedup_window)
+        if not readonly:
+            self._take_lock()
+            try:
+                self._open_writers()
+            except OSError as exc:
+                self.close()
+                raise StorageConfigError(f"storage.json_file: cannot write {exc.filename or self.json_file}: "
+                                         f"{exc.strerror or exc}") from exc
+
+    @classmethod
+    def from_config(cls, config: StorageConfig, *, readonly: bool = False) -> FileStore:
+        return cls(
+            config.json_file,
+            metrics_file=config.metrics_file,
+            max_bytes=config.rotation.max_bytes,
+            backup_count=config.rotation.backup_count,
+            readonly=readonly,
+        )
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        lock_path = self.json_file.with_name(self.json_file.name + ".lock")
+        try:
+            make_dirs(lock_path.parent)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        except OSError as exc:
+            raise StorageConfigError(f"storage.json_file: cannot create {lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise StorageConfigError(f"storage.json_file: {self.json_file} is in use by another process") from exc
+        self._lock_fd = fd
+
+    def _writers(self) -> list[RotatingFile]:
+        writers = [self._samples, self._alerts, self._statuses]
+        if self._human is not None:
+            writers.append(self._human)
+        return writers
+
+    def _open_writers(self) -> None:
+        for writer in self._writers():
+            writer.open()
+        self._remember(self._samples, frames.SAMPLES, self._sample_keys)
+        self._remember(self._alerts, frames.ALERTS, self._alert_keys)
+        self._remember(self._statuses, frames.STATUSES, self._status_keys)
+        self._writers_open = True
+
+    @staticmethod
+    def _remember(writer: RotatingFile, spec: FrameSpec, keys: _RecentKeys) -> None:
+        frame = jsonlines.parse(writer.tail(INDEX_TAIL_BYTES), spec)
+        for key in zip(*(frame[column].tolist() for column in spec.key), strict=True):
+            keys.add(key)
+
+    def _close_writers(self) -> None:
+        for writer in self._writers():
+            writer.close()
+        self._writers_open = False
+
+    def write(self, batch: Batch) -> None:
+        """Append the batch's new records; raises StorageUnavailable when the disk refuses."""
+        if self.readonly:
+            raise StorageConfigError(f"storage.json_file: {self.json_file} was opened read-only")
+        with self._lock:
+            if self._lock_fd is None:
+                raise StorageUnavailable(f"{self.json_file}: store is closed")
+            try:
+                if not self._writers_open:
+                    self._open_writers()
+                self._write_locked(batch)
+            except OSError as exc:
+                self._close_writers()
+                raise StorageUnavailable(
+                    f"cannot write {exc.filename or self.json_file}: {exc.strerror or exc}"
+                ) from exc
+
+    def _write_locked(self, batch: Batch) -> None:
+        samples = _new(batch.samples, self._sample_keys, lambda s: (s.agent, s.timestamp))
+        alerts = _new(batch.alerts, self._alert_keys, lambda a: (a.agent, a.timestamp, a.metric, a.state))
+        statuses = _new(batch.statuses, self._status_keys, lambda s: (s.agent, s.timestamp))
+        if samples:
+            self._samples.append([_json_line(s) for s in samples])
+        if alerts:
+            self._alerts.append([_json_line(a) for a in alerts])
+        if statuses:
+            self._statuses.append([_json_line(s) for s in statuses])
+        if self._human is not None and (samples or alerts):
+            human = [human_sample_line(s).encode() for s in samples]
+            human.extend(human_alert_line(a).encode() for a in alerts)
+            self._human.append(human)
+        for sample in samples:
+            self._sample_keys.add((sample.agent, sample.timestamp))
+        for alert in alerts:
+            self._alert_keys.add((alert.agent, alert.timestamp, alert.metric, alert.state))
+        for status in statuses:
+            self._status_keys.add((status.agent, status.timestamp))
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def query_samples(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        return self._query(self.json_file, frames.SAMPLES, start, end, agent)
+
+    def query_alerts(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        return self._query(self.alerts_file, frames.ALERTS, start, end, agent)
+
+    def query_statuses(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        return self._query(self.status_file, frames.STATUSES, start, end, agent)
+
+    def _query(self, path: Path, spec: FrameSpec, start: float, end: float, agent: str | None) -> pd.DataFrame:
+        if agent is not None and _AGENT.fullmatch(agent) is None:
+            return frames.empty(spec)
+        try:
+            data = self._read_family(path)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from exc
+        if agent is not None:
+            data = _lines_of(data, agent)
+        return frames.finish(jsonlines.parse(data, spec), spec, start, end, agent)
+
+    def _read_family(self, path: Path) -> bytes:
+        """Whole lines of the backups (oldest first) then the live file, consistent across a rotation."""
+        data = b""
+        for _attempt in range(_READ_ATTEMPTS):
+            before = _identity(path, self.backup_count)
+            data = b"".join(whole_lines(p) for p in family(path, self.backup_count))
+            if _identity(path, self.backup_count) == before:
+                return data
+        log.warning("%s kept rotating while being read; returning the last read", path)
+        return data
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_writers()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _identity(path: Path, backup_count: int) -> list[tuple[str, int]]:
+    """Which inode each file of the family is, to notice a rotation during a read."""
+    identity = []
+    for member in family(path, backup_count):
+        try:
+            identity.append((member.name, member.stat().st_ino))
+        except FileNotFoundError:
+            identity.append((member.name, -1))
+    return identity
+
+
+def _lines_of(data: bytes, agent: str) -> bytes:
+    """The lines of ``data`` that belong to ``agent``: every stored line begins with its agent.
+
+    ``bytes.find`` from one line start of the agent to the next is ~15x faster than a regex or a split.
+    """
+    prefix = b'{"agent":"' + agent.encode() + b'",'
+    needle = b"\n" + prefix
+    parts: list[bytes] = []
+    if data.startswith(prefix):
+        start = 0
+    else:
+        found = data.find(needle)
+        start = found + 1 if found >= 0 else -1
+    while start >= 0:
+        end = data.index(b"\n", start) + 1
+        parts.append(data[start:end])
+        found = data.find(needle, end - 1)
+        start = found + 1 if found >= 0 else -1
+    return b"".join(parts)
+
+
+def _json_line(record: Sample | Alert | AgentStatus) -> bytes:
+    return record.__pydantic_serializer__.to_json(record) + b"\n"
+
+
+def _new(records: Sequence[_R], seen: _RecentKeys, key: Callable[[_R], Hashable]) -> list[_R]:
+    """Records whose key is neither remembered nor earlier in this batch."""
+    fresh: list[_R] = []
+    batch_keys: set[Hashable] = set()
+    for record in records:
+        k = key(record)
+        if k in seen or k in batch_keys:
+            continue
+        batch_keys.add(k)
+        fresh.append(record)
+    return fresh
+
