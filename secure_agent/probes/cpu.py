@@ -99,8 +99,8 @@ class CpuSampler:
     """Thread-safe: measures utilisation between successive :meth:`sample` calls.
 
     It keeps two baselines: the newest reading that moved the baseline and the one before. A sample
-    less than ``min_window`` after the newest is measured against the older one, so that (after the
-    first ``min_window`` seconds) every answer covers at least ``min_window`` seconds.
+    less than ``min_window`` after the newest is measured against the older one, so every answer
+    covers at least ``min_window`` seconds; until the first window has passed the answer is ``None``.
     """
 
     def __init__(
@@ -118,7 +118,7 @@ class CpuSampler:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._newer: tuple[CpuTimes, float] | None = None
-        self._older: CpuTimes | None = None
+        self._older: tuple[CpuTimes, float] | None = None
 
     def sample(self) -> CpuReading:
         """Utilisation since a baseline at least ``min_window`` old (once one exists)."""
@@ -135,9 +135,12 @@ class CpuSampler:
             newer, newer_at = self._newer
             if now - newer_at >= self._min_window:
                 base = newer
-                self._older, self._newer = newer, (current, now)
+                self._older, self._newer = self._newer, (current, now)
+            elif self._older is not None:
+                base = self._older[0]
             else:
-                base = self._older if self._older is not None else newer
+                # within the first window: a few jiffies would say 0 or 100 %, so say nothing yet
+                return CpuReading(None, (), cores, "measuring: less than one window since the first reading")
         percent, per_core = utilisation(base, current)
         if percent is None:
             return CpuReading(None, (), cores, "measuring: no CPU time elapsed yet")

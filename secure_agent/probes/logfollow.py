@@ -76,6 +76,7 @@ class LogFollower:
         return self._offset
 
     def close(self) -> None:
+        """Close the descriptor; the offset is kept, so a later poll of the same file resumes there."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -102,11 +103,8 @@ class LogFollower:
         return Poll(tuple(lines), error, skipped, False)
 
     def _switch(self, lines: list[str]) -> str | None:
-        """Open the file now at the path (first time, or after rotation)."""
-        if self._pending and not self._resync:
-            self._emit(self._pending, lines)  # the old file's unterminated last line
+        """Open the file now at the path: the same one again (after :meth:`close`), or a new one."""
         self.close()
-        self._pending, self._mark, self._resync = b"", b"", False
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
         try:
             fd = os.open(self.path, flags)
@@ -116,13 +114,18 @@ class LogFollower:
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             return "not a regular file"
-        self._fd, self._identity = fd, (info.st_dev, info.st_ino)
-        if self._seen_before:
-            self._offset = 0
-        else:
-            self._offset = max(0, info.st_size - self._initial_tail)
-            self._resync = self._offset > 0
-            self._seen_before = True
+        identity = (info.st_dev, info.st_ino)
+        if identity != self._identity:
+            if self._pending and not self._resync:
+                self._emit(self._pending, lines)  # the old file's unterminated last line
+            self._pending, self._mark, self._resync = b"", b"", False
+            if self._seen_before:
+                self._offset = 0  # a rotated-in file: all of it is new
+            else:
+                self._offset = max(0, info.st_size - self._initial_tail)
+                self._resync = self._offset > 0
+                self._seen_before = True
+        self._fd, self._identity = fd, identity
         return None
 
     def _rewritten(self, fd: int, size: int) -> bool:
@@ -154,8 +157,7 @@ class LogFollower:
                 self._mark = (self._mark + data)[-MARK:]
                 self._split(data, lines)
         except OSError:
-            self.close()  # the descriptor went bad (file on a vanished mount): start over next poll
-            self._identity = None
+            self.close()  # the descriptor went bad: reopen next poll, resuming at the offset if it is the same file
         return budget, skipped
 
     def _split(self, data: bytes, lines: list[str]) -> None:

@@ -1,0 +1,325 @@
+"""The agent's metrics: cheap readings on every call, expensive scans in the background.
+
+:class:`MetricsService` answers ``get_metrics()`` (:meth:`~MetricsService.snapshot`) and ``get_info()``
+(:meth:`~MetricsService.info`) with the structs of docs/protocol.md. A call reads only what is cheap
+(CPU counters, load, memory: a few small procfs files) and serves the latest background results for the
+rest, with their age, so it never waits on a scan. The background thread, started by
+:meth:`~MetricsService.start`:
+
+- every ``min(FAST_INTERVAL, check_interval)`` seconds reads the temperature and disks (sysfs hwmon
+  reads and statvfs can each take milliseconds on real hardware) and ticks the CPU baseline;
+- every ``check_interval`` seconds, the first time right away, runs the security scan (processes,
+  sockets, auth logs).
+
+Everything returned is XML-RPC-marshallable (str, 32-bit int, float, bool, None, list, dict with str keys)
+and freshly built, so callers may share nothing; all methods are thread-safe and ``snapshot()`` and
+``info()`` never raise. A metric this host cannot provide, or that ``metrics.enable_*`` turns off, is
+``None`` with its reason under ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform as platform_module
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from secure_agent import __version__
+from secure_agent.config import AgentConfig
+from secure_agent.probes.cpu import CpuReading, CpuSampler
+from secure_agent.probes.disk import DiskReading, fullest, read_disks
+from secure_agent.probes.load import LoadReading, read_load
+from secure_agent.probes.memory import read_memory
+from secure_agent.probes.security import SECURITY_METRICS, SecurityReport, SecurityScanner
+from secure_agent.probes.temperature import TemperatureReading, read_temperature
+
+logger = logging.getLogger(__name__)
+
+FAST_INTERVAL = 5.0
+DEFAULT_STOP_TIMEOUT = 5.0
+MAX_PER_CORE = 1024
+METRICS = ("cpu_temperature", "cpu_usage", "load", "memory_usage", "disk_usage", *SECURITY_METRICS)
+DISABLED = "disabled by configuration"
+NOT_YET = "not measured yet"
+SCAN_PENDING = "first security scan not finished yet"
+INTERNAL_ERROR = "internal error while reading metrics"
+
+
+class _Slow(NamedTuple):
+    """What the background thread last read, and when."""
+
+    temperature: TemperatureReading
+    disks: tuple[DiskReading, ...] | str
+    read_at: float
+
+
+class _Unavailable:
+    """metric -> reason, remembering which reasons are transient (not a limit of the host)."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+        self.transient: set[str] = set()
+
+    def add(self, metric: str, reason: str, *, transient: bool = False) -> None:
+        self.reasons[metric] = reason
+        if transient:
+            self.transient.add(metric)
+
+
+class MetricsService:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        proc_root: Path = Path("/proc"),
+        sys_root: Path = Path("/sys"),
+        clock: Callable[[], float] = time.time,
+        platform: str = sys.platform,
+    ) -> None:
+        self._config = config
+        self._proc_root = proc_root
+        self._sys_root = sys_root
+        self._clock = clock
+        self._platform = platform
+        self._cpu = CpuSampler(proc_root, platform=platform)
+        self._scanner = SecurityScanner(config.security, proc_root=proc_root, platform=platform, clock=clock)
+        self._lock = threading.Lock()  # guards the fields below
+        self._slow: _Slow | None = None
+        self._security: SecurityReport | None = None
+        self._scan_error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._scan_lock = threading.Lock()  # one security scan at a time: it owns the log followers
+        self._stop = threading.Event()
+        self._scanned = threading.Event()
+        self._logged_unavailable: dict[str, str] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read the fast-changing background metrics now and start the background thread."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            thread = threading.Thread(target=self._run, name="metrics-scan", daemon=True)
+            self._thread = thread
+        self._refresh_slow()
+        thread.start()
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> bool:
+        """Stop the background thread; True when it has ended within ``timeout`` seconds."""
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("metrics thread still scanning after %.1f s; leaving it to finish", timeout)
+                return False
+        with self._scan_lock:
+            self._scanner.close()
+        return True
+
+    def refresh(self) -> None:
+        """Run every background reading and the security scan now, in the caller's thread."""
+        self._refresh_slow()
+        self._refresh_security()
+
+    def wait_for_scan(self, timeout: float) -> bool:
+        """Block until a security scan has completed (or ``timeout`` seconds pass)."""
+        return self._scanned.wait(timeout)
+
+    def _run(self) -> None:
+        slow_every = min(FAST_INTERVAL, self._config.check_interval)
+        scan_every = self._config.check_interval
+        next_slow = time.monotonic() + slow_every
+        next_scan = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_scan:
+                self._refresh_security()
+                next_scan = max(now + scan_every, time.monotonic())
+            if now >= next_slow:
+                self._refresh_slow()
+                next_slow = max(now + slow_every, time.monotonic())
+            self._stop.wait(max(0.0, min(next_slow, next_scan) - time.monotonic()))
+
+    def _refresh_slow(self) -> None:
+        enabled = self._config.metrics
+        try:
+            if enabled.enable_cpu:
+                self._cpu.sample()  # a background tick moves the CPU baseline when no one calls
+            temperature = (
+                read_temperature(self._sys_root, platform=self._platform)
+                if enabled.enable_temperature
+                else TemperatureReading(None, DISABLED, None, None, None)
+            )
+            disks = read_disks(self._proc_root, platform=self._platform) if enabled.enable_disk else DISABLED
+        except Exception:  # a probe bug must not kill the thread: logged with its traceback
+            logger.exception("reading temperature/disks failed")
+            return
+        with self._lock:
+            self._slow = _Slow(temperature, disks, self._clock())
+
+    def _refresh_security(self) -> None:
+        if not self._config.metrics.enable_security:
+            self._scanned.set()
+            return
+        with self._scan_lock:
+            try:
+                report = self._scanner.scan()
+            except Exception:  # a probe bug must not kill the thread: logged with its traceback
+                logger.exception("security scan failed")
+                with self._lock:
+                    self._scan_error = "the last security scan failed"
+                return
+        logger.debug("security scan: %d findings in %.3f s", report.issues, report.duration)
+        with self._lock:
+            self._security, self._scan_error = report, None
+        self._scanned.set()
+
+    # ---- the wire structs ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The ``get_metrics()`` struct; never raises."""
+        try:
+            return self._snapshot()[0]
+        except Exception:  # the agent must keep answering; the bug is logged with its traceback
+            logger.exception("building the metrics snapshot failed")
+            return self._fallback()
+
+    def info(self) -> dict[str, Any]:
+        """The ``get_info()`` struct: which metrics this host can provide; never raises."""
+        try:
+            unavailable = self._snapshot()[1]
+        except Exception:  # as in snapshot()
+            logger.exception("building the info struct failed")
+            unavailable = _Unavailable()
+            for metric in METRICS:
+                unavailable.add(metric, INTERNAL_ERROR)
+        lasting = {m: r for m, r in unavailable.reasons.items() if m not in unavailable.transient}
+        return {
+            "name": self._config.name,
+            "version": __version__,
+            "platform": self._platform,
+            "python": platform_module.python_version(),
+            "metrics": {metric: metric not in lasting for metric in METRICS},
+            "unavailable": lasting,
+        }
+
+    def _snapshot(self) -> tuple[dict[str, Any], _Unavailable]:
+        enabled = self._config.metrics
+        unavailable = _Unavailable()
+        now = self._clock()
+        with self._lock:
+            slow, security, scan_error = self._slow, self._security, self._scan_error
+        if enabled.enable_cpu:
+            cpu = self._cpu.sample()
+            load = read_load(self._proc_root, platform=self._platform)
+        else:
+            cpu = CpuReading(None, (), 0, DISABLED)
+            load = LoadReading(None, None, None, DISABLED)
+        memory = read_memory(self._proc_root, platform=self._platform) if enabled.enable_memory else DISABLED
+        if cpu.reason is not None:
+            unavailable.add("cpu_usage", cpu.reason, transient=cpu.reason.startswith("measuring"))
+        if load.reason is not None:
+            unavailable.add("load", load.reason)
+        if isinstance(memory, str):
+            unavailable.add("memory_usage", memory)
+        if slow is None:
+            temperature = TemperatureReading(None, NOT_YET, None, None, None)
+            disks: tuple[DiskReading, ...] | str = NOT_YET
+        else:
+            temperature, disks = slow.temperature, slow.disks
+        if temperature.reason is not None:
+            unavailable.add("cpu_temperature", temperature.reason, transient=slow is None)
+        if isinstance(disks, str):
+            unavailable.add("disk_usage", disks, transient=slow is None)
+        security_struct = self._security_struct(security, scan_error, now, unavailable)
+        cores = cpu.cores or os.cpu_count() or 1
+        struct: dict[str, Any] = {
+            "agent": self._config.name,
+            "timestamp": now,
+            "version": __version__,
+            "cpu_usage": cpu.percent,
+            "cpu_temperature": temperature.celsius,
+            "load_1": load.load_1,
+            "load_5": load.load_5,
+            "load_15": load.load_15,
+            "memory_usage": None if isinstance(memory, str) else memory.percent,
+            "disk_usage": None if isinstance(disks, str) else fullest(disks).percent,
+            "security_issues": security_struct["issues"],
+            "threat_level": security_struct["threat_level"],
+            "temperature": temperature._asdict(),
+            "cpu": {"percent": cpu.percent, "per_core": list(cpu.per_core[:MAX_PER_CORE]), "count": cores},
+            "load": {
+                "load_1": load.load_1, "load_5": load.load_5, "load_15": load.load_15,
+                "per_core_1": None if load.load_1 is None else round(load.load_1 / cores, 3),
+            },
+            "memory": None if isinstance(memory, str) else memory._asdict(),
+            "disks": [] if isinstance(disks, str) else [disk._asdict() for disk in disks],
+            "security": security_struct,
+            "unavailable": dict(unavailable.reasons),
+        }
+        self._log_unavailable(unavailable)
+        return struct, unavailable
+
+    def _security_struct(
+        self, report: SecurityReport | None, scan_error: str | None, now: float, unavailable: _Unavailable
+    ) -> dict[str, Any]:
+        if not self._config.metrics.enable_security:
+            for metric in SECURITY_METRICS:
+                unavailable.add(metric, DISABLED)
+        elif report is None:
+            for metric in SECURITY_METRICS:
+                unavailable.add(metric, scan_error or SCAN_PENDING, transient=True)
+        else:
+            for metric, reason in report.unavailable:
+                unavailable.add(metric, reason)
+        if report is None or not self._config.metrics.enable_security:
+            return {
+                "threat_level": "none", "issues": 0, "scanned_at": None, "age": None, "ssh_failures": 0,
+                "unknown_processes": 0, "findings": [],
+            }
+        return {
+            "threat_level": report.threat_level,
+            "issues": report.issues,
+            "scanned_at": report.scanned_at,
+            "age": max(0.0, round(now - report.scanned_at, 3)),
+            "ssh_failures": report.ssh_failures,
+            "unknown_processes": report.unknown_processes,
+            "findings": [finding.as_wire() for finding in report.findings],
+        }
+
+    def _fallback(self) -> dict[str, Any]:
+        """A struct of the right shape with every metric missing, for when building the real one failed."""
+        nothing = dict.fromkeys(("cpu_usage", "cpu_temperature", "load_1", "load_5", "load_15"))
+        return {
+            "agent": self._config.name, "timestamp": self._clock(), "version": __version__, **nothing,
+            "memory_usage": None, "disk_usage": None, "security_issues": 0, "threat_level": "none",
+            "temperature": {"celsius": None, "reason": INTERNAL_ERROR, "sensor": None, "high": None, "critical": None},
+            "cpu": {"percent": None, "per_core": [], "count": os.cpu_count() or 1},
+            "load": {"load_1": None, "load_5": None, "load_15": None, "per_core_1": None},
+            "memory": None, "disks": [],
+            "security": {
+                "threat_level": "none", "issues": 0, "scanned_at": None, "age": None, "ssh_failures": 0,
+                "unknown_processes": 0, "findings": [],
+            },
+            "unavailable": dict.fromkeys(METRICS, INTERNAL_ERROR),
+        }
+
+    def _log_unavailable(self, unavailable: _Unavailable) -> None:
+        """Log each lasting reason once when it appears or changes (not on every call)."""
+        lasting = {m: r for m, r in unavailable.reasons.items() if m not in unavailable.transient}
+        if lasting == self._logged_unavailable:
+            return
+        with self._lock:
+            for metric, reason in lasting.items():
+                if self._logged_unavailable.get(metric) != reason:
+                    logger.info("metric %s unavailable: %s", metric, reason)
+            self._logged_unavailable = lasting

@@ -1,0 +1,85 @@
+"""One security scan: processes, sockets and SSH auth logs, merged into findings and a threat level.
+
+The scan is the expensive part of the agent's metrics (it walks every process and reads the logs), so the
+metrics service runs it in the background every ``check_interval`` seconds and serves the last report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from secure_agent.config import SecurityConfig
+from secure_agent.probes.findings import Finding, ThreatLevel, most_severe, threat_level
+from secure_agent.probes.network import scan_network
+from secure_agent.probes.processes import scan_processes
+from secure_agent.probes.ssh import SshMonitor
+
+SECURITY_METRICS = ("processes", "network", "ssh_auth_log")
+
+
+class SecurityReport(NamedTuple):
+    scanned_at: float
+    duration: float  # seconds the scan took
+    findings: tuple[Finding, ...]  # most severe first, at most MAX_FINDINGS
+    issues: int  # all findings, including any beyond the cap
+    threat_level: ThreatLevel
+    ssh_failures: int
+    unknown_processes: int
+    unavailable: tuple[tuple[str, str], ...]  # (metric, reason) for the parts that could not run
+
+
+class SecurityScanner:
+    """Holds the auth-log state between scans; :meth:`scan` must not run concurrently with itself."""
+
+    def __init__(
+        self,
+        config: SecurityConfig,
+        *,
+        proc_root: Path = Path("/proc"),
+        platform: str = sys.platform,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._proc_root = proc_root
+        self._platform = platform
+        self._clock = clock
+        self._ssh = SshMonitor(
+            config.auth_log_paths,
+            max_failures=config.ssh_max_failures,
+            find_time=config.ssh_find_time,
+            clock=clock,
+        )
+
+    def scan(self) -> SecurityReport:
+        started = time.perf_counter()
+        processes = scan_processes(self._proc_root, platform=self._platform)
+        network = scan_network(
+            self._proc_root,
+            suspicious_ports=self._config.suspicious_ports,
+            expected_listeners=self._config.expected_listeners,
+            platform=self._platform,
+        )
+        ssh = self._ssh.scan()
+        unavailable = tuple(
+            (metric, reason)
+            for metric, reason in zip(SECURITY_METRICS, (processes.reason, network.reason, ssh.reason), strict=True)
+            if reason is not None
+        )
+        findings = ssh.findings + processes.findings + network.findings
+        return SecurityReport(
+            scanned_at=self._clock(),
+            duration=time.perf_counter() - started,
+            findings=most_severe(findings),
+            issues=len(findings),
+            threat_level=threat_level(findings),
+            ssh_failures=ssh.failures,
+            unknown_processes=processes.unknown,
+            unavailable=unavailable,
+        )
+
+    def close(self) -> None:
+        self._ssh.close()
