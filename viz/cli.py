@@ -82,8 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         store = open_store(settings.storage, readonly=True)
-    except (VizConfigError, StorageConfigError) as exc:
+    except VizConfigError as exc:
         return _fail(EXIT_USAGE, str(exc))
+    except StorageConfigError as exc:
+        return _fail(EXIT_USAGE, f"{args.config}: {exc}")
     except StorageError as exc:
         return _fail(EXIT_FAILED, f"storage: {exc}")
     request = Request(args.plot, window_for(args.hours), args.agent, args.output_dir)

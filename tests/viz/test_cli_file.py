@@ -1,0 +1,162 @@
+"""secure-viz end to end against the file backend: every plot, filters, windows and failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tests.viz.conftest import assert_real_png, listed, write_config, write_file_store
+from tests.viz.fleet import HOSTILE_AGENT, fleet
+from viz.plots import PLOTS
+
+
+class _Cells(HTMLParser):
+    """The text of the first cell of each body row of the agents table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.agents: list[str] = []
+        self._in_body = False
+        self._cell = -1
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+        if tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self._cell = -1
+        elif tag == "td" and self._in_body:
+            self._cell += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self._in_body = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_body and self._cell == 0 and data.strip():
+            self.agents.append(data.strip())
+            self._cell = 99
+
+
+def table_agents(index: Path) -> list[str]:
+    parser = _Cells()
+    parser.feed(index.read_text(encoding="utf-8"))
+    return parser.agents
+
+
+@pytest.mark.parametrize("name", list(PLOTS))
+def test_each_plot_is_a_real_image(run_viz, file_config: Path, tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    result = run_viz("--config", file_config, "--plot", name, "--output-dir", out)
+    assert result.code == 0, result.err
+    assert listed(result.out.split()) == [f"{name}.png"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{name}.png"], "one PNG, no index, no temp files"
+    assert_real_png(out / f"{name}.png", name)
+
+
+def test_all_writes_every_plot_and_the_index(run_viz, file_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "out"
+    result = run_viz("--config", file_config, "--plot", "all", "--output-dir", out)
+    assert result.code == 0, result.err
+    assert result.err == ""
+    expected = sorted([f"{name}.png" for name in PLOTS] + ["index.html"])
+    assert listed(result.out.split()) == expected
+    assert sorted(p.name for p in out.iterdir()) == expected
+    for name in PLOTS:
+        assert_real_png(out / f"{name}.png", name)
+    assert sorted(table_agents(out / "index.html")) == ["db-1", "edge-1", "web-1", "x--script-onerror"]
+
+
+def test_agent_filter(run_viz, file_config: Path, tmp_path: Path) -> None:
+    everyone, one = tmp_path / "everyone", tmp_path / "one"
+    assert run_viz("--config", file_config, "--plot", "all", "--output-dir", everyone).code == 0
+    result = run_viz("--config", file_config, "--plot", "all", "--agent", "db-1", "--output-dir", one)
+    assert result.code == 0, result.err
+    assert table_agents(one / "index.html") == ["db-1"]
+    for name in PLOTS:
+        assert_real_png(one / f"{name}.png", name)
+        assert (one / f"{name}.png").read_bytes() != (everyone / f"{name}.png").read_bytes()
+
+
+def test_agent_without_sensor_still_gets_a_temperature_plot(run_viz, file_config: Path, tmp_path: Path) -> None:
+    result = run_viz("--config", file_config, "--plot", "temperature", "--agent", "db-1", "--output-dir", tmp_path)
+    assert result.code == 0, result.err
+    assert_real_png(tmp_path / "temperature.png", "temperature")
+
+
+def test_hours_window(run_viz, tmp_path: Path, now: float) -> None:
+    old = fleet(now - 5 * 3600, agents=("old-1",), hours=1)
+    recent = fleet(now, agents=("new-1",), hours=1)
+    config = write_config(tmp_path / "collector.json", write_file_store(tmp_path, old, recent))
+    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
+    assert run_viz("--config", config, "--plot", "all", "--hours", "2", "--output-dir", narrow).code == 0
+    assert table_agents(narrow / "index.html") == ["new-1"]
+    assert run_viz("--config", config, "--plot", "all", "--hours", "7.5", "--output-dir", wide).code == 0
+    assert sorted(table_agents(wide / "index.html")) == ["new-1", "old-1"]
+    result = run_viz("--config", config, "--plot", "cpu", "--hours", "2", "--agent", "old-1", "--output-dir", narrow)
+    assert result.code == 1
+    assert result.err == "secure-viz: no data: no samples for agent old-1 in the last 2 h\n"
+
+
+@pytest.mark.parametrize("agent", [None, "ghost"])
+def test_no_data_exits_1_without_writing(run_viz, tmp_path: Path, agent: str | None) -> None:
+    config = write_config(tmp_path / "collector.json", write_file_store(tmp_path))
+    out = tmp_path / "out"
+    args = ["--config", config, "--plot", "all", "--output-dir", out] + (["--agent", agent] if agent else [])
+    result = run_viz(*args)
+    assert result.code == 1
+    who = f"agent {agent}" if agent else "any agent"
+    assert result.err == f"secure-viz: no data: no samples for {who} in the last 24 h\n"
+    assert result.out == ""
+    assert not out.exists()
+
+
+def test_index_escapes_hostile_text(run_viz, file_config: Path, tmp_path: Path) -> None:
+    assert run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path).code == 0
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    parser = _Cells()
+    parser.feed(page)
+    tags = {tag for tag, _ in parser.tags}
+    assert "script" not in tags
+    assert not [attrs for _, attrs in parser.tags if any(key.startswith("on") for key, _ in attrs)]
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "security&lt;b&gt;" in page
+    assert HOSTILE_AGENT in page
+    assert {src for tag, attrs in parser.tags if tag == "img" for key, src in attrs if key == "src"} == {
+        f"{name}.png" for name in PLOTS
+    }
+
+
+def test_output_dir_that_is_a_file(run_viz, file_config: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_viz("--config", file_config, "--plot", "cpu", "--output-dir", blocker)
+    assert result.code == 1
+    assert result.err.startswith(f"secure-viz: {blocker}: ")
+    assert result.err.count("\n") == 1
+
+
+def test_rewrites_replace_files_atomically(run_viz, file_config: Path, tmp_path: Path) -> None:
+    assert run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path).code == 0
+    inode = (tmp_path / "cpu.png").stat().st_ino
+    assert run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path).code == 0
+    assert (tmp_path / "cpu.png").stat().st_ino != inode, "rewritten through a new file and os.replace"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_python_dash_m_and_help(tmp_path: Path, file_config: Path) -> None:
+    helped = subprocess.run([sys.executable, "-m", "viz", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0
+    assert "--output-dir" in helped.stdout and "temperature" in helped.stdout
+    ran = subprocess.run(
+        [sys.executable, "-m", "viz", "--config", str(file_config), "--plot", "disk", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == str(tmp_path / "disk.png")
+    assert_real_png(tmp_path / "disk.png", "disk")
