@@ -1,0 +1,108 @@
+"""Sampling a running Python server with py-spy, and naming the functions that take its time.
+
+``py-spy record --format raw`` writes collapsed stacks (``frame;frame;...;leaf COUNT``); from them we
+count, per function (``name (file)``, line numbers dropped), the samples where it is the leaf
+(*self*: the time spent in its own code) and the samples where it is anywhere on the stack
+(*total*). Idle threads (blocked in ``select``/``accept``) are not sampled, so the shares are of the
+CPU-busy samples. ``--nonblocking`` keeps py-spy from pausing the server while it reads the stacks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.measure import which
+
+RATE = 250  # samples per second
+_LINE = re.compile(r"^(.*) (\d+)$")
+_FRAME = re.compile(r"^(.*?) \((.*?)(?::\d+)?\)$")
+
+
+def py_spy() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else which("py-spy")
+
+
+def start(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """Start sampling ``pid`` for ``seconds``; None when py-spy is not installed."""
+    binary = py_spy()
+    if binary is None:
+        return None
+    command = [
+        binary,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, round(seconds))),
+        "--rate",
+        str(RATE),
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(output),
+    ]
+    return subprocess.Popen(  # py-spy on a pid we started, no shell
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
+    )
+
+
+def _short(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if match is None:
+        return frame.strip()
+    name, path = match.groups()
+    parts = Path(path).parts
+    # keep the package-relative tail: secure_agent/server.py, ssl.py, http/server.py
+    tail = "/".join(parts[-2:]) if len(parts) > 1 and parts[-2] not in {"lib", "python3.11"} else parts[-1]
+    return f"{name} ({tail})"
+
+
+def summarize(lines: Iterable[str], top: int = 12) -> dict[str, Any]:
+    """Self and total shares of the busiest functions, from py-spy raw output."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in lines:
+        match = _LINE.match(line.strip())
+        if match is None:
+            continue
+        stack_text, count_text = match.groups()
+        count = int(count_text)
+        frames = [_short(frame) for frame in stack_text.split(";") if frame]
+        if not frames:
+            continue
+        samples += count
+        own[frames[-1]] += count
+        for name in set(frames):
+            total[name] += count
+
+    def share(counter: Counter[str]) -> list[list[Any]]:
+        return [[name, round(100 * count / samples, 1)] for name, count in counter.most_common(top)]
+
+    if samples == 0:
+        return {"samples": 0, "self": [], "total": []}
+    return {"samples": samples, "self": share(own), "total": share(total)}
+
+
+def finish(process: subprocess.Popen[bytes] | None, output: Path, timeout: float) -> dict[str, Any]:
+    """Wait for a recording started by :func:`start` and summarize it (or say why there is none)."""
+    if process is None:
+        return {"error": "py-spy is not installed (bench/setup.sh installs it into .venv)"}
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return {"error": "py-spy did not finish in time"}
+    if not output.exists():
+        return {"error": f"py-spy failed: {stderr.decode(errors='replace').strip()[-300:]}"}
+    return summarize(output.read_text(errors="replace").splitlines())

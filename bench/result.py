@@ -1,0 +1,72 @@
+"""The one machine-readable line a benchmark prints last: ``BENCH_RESULT {json}``.
+
+Shape (every key optional except ``bench``; ``run_all`` renders what is there, see bench/README.md)::
+
+    {"bench": "agent", "title": "...", "params": {...},
+     "tables": [{"title": "...", "rows": [{"column": value, ...}, ...]}],
+     "goals": [{"name": "...", "value": 0.8, "op": "<", "target": 1.0, "unit": "ms",
+                "met": true, "miss": null, "detail": "..."}],
+     "notes": ["..."], "profile": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, TypedDict
+
+PREFIX = "BENCH_RESULT "
+
+
+class Goal(TypedDict):
+    name: str
+    value: float | None
+    op: str
+    target: float
+    unit: str
+    met: bool | None  # None: not measured
+    miss: str | None  # by how much it is missed, in words
+    detail: str
+
+
+def _met(value: float, op: str, target: float) -> bool:
+    if op == "<":
+        return value < target
+    if op == "<=":
+        return value <= target
+    if op == ">":
+        return value > target
+    if op == ">=":
+        return value >= target
+    raise ValueError(f"unknown comparison {op!r}")
+
+
+def goal(name: str, value: float | None, op: str, target: float, unit: str, detail: str = "") -> Goal:
+    """A goal and whether ``value`` meets it; ``miss`` says by how much it does not."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return Goal(name=name, value=None, op=op, target=target, unit=unit, met=None, miss=None, detail=detail)
+    met = _met(value, op, target)
+    miss = None
+    if not met:
+        if op in ("<", "<="):
+            miss = f"{value - target:.3g} {unit} over ({value / target:.2f}x the goal)"
+        else:
+            miss = f"{target - value:.3g} {unit} short ({value / target:.0%} of the goal)"
+    return Goal(name=name, value=value, op=op, target=target, unit=unit, met=met, miss=miss, detail=detail)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the result line (last, on stdout, one line)."""
+    print(PREFIX + json.dumps(result, separators=(",", ":"), default=str), flush=True)
+
+
+def parse(stdout: str) -> dict[str, Any] | None:
+    """The last ``BENCH_RESULT`` line of a benchmark's output, if it printed one that parses."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(PREFIX):
+            try:
+                value = json.loads(line[len(PREFIX) :])
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else {"value": value}
+    return None
