@@ -20,5 +20,7 @@ def open_store(config: StorageConfig, *, readonly: bool = False) -> Store:
 
         return FileStore.from_config(config, readonly=readonly)
     if config.type == "mysql":
-        raise StorageConfigError("storage.type: the mysql backend is not installed yet")
+        from storage.mysql import MySQLStore
+
+        return MySQLStore.from_config(config, readonly=readonly)
     raise StorageConfigError(f"storage.type: unknown backend {config.type!r}")  # pragma: no cover - Literal

@@ -1,0 +1,83 @@
+"""``python -m storage init-db --config COLLECTOR_CONFIG``: create the MySQL schema.
+
+Reads only the ``storage`` section of the collector's JSON configuration. Exit status: 0 done,
+1 the server cannot be reached, 2 the configuration (or credentials) cannot work; errors are one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from storage.config import StorageConfig
+from storage.errors import StorageConfigError, StorageError, StorageUnavailable
+
+PROG = "python -m storage"
+
+
+def load_storage_config(path: Path) -> StorageConfig:
+    """The validated ``storage`` section of the JSON file at ``path``. Raises StorageConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise StorageConfigError(f"{path}: cannot read: {reason}") from exc
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise StorageConfigError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise StorageConfigError(f"{path}: the configuration must be a JSON object")
+    section = document.get("storage", {})
+    try:
+        return StorageConfig.model_validate(section)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in ("storage", *first["loc"]))
+        raise StorageConfigError(f"{path}: {key}: {first['msg']}") from exc
+
+
+def _init_db(config_path: Path) -> str:
+    config = load_storage_config(config_path)
+    if config.type != "mysql":
+        raise StorageConfigError(f"{config_path}: storage.type is {config.type!r}; init-db is for 'mysql'")
+    from storage.mysql import MySQLStore
+
+    store = MySQLStore(config)
+    try:
+        version = store.init_schema()
+    finally:
+        store.close()
+    return f"schema version {version} ready in {store.where}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="Storage administration for secure-monitor.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init-db", help="create the MySQL tables named in a collector configuration")
+    init.add_argument("--config", type=Path, required=True, help="the collector's JSON configuration")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        print(_init_db(args.config))
+    except StorageUnavailable as exc:
+        print(f"{PROG} init-db: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except StorageError as exc:
+        print(f"{PROG} init-db: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

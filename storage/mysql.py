@@ -1,0 +1,265 @@
+"""The MySQL / MariaDB backend, on pymysql.
+
+Tables (``storage/schema.sql``, shipped with the package): ``metrics`` (one row per sample, primary key
+(agent, timestamp), details as JSON), ``alerts`` (key agent, timestamp, metric, state), ``agent_status``
+(key agent, timestamp) and ``schema_version``. A writable store creates them on its first connection
+when they are missing; ``python -m storage init-db --config FILE`` does it explicitly.
+
+Writes are one transaction per :meth:`MySQLStore.write` (one per polling sweep), multi-row ``INSERT``s of
+``batch_size`` rows (pymysql's ``executemany``), ``ON DUPLICATE KEY UPDATE`` a no-op: a replayed record
+is stored once, and the first copy wins. A connection lost while idle (server restart) is re-opened and
+the call retried once; otherwise the call raises :class:`StorageUnavailable` and the next call connects
+again. Connection security (credentials, TLS, timeouts) is :mod:`storage.mysql_conn`'s.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import math
+import operator
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import pandas as pd
+import pymysql
+import pymysql.cursors
+
+from storage import frames
+from storage.base import Batch
+from storage.config import StorageConfig
+from storage.errors import StorageConfigError, StorageError
+from storage.frames import FrameSpec
+from storage.models import Sample
+from storage.mysql_conn import connect_kwargs, translate
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_LOST = {2006, 2013, 2055}  # server gone away, lost connection during query, lost connection at handshake
+_NO_TABLE = 1146
+_T = TypeVar("_T")
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    names = ", ".join(f"`{c}`" for c in columns)
+    values = ", ".join(["%s"] * len(columns))
+    first = columns[0]
+    return f"INSERT INTO `{table}` ({names}) VALUES ({values}) ON DUPLICATE KEY UPDATE `{first}` = `{first}`"  # noqa: S608 - fixed identifiers, values are parameters
+
+
+def _select(table: str, columns: Sequence[str]) -> str:
+    names = ", ".join(f"`{c}`" for c in columns)
+    return f"SELECT {names} FROM `{table}` WHERE `timestamp` BETWEEN %s AND %s"  # noqa: S608 - fixed identifiers
+
+
+_SAMPLE_INSERT = _insert("metrics", (*frames.SAMPLES.columns, "details"))
+_ALERT_INSERT = _insert("alerts", frames.ALERTS.columns)
+_STATUS_INSERT = _insert("agent_status", frames.STATUSES.columns)
+_sample_values = operator.attrgetter(*frames.SAMPLES.columns)
+_alert_values = operator.attrgetter(*frames.ALERTS.columns)
+_status_values = operator.attrgetter(*frames.STATUSES.columns)
+
+
+def sample_params(sample: Sample) -> tuple[Any, ...]:
+    """The ``metrics`` row of ``sample``: the frame columns, then details as JSON (or NULL)."""
+    details = None
+    if sample.findings or sample.extra:
+        details = Sample.__pydantic_serializer__.to_json(sample, include={"findings", "extra"}).decode()
+    return (*_sample_values(sample), details)
+
+
+def schema_statements() -> list[str]:
+    """The statements of ``schema.sql``, comments removed."""
+    text = importlib.resources.files("storage").joinpath("schema.sql").read_text(encoding="utf-8")
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [statement.strip() for statement in body.split(";\n") if statement.strip().rstrip(";")]
+
+
+def _bound(value: float) -> float:
+    """A finite stand-in for an infinite query bound (MySQL has no infinities)."""
+    return math.copysign(1.7976931348623157e308, value) if math.isinf(value) else value
+
+
+def _chunks(rows: Sequence[_T], size: int) -> list[Sequence[_T]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+class MySQLStore:
+    """A :class:`storage.base.Store` on one pymysql connection, serialised by a lock."""
+
+    def __init__(self, config: StorageConfig, *, readonly: bool = False) -> None:
+        self._kwargs = connect_kwargs(config)  # reads the password and TLS files now: fail at start-up
+        where = str(config.mysql_socket) if config.mysql_socket else f"{config.mysql_host}:{config.mysql_port}"
+        self.where = f"{config.mysql_user}@{where}/{config.mysql_database}"
+        self.batch_size = config.batch_size
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._conn: pymysql.connections.Connection[pymysql.cursors.Cursor] | None = None
+        self._schema_checked = readonly  # readers never run DDL
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: StorageConfig, *, readonly: bool = False) -> MySQLStore:
+        return cls(config, readonly=readonly)
+
+    # -- connection ----------------------------------------------------------------------------------
+
+    def _connect(self) -> pymysql.connections.Connection[pymysql.cursors.Cursor]:
+        if self._conn is not None:
+            return self._conn
+        if self._closed:
+            raise StorageError(f"mysql {self.where}: store is closed")
+        try:
+            conn = pymysql.connect(**self._kwargs)
+        except (pymysql.MySQLError, OSError) as exc:
+            raise translate(exc, f"connect to {self.where}") from exc
+        self._conn = conn
+        log.info("connected to mysql %s", self.where)
+        if not self._schema_checked:
+            self._ensure_schema(conn)
+            self._schema_checked = True
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except (pymysql.MySQLError, OSError):
+                log.debug("closing a broken connection to %s failed", self.where)
+
+    def _run(
+        self,
+        what: str,
+        work: Callable[[pymysql.connections.Connection[Any]], _T],
+        on_missing_table: Callable[[], _T] | None = None,
+    ) -> _T:
+        """``work`` on a live connection; one retry when a reused connection turns out to be dead.
+
+        ``on_missing_table`` answers instead when the server says a table does not exist.
+        """
+        with self._lock:
+            for attempt in (1, 2):
+                reused = self._conn is not None
+                try:
+                    return work(self._connect())
+                except (pymysql.MySQLError, OSError) as exc:
+                    if on_missing_table is not None and exc.args[:1] == (_NO_TABLE,):
+                        log.debug("%s on %s: %s", what, self.where, exc)
+                        return on_missing_table()
+                    self._drop()
+                    code = exc.args[0] if exc.args else None
+                    lost = code in _LOST or isinstance(exc, pymysql.err.InterfaceError | ConnectionError)
+                    if attempt == 1 and reused and lost:
+                        log.info("connection to %s was lost (%s); reconnecting", self.where, code)
+                        continue
+                    raise translate(exc, f"{what} on {self.where}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ensure_schema(self, conn: pymysql.connections.Connection[Any]) -> None:
+        version = self._version(conn)
+        if version is None:
+            self._apply_schema(conn)
+        elif version > SCHEMA_VERSION:
+            raise StorageConfigError(
+                f"mysql {self.where}: database schema version {version} is newer than this program's "
+                f"({SCHEMA_VERSION})"
+            )
+
+    @staticmethod
+    def _version(conn: pymysql.connections.Connection[Any]) -> int | None:
+        with conn.cursor() as cursor:
+            try:
+                cursor.execute("SELECT MAX(`version`) FROM `schema_version`")
+            except pymysql.err.ProgrammingError as exc:
+                if exc.args[:1] == (_NO_TABLE,):
+                    return None
+                raise
+            row = cursor.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _apply_schema(self, conn: pymysql.connections.Connection[Any]) -> None:
+        with conn.cursor() as cursor:
+            for statement in schema_statements():
+                cursor.execute(statement)
+        log.info("created the storage schema (version %d) in %s", SCHEMA_VERSION, self.where)
+
+    def init_schema(self) -> int:
+        """Create the tables when missing (a writable store also does so on first use); the version."""
+        if self.readonly:
+            raise StorageConfigError(f"mysql {self.where}: opened read-only")
+
+        def work(conn: pymysql.connections.Connection[Any]) -> int:
+            self._ensure_schema(conn)
+            version = self._version(conn)
+            return SCHEMA_VERSION if version is None else version
+
+        return self._run("init-db", work)
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> None:
+        """Store ``batch`` in one transaction; replays are no-ops. Raises StorageUnavailable when down."""
+        if self.readonly:
+            raise StorageConfigError(f"mysql {self.where}: opened read-only")
+        if not batch:
+            return
+        work_items = [
+            (_SAMPLE_INSERT, [sample_params(s) for s in batch.samples]),
+            (_ALERT_INSERT, [_alert_values(a) for a in batch.alerts]),
+            (_STATUS_INSERT, [_status_values(s) for s in batch.statuses]),
+        ]
+
+        def work(conn: pymysql.connections.Connection[Any]) -> None:
+            conn.begin()
+            with conn.cursor() as cursor:
+                for statement, rows in work_items:
+                    for chunk in _chunks(rows, self.batch_size):
+                        cursor.executemany(statement, chunk)
+            conn.commit()
+
+        started = time.perf_counter()
+        self._run("write", work)
+        log.debug(
+            "stored %d samples, %d alerts, %d statuses in %.1f ms",
+            len(batch.samples), len(batch.alerts), len(batch.statuses), (time.perf_counter() - started) * 1000,
+        )
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def query_samples(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        return self._query("metrics", frames.SAMPLES, start, end, agent)
+
+    def query_alerts(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        return self._query("alerts", frames.ALERTS, start, end, agent)
+
+    def query_statuses(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        return self._query("agent_status", frames.STATUSES, start, end, agent)
+
+    def _query(self, table: str, spec: FrameSpec, start: float, end: float, agent: str | None) -> pd.DataFrame:
+        if math.isnan(start) or math.isnan(end):
+            return frames.empty(spec)
+        sql = _select(table, spec.columns)
+        params: tuple[Any, ...] = (_bound(start), _bound(end))
+        if agent is not None:
+            sql += " AND `agent` = %s"
+            params += (agent,)
+
+        def work(conn: pymysql.connections.Connection[Any]) -> tuple[tuple[Any, ...], ...]:
+            with conn.cursor() as cursor:
+                cursor.execute(sql, params)
+                return tuple(cursor.fetchall())
+
+        def nothing() -> tuple[tuple[Any, ...], ...]:  # no table yet: nothing stored yet
+            return ()
+
+        rows = self._run(f"query {table}", work, on_missing_table=nothing)
+        return frames.finish(frames.from_rows(rows, spec), spec, start, end, agent)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()

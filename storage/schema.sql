@@ -1,0 +1,66 @@
+-- secure-monitor storage schema, version 1 (MariaDB 10.5+ / MySQL 8).
+-- Applied by `python -m storage init-db --config COLLECTOR_CONFIG`, or on the collector's first write.
+-- Every statement is idempotent; statements are separated by a semicolon at the end of a line.
+-- Timestamps are Unix seconds (UTC) as DOUBLE, exactly the float the collector stored, so that a
+-- replayed sample matches its first copy in the primary key and is stored once.
+
+CREATE TABLE IF NOT EXISTS `schema_version` (
+    `version` INT NOT NULL PRIMARY KEY,
+    `applied_at` DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- One row per successful poll. The primary key (agent, timestamp) makes replays idempotent and
+-- clusters an agent's rows by time (viz: one agent over a range); ix_metrics_time serves the
+-- whole fleet over a range. details holds {"findings": [...], "extra": {...}} when either is non-empty.
+CREATE TABLE IF NOT EXISTS `metrics` (
+    `agent` VARCHAR(64) NOT NULL,
+    `timestamp` DOUBLE NOT NULL,
+    `cpu_usage` DOUBLE NULL,
+    `cpu_temperature` DOUBLE NULL,
+    `load_1` DOUBLE NULL,
+    `load_5` DOUBLE NULL,
+    `load_15` DOUBLE NULL,
+    `memory_usage` DOUBLE NULL,
+    `disk_usage` DOUBLE NULL,
+    `security_issues` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    `threat_level` ENUM('none', 'low', 'medium', 'high') NOT NULL DEFAULT 'none',
+    `temperature_reason` VARCHAR(256) NULL,
+    `temperature_high` DOUBLE NULL,
+    `temperature_critical` DOUBLE NULL,
+    `swap_usage` DOUBLE NULL,
+    `cpu_count` BIGINT UNSIGNED NULL,
+    `ssh_failures` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    `security_age` DOUBLE NULL,
+    `details` LONGTEXT NULL CHECK (`details` IS NULL OR JSON_VALID(`details`)),
+    PRIMARY KEY (`agent`, `timestamp`),
+    KEY `ix_metrics_time` (`timestamp`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Threshold and security transitions; a replayed alert has the same key and is stored once.
+CREATE TABLE IF NOT EXISTS `alerts` (
+    `agent` VARCHAR(64) NOT NULL,
+    `timestamp` DOUBLE NOT NULL,
+    `metric` VARCHAR(64) NOT NULL,
+    `value` DOUBLE NULL,
+    `threshold` DOUBLE NULL,
+    `severity` ENUM('info', 'warning', 'critical') NOT NULL,
+    `state` ENUM('firing', 'cleared') NOT NULL DEFAULT 'firing',
+    `technique` VARCHAR(32) NULL,
+    `message` VARCHAR(512) NOT NULL DEFAULT '',
+    PRIMARY KEY (`agent`, `timestamp`, `metric`, `state`),
+    KEY `ix_alerts_time` (`timestamp`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The outcome of every poll attempt (up, unreachable, timeout, tls_failure, ...).
+CREATE TABLE IF NOT EXISTS `agent_status` (
+    `agent` VARCHAR(64) NOT NULL,
+    `timestamp` DOUBLE NOT NULL,
+    `state` ENUM('up', 'unreachable', 'timeout', 'tls_failure', 'auth_refused', 'rate_limited',
+                 'bad_response') NOT NULL,
+    `detail` VARCHAR(256) NOT NULL DEFAULT '',
+    `latency_ms` DOUBLE NULL,
+    PRIMARY KEY (`agent`, `timestamp`),
+    KEY `ix_agent_status_time` (`timestamp`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (1, UNIX_TIMESTAMP());
