@@ -10,7 +10,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -102,10 +102,20 @@ class ServerLimits(_Section):
     """Transport limits; defaults suit a handful of collectors polling every few seconds."""
 
     max_connections: int = Field(default=32, ge=1, le=4096)
+    # one address may hold at most this many connections, so a noisy host cannot take every slot
+    max_connections_per_ip: int = Field(default=8, ge=1, le=4096)
     handshake_timeout: float = Field(default=5.0, gt=0, le=120)
-    request_timeout: float = Field(default=10.0, gt=0, le=300)
-    idle_timeout: float = Field(default=30.0, gt=0, le=3600)
+    request_timeout: float = Field(default=10.0, gt=0, le=300)  # whole request: head and body
+    idle_timeout: float = Field(default=15.0, gt=0, le=3600)  # between requests on a kept-alive connection
     max_body_bytes: int = Field(default=16_384, ge=256, le=1_048_576)
+    max_requests_per_connection: int = Field(default=1000, ge=1, le=1_000_000)
+    audit_sync_interval: float = Field(default=1.0, ge=0, le=60)  # seconds; 0 syncs every record
+
+    @model_validator(mode="after")
+    def _per_ip(self) -> ServerLimits:
+        if self.max_connections_per_ip > self.max_connections:
+            raise ValueError("max_connections_per_ip must not exceed max_connections")
+        return self
 
 
 class AgentConfig(_Section):

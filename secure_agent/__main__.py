@@ -1,0 +1,3 @@
+from secure_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""The hash-chained audit log: one JSON line per security event, each sealing the one before.
+
+Record format
+    A record is a JSON object whose values are strings, integers, floats, booleans or null. Every
+    record has ``time`` (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), ``event``, ``outcome``, ``agent``,
+    ``seq`` (0, 1, 2 ... within one file), ``prev`` and ``hash``; the other fields are those of
+    :data:`FIELDS` that apply (peer address, certificate subject/fingerprint/serial, method, request
+    id, key id, reason, HTTP status ...).
+
+Canonical form
+    ``canonical(r) = json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``.
+    Pure ASCII, with every control character escaped, so a record is always exactly one line.
+
+Chain
+    ``hash = sha256(canonical(record without "hash")).hexdigest()`` where the record includes
+    ``prev``, the ``hash`` of the record before (:data:`GENESIS`, 64 zeros, for the first record of a
+    log). The line written is ``canonical(record with "hash") + "\\n"``. A verifier recomputes every
+    hash, checks every ``prev`` against the hash before it, and checks that the line is exactly
+    canonical, so editing any byte, deleting, inserting or reordering a line is detected at that
+    line. Truncating the *tail* is not detectable from the file alone: compare the last hash with
+    the one in the agent's log at stop, or a copy kept elsewhere.
+
+Rotation (for a later writer)
+    A new segment's first record carries ``prev`` = the last hash of the segment before, so
+    ``verify_lines(segment, prev=last_hash_of_previous_segment)`` checks a chain across files.
+    :meth:`AuditLog.reopen` opens a (new) file at the configured path and keeps ``prev`` going.
+
+Client-supplied strings (method names, paths, subjects) are cut to :data:`MAX_TEXT` characters
+before they are recorded, so a record stays bounded whatever the client sends.
+
+Durability (fsync policy)
+    Each record is one ``write(2)`` on an ``O_APPEND`` descriptor: it is in the kernel when the
+    call returns (a crash of the agent loses nothing, and threads never interleave lines).
+    ``fdatasync`` runs for start, stop and reload records, after any record when the last sync is
+    older than ``sync_interval`` (1 s by default), and from :meth:`sync`, which the server calls
+    twice a second while records are pending: a power loss costs at most about a second of records.
+    A failed write marks the log broken; the agent then refuses calls until :meth:`reopen` works.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from secure_agent.errors import AuditError
+
+GENESIS = "0" * 64
+MAX_TEXT = 128  # characters kept of any one string field
+MAX_LINE = 16_384  # bytes: no record we write comes close (fields x MAX_TEXT x 6 for \\uXXXX escapes)
+DEFAULT_SYNC_INTERVAL = 1.0
+_TAIL_BYTES = MAX_LINE + 1
+
+FIELDS = frozenset(
+    {
+        "time", "event", "outcome", "reason", "agent", "peer", "subject", "common_name", "fingerprint",
+        "serial", "method", "http_method", "path", "status", "request_id", "key_id", "address",
+        "version", "detail", "connections",
+    }
+)
+_SYNCED_EVENTS = frozenset({"start", "stop", "reload"})
+
+Scalar = str | int | float | bool | None
+
+
+def canonical(record: Mapping[str, Scalar]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def record_hash(record: Mapping[str, Scalar]) -> str:
+    """SHA-256 (hex) of the canonical form of ``record`` without its ``hash`` field."""
+    body = {key: value for key, value in record.items() if key != "hash"}
+    return hashlib.sha256(canonical(body).encode("ascii")).hexdigest()
+
+
+def clip(value: object) -> Scalar:
+    """A value fit for a record: scalars as they are, strings cut to MAX_TEXT, anything else as text."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_TEXT:
+        return f"{text[:MAX_TEXT]}...(+{len(text) - MAX_TEXT} chars)"
+    return text
+
+
+def utc_timestamp(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Sealed(NamedTuple):
+    line: str  # without the newline
+    hash: str
+
+
+def seal(fields: Mapping[str, object], prev: str, seq: int) -> Sealed:
+    """The line for a record with ``fields`` following the record whose hash is ``prev``."""
+    unknown = set(fields) - FIELDS
+    if unknown:
+        raise ValueError(f"unknown audit fields: {sorted(unknown)}")
+    record: dict[str, Scalar] = {key: clip(value) for key, value in fields.items() if value is not None}
+    record["prev"] = prev
+    record["seq"] = seq
+    digest = record_hash(record)
+    record["hash"] = digest
+    return Sealed(canonical(record), digest)
+
+
+class Verdict(NamedTuple):
+    ok: bool
+    records: int
+    last_hash: str  # hash of the last good record (``prev`` as given when there is none)
+    bad_line: int | None = None  # 1-based line number of the first bad record
+    problem: str | None = None
+
+
+def _check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] | str:
+    """(hash, seq) of a good line, or the problem with it."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return "not ASCII (edited)"
+    line = raw[:-1] if raw.endswith("\n") else raw
+    if len(line) > MAX_LINE:
+        return "line too long"
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "not a JSON record"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    digest, previous, number = record.get("hash"), record.get("prev"), record.get("seq")
+    if not isinstance(digest, str) or not isinstance(previous, str) or type(number) is not int:
+        return "lacks hash, prev or seq"
+    if previous != prev:
+        return "does not follow the record before it (a record was deleted, inserted or reordered)"
+    if seq is not None and number != seq:
+        return f"sequence number {number}, expected {seq}"
+    if record_hash(record) != digest:
+        return "hash does not match its content (edited)"
+    if canonical(record) != line:
+        return "not in canonical form (edited)"
+    return digest, number
+
+
+def verify_lines(lines: Iterable[str | bytes], prev: str = GENESIS, *, first_line: int = 1) -> Verdict:
+    """Check a chain of records; ``prev`` is the hash the first record must follow.
+
+    Stops at the first bad record and names its line number (counted from ``first_line``).
+    """
+    count = 0
+    seq: int | None = None
+    number = first_line
+    for number, raw in enumerate(lines, start=first_line):
+        result = _check_line(raw, prev, seq)
+        if isinstance(result, str):
+            return Verdict(False, count, prev, number, result)
+        prev, last_seq = result
+        seq = last_seq + 1
+        count += 1
+    return Verdict(True, count, prev)
+
+
+def verify_file(path: Path, prev: str = GENESIS) -> Verdict:
+    """Verify an audit file, reading it line by line (bounded line length). Raises OSError."""
+    with open(path, "rb") as handle:
+        return verify_lines(iter(lambda: handle.readline(MAX_LINE + 2), b""), prev)
+
+
+def _read_tail(fd: int, size: int) -> tuple[str, int]:
+    """(prev, next seq) for appending to a file of ``size`` bytes open for reading at ``fd``."""
+    if size == 0:
+        return GENESIS, 0
+    start = max(0, size - _TAIL_BYTES)
+    data = os.pread(fd, size - start, start)
+    if not data.endswith(b"\n"):
+        raise ValueError("does not end with a complete record (torn write?)")
+    lines = data[:-1].split(b"\n")
+    if start > 0 and len(lines) < 2:
+        raise ValueError("last record is too long")
+    last = lines[-1]
+    try:
+        record = json.loads(last)
+    except ValueError:
+        raise ValueError("last record is not JSON") from None
+    if not isinstance(record, dict) or type(record.get("seq")) is not int or record_hash(record) != record.get("hash"):
+        raise ValueError("last record is not a sealed audit record")
+    return str(record["hash"]), int(record["seq"]) + 1
+
+
+class AuditLog:
+    """Appends sealed records to ``path`` (mode 0600), continuing the chain of an existing file.
+
+    Thread-safe. :meth:`record` raises :class:`AuditError` when the record cannot be written;
+    from then on every call raises until :meth:`reopen` succeeds (fail closed).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        agent: str,
+        *,
+        sync_interval: float = DEFAULT_SYNC_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.agent = agent
+        self._sync_interval = sync_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._prev = GENESIS
+        self._seq = 0
+        self._dirty = False
+        self._last_sync = 0.0
+        self._broken: str | None = "not open"
+        self._opened = False
+
+    @property
+    def last_hash(self) -> str:
+        return self._prev
+
+    @property
+    def broken(self) -> str | None:
+        """Why records cannot be written now, or None when they can."""
+        return self._broken
+
+    def open(self) -> None:
+        with self._lock:
+            self._open_locked()
+
+    def reopen(self) -> None:
+        """Close and open the file at ``path`` again (after an error, or for a rotation), keeping ``prev``."""
+        with self._lock:
+            self._close_locked()
+            self._open_locked()
+
+    def _open_locked(self) -> None:
+        path = self.path
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            self._broken = f"cannot open: {exc.strerror or exc}"
+            raise AuditError(f"{path}: cannot open the audit log: {exc.strerror or exc}") from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise AuditError(f"{path}: the audit log must be a regular file")
+            os.fchmod(fd, 0o600)  # records name clients and methods: the owner only
+            prev, seq = _read_tail(fd, info.st_size)
+        except ValueError as exc:
+            os.close(fd)
+            self._broken = str(exc)
+            raise AuditError(f"{path}: {exc}; check it with secure-audit verify and move it aside") from exc
+        except (OSError, AuditError) as exc:
+            os.close(fd)
+            self._broken = str(exc)
+            if isinstance(exc, AuditError):
+                raise
+            raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+        if info.st_size > 0:
+            self._prev, self._seq = prev, seq
+        elif not self._opened:
+            self._prev, self._seq = GENESIS, 0
+        else:
+            self._seq = 0  # a new segment after a rotation: the chain goes on from the last one
+        self._opened = True
+        self._fd = fd
+        self._broken = None
+
+    def record(self, event: str, outcome: str, **fields: object) -> str:
+        """Write one record; return its hash. Raises :class:`AuditError` if it cannot be written."""
+        now = self._clock()
+        with self._lock:
+            if self._broken is not None or self._fd is None:
+                raise AuditError(f"{self.path}: audit log unusable: {self._broken}")
+            sealed = seal(
+                {"time": utc_timestamp(now), "event": event, "outcome": outcome, "agent": self.agent, **fields},
+                self._prev,
+                self._seq,
+            )
+            data = (sealed.line + "\n").encode("ascii")
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
+                if event in _SYNCED_EVENTS or now - self._last_sync >= self._sync_interval:
+                    os.fdatasync(self._fd)
+                    self._last_sync, self._dirty = now, False
+                else:
+                    self._dirty = True
+            except OSError as exc:
+                self._broken = f"write failed: {exc.strerror or exc}"
+                raise AuditError(f"{self.path}: cannot write the audit log: {exc.strerror or exc}") from exc
+            self._prev, self._seq = sealed.hash, self._seq + 1
+            return sealed.hash
+
+    def sync(self) -> None:
+        """fdatasync if records are pending; errors mark the log broken (and are not raised)."""
+        with self._lock:
+            if not self._dirty or self._fd is None or self._broken is not None:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._broken = f"sync failed: {exc.strerror or exc}"
+                return
+            self._last_sync, self._dirty = self._clock(), False
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+            self._broken = "closed"
+
+    def _close_locked(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if self._dirty:
+                os.fdatasync(fd)
+                self._dirty = False
+        except OSError:
+            pass  # nothing more to do: the records are in the kernel; the close below still runs
+        finally:
+            os.close(fd)

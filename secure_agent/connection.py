@@ -1,0 +1,268 @@
+"""One admitted connection, in its worker thread: the guards after the allowlist, cheapest first.
+
+1. TLS handshake (mutual; our CA, CRL, TLS floor) within ``handshake_timeout``.
+2. Client identity: certificate common name against ``security.allowed_clients`` (403).
+3. Then for every request on the kept-alive connection, each within ``request_timeout``:
+   strict head (400) -> rate limit by certificate fingerprint (429 + Retry-After) -> path (404) and
+   method (405) -> framing: Content-Length required and capped (411/400/413), no Transfer-Encoding,
+   identity Content-Encoding only (415) -> body -> request token (401) -> defused XML, caps ->
+   dispatch -> audit record -> response. A refusal ends the connection.
+
+Every step that refuses writes one audit record. A served call is answered only once its audit
+record is written; when the audit log fails, the call is refused with 503 (fail closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pki.errors import TokenError
+from pki.tls import PeerIdentity, peer_identity
+from secure_agent import httpframe
+from secure_agent.dispatch import handle_call
+from secure_agent.errors import AuditError
+from secure_agent.guard import client_allowed
+from secure_agent.httpframe import HTTPRefusal, Reader, ReadTimeout
+
+if TYPE_CHECKING:
+    from secure_agent.server import AgentServer
+
+logger = logging.getLogger(__name__)
+
+RPC_PATH = "/RPC2"
+REFUSAL_SEND_TIME = 1.0  # seconds to send a refusal
+LINGER_TIME = 0.5  # seconds to drain what a refused client still sends, so it reads our answer, not a reset
+LINGER_BYTES = 256 * 1024
+XML_TYPE = "text/xml; charset=utf-8"
+
+
+def format_peer(address: Any) -> str:
+    """``host:port`` for IPv4, ``[host]:port`` for IPv6."""
+    host, port = str(address[0]), address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _handshake_reason(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.library or "tls_error")
+    return f"connection: {exc.strerror or type(exc).__name__}"
+
+
+class Connection:
+    def __init__(self, server: AgentServer, raw: socket.socket, client_address: Any) -> None:
+        self.server = server
+        self.peer = format_peer(client_address)
+        self.idle = False
+        self._raw = raw
+        self._sock: socket.socket = raw
+        self._policy = server.policy  # read once: a reload applies from the next connection on
+        self._identity: PeerIdentity | None = None
+        self._request_id: str | None = None
+        self._linger = False
+
+    # -- audit ------------------------------------------------------------------------------------
+
+    def _audit(self, event: str, outcome: str, **fields: object) -> bool:
+        identity = self._identity
+        if identity is not None:
+            fields.update(
+                subject=identity.subject,
+                common_name=identity.common_name,
+                fingerprint=identity.fingerprint,
+                serial=identity.serial,
+            )
+        try:
+            self.server.audit.record(event, outcome, peer=self.peer, request_id=self._request_id, **fields)
+        except AuditError as exc:
+            logger.error("%s", exc)
+            return False
+        return True
+
+    # -- the connection ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        limits = self.server.limits
+        try:
+            self._raw.settimeout(limits.handshake_timeout)
+            sock = self._policy.context.wrap_socket(self._raw, server_side=True, do_handshake_on_connect=False)
+            self._sock = sock
+            # CPython applies the socket timeout to the whole handshake as one deadline, however
+            # many reads it takes, so a peer that trickles its handshake is cut off as well.
+            sock.do_handshake()
+        except OSError as exc:
+            self._audit("handshake_failed", "refused", reason=_handshake_reason(exc))
+            return
+        der = sock.getpeercert(binary_form=True)
+        if der is None:
+            self._audit("identity_refused", "refused", reason="no_certificate")
+            return
+        self._identity = peer_identity(der)
+        reader = Reader(sock)
+        if not client_allowed(self._policy.allowed_clients, self._identity.common_name):
+            self._audit("identity_refused", "refused", reason="common_name_not_allowed", status=403)
+            self._answer_refused_head(reader, 403)
+            return
+        self._serve(reader)
+
+    def _answer_refused_head(self, reader: Reader, status: int) -> None:
+        """Read the request head (so the client reads our answer) and refuse it."""
+        try:
+            reader.read_head(time.monotonic() + self.server.limits.request_timeout)
+        except (HTTPRefusal, ReadTimeout, EOFError, OSError):
+            return
+        self._send_refusal(status)
+
+    def _serve(self, reader: Reader) -> None:
+        limits = self.server.limits
+        wait = limits.request_timeout  # the first request must come promptly after the handshake
+        for _ in range(limits.max_requests_per_connection):
+            if self.server.stopping:
+                return
+            self.idle = True
+            started = reader.wait_for_request(time.monotonic() + wait)
+            self.idle = False
+            if not started or self.server.stopping:
+                return
+            if not self._one_request(reader, time.monotonic() + limits.request_timeout):
+                return
+            wait = limits.idle_timeout
+
+    def _one_request(self, reader: Reader, deadline: float) -> bool:
+        """Handle one request; True to keep the connection for another."""
+        server = self.server
+        self._request_id = secrets.token_hex(8)
+        try:
+            head = httpframe.parse_head(reader.read_head(deadline))
+        except HTTPRefusal as refusal:
+            return self._refuse(refusal.status, "bad_request", refusal.reason)
+        except ReadTimeout:
+            return self._refuse(408, "bad_request", "request_timeout")
+        except (EOFError, OSError):
+            self._audit("bad_request", "refused", reason="incomplete_request")
+            return False
+        request_fields: dict[str, object] = {"http_method": head.method, "path": head.target}
+        if server.audit.broken is not None:
+            logger.error("refusing a request: the audit log is unusable (%s)", server.audit.broken)
+            return self._refuse(503, "bad_request", "audit_unavailable", fields=request_fields)
+        identity = self._identity
+        if identity is None:  # run() sets it before any request; never serve without it
+            return False
+        decision = server.limiter.take(identity.fingerprint)
+        if not decision.allowed:
+            headers = {"Retry-After": str(decision.retry_after)}
+            return self._refuse(429, "rate_limited", "rate_limited", headers=headers, fields=request_fields)
+        if head.target != RPC_PATH:
+            return self._refuse(404, "bad_request", "unknown_path", fields=request_fields)
+        if head.method != "POST":
+            allow = {"Allow": "POST"}
+            return self._refuse(405, "bad_request", "method_not_allowed", headers=allow, fields=request_fields)
+        try:
+            length = httpframe.body_length(head, server.limits.max_body_bytes)
+            body = reader.read_exact(length, deadline)
+        except HTTPRefusal as refusal:
+            return self._refuse(refusal.status, "bad_request", refusal.reason, fields=request_fields)
+        except ReadTimeout:
+            return self._refuse(408, "bad_request", "request_timeout", fields=request_fields)
+        except (EOFError, OSError):
+            self._audit("bad_request", "refused", reason="incomplete_body", fields=request_fields)
+            return False
+        authorization = head.headers.get("authorization")
+        claimed = server.verifier.peek_key_id(authorization)
+        try:
+            key_id = server.verifier.verify(authorization, body)
+        except TokenError as refused:
+            event = "replay" if refused.reason == "replay" else "token_refused"
+            headers = {"WWW-Authenticate": "SMON1-HMAC-SHA256"}
+            fields = {**request_fields, "key_id": claimed}
+            return self._refuse(401, event, refused.reason, headers=headers, fields=fields)
+        outcome = handle_call(server, body)
+        if not self._audit(
+            "call",
+            "served" if outcome.fault is None else "faulted",
+            method=outcome.method,
+            key_id=key_id,
+            reason=outcome.fault,
+            status=200,
+        ):
+            return self._refuse(503, "call", "audit_unavailable", fields={"method": outcome.method, "key_id": key_id})
+        keep_alive = head.keep_alive and not server.stopping
+        data = httpframe.response(
+            200, outcome.body, content_type=XML_TYPE, keep_alive=keep_alive, headers={"X-Request-Id": self._request_id}
+        )
+        try:
+            httpframe.send_all(self._sock, data, deadline)
+        except (ReadTimeout, OSError):
+            return False
+        return keep_alive
+
+    def _refuse(
+        self,
+        status: int,
+        event: str,
+        reason: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        fields: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Audit a refusal, answer it with a generic body, and end the connection (returns False)."""
+        self._audit(event, "refused", reason=reason, status=status, **(fields or {}))
+        self._send_refusal(status, headers)
+        return False
+
+    def _send_refusal(self, status: int, headers: Mapping[str, str] | None = None) -> None:
+        extra = dict(headers or {})
+        if self._request_id is not None:
+            extra["X-Request-Id"] = self._request_id
+        data = httpframe.response(status, httpframe.refusal_body(status), headers=extra)
+        try:
+            httpframe.send_all(self._sock, data, time.monotonic() + REFUSAL_SEND_TIME)
+        except (ReadTimeout, OSError):
+            return
+        self._linger = True
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def cut(self) -> None:
+        """From another thread: end this connection now (its blocked read returns)."""
+        with contextlib.suppress(OSError):  # already closed
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        sock = self._sock
+        if self._linger:
+            self._drain(sock)
+        try:
+            sock.close()
+        finally:
+            if sock is not self._raw:
+                self._raw.close()
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> None:
+        """Half-close, then discard what the client still sends for a moment: it reads our answer."""
+        deadline = time.monotonic() + LINGER_TIME
+        drained = 0
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_WR)
+            while drained < LINGER_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                sock.settimeout(left)
+                data = socket.socket.recv(sock, 65536)
+                if not data:
+                    return
+                drained += len(data)
+        except OSError:
+            return

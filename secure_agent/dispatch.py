@@ -1,0 +1,82 @@
+"""The XML-RPC methods of the contract and nothing else: ``ping``, ``get_metrics``, ``get_info``.
+
+Built on :class:`xmlrpc.server.SimpleXMLRPCDispatcher` with plain registered functions: no
+instance is registered (so no attribute walking and no dotted names), no introspection or
+multicall (so no ``system.*``), and a name is looked up only if it is in :data:`METHODS`. Every
+fault carries one of the generic codes and messages of :data:`FAULTS` (the XML-RPC fault-code
+interoperability values); what went wrong inside goes to the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+import xmlrpc.client
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
+from xmlrpc.server import SimpleXMLRPCDispatcher
+
+from secure_agent.xmlsafe import XMLRefused, parse_call
+
+logger = logging.getLogger(__name__)
+
+METHODS: Mapping[str, int] = {"ping": 0, "get_metrics": 0, "get_info": 0}  # name -> number of parameters
+
+FAULTS: Mapping[str, tuple[int, str]] = {
+    "parse": (-32700, "parse error"),
+    "not_found": (-32601, "method not found"),
+    "params": (-32602, "invalid method parameters"),
+    "internal": (-32603, "internal error"),
+}
+
+
+class MetricsSource(Protocol):
+    """What the dispatcher needs of :class:`secure_agent.metrics.MetricsService`."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class Outcome(NamedTuple):
+    body: bytes  # the XML-RPC response (a result or a fault)
+    method: str | None  # as the client named it (for the audit log), None if the body did not parse
+    fault: str | None  # None when served; else why, in one word for the audit log
+
+
+def fault_body(kind: str) -> bytes:
+    code, message = FAULTS[kind]
+    return xmlrpc.client.dumps(xmlrpc.client.Fault(code, message), methodresponse=True).encode("utf-8")
+
+
+def _ping() -> str:
+    return "pong"
+
+
+def register_contract(dispatcher: SimpleXMLRPCDispatcher, metrics: MetricsSource) -> None:
+    """Register the contract's methods, and only those, on ``dispatcher`` (our SimpleXMLRPCServer)."""
+    dispatcher.register_function(_ping, "ping")
+    dispatcher.register_function(metrics.snapshot, "get_metrics")
+    dispatcher.register_function(metrics.info, "get_info")
+    if set(dispatcher.funcs) != set(METHODS):
+        raise RuntimeError("the registered methods differ from the contract")
+
+
+def handle_call(dispatcher: SimpleXMLRPCDispatcher, body: bytes) -> Outcome:
+    """Parse, check and run one call; never raises for anything the client sent."""
+    try:
+        call = parse_call(body)
+    except XMLRefused as refused:
+        return Outcome(fault_body("parse"), None, f"xml_{refused.reason}")
+    name = call.method
+    arity = METHODS.get(name)
+    if arity is None or name not in dispatcher.funcs:
+        return Outcome(fault_body("not_found"), name, "not_found")
+    if len(call.params) != arity:
+        return Outcome(fault_body("params"), name, "params")
+    try:
+        result = dispatcher._dispatch(name, call.params)
+        payload = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True, encoding="utf-8")
+    except Exception:  # a failing probe or an unmarshallable value: log it, tell the client nothing
+        logger.exception("method %s failed", name)
+        return Outcome(fault_body("internal"), name, "internal")
+    return Outcome(payload.encode("utf-8"), name, None)

@@ -1,0 +1,188 @@
+"""The agent's life: check material and start, serve, reload on SIGHUP, stop on SIGTERM/SIGINT.
+
+:class:`Agent` is what both ``secure-agent`` and the tests run. Start-up refuses (``StartupError``,
+one line naming the file or key) on missing or unusable TLS material, key files readable by group
+or others, an unusable audit log or an address that cannot be bound; open or empty allowlists are
+already refused by the config model. Tokens older than the start are refused, so a restart, which
+empties the replay cache, does not reopen a replay window.
+
+A reload re-reads the config file and rebuilds the whole policy (certificates, CRL, HMAC keys,
+allowlists) before swapping it in; if anything is wrong the old policy stays in force and the
+failure is logged and audited. Rate-limit buckets and the replay cache are kept across reloads.
+Listening address, name, server limits, metrics and ``max_clock_skew`` need a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pki.configfile import load_config
+from pki.errors import PKIError
+from pki.tokens import Verifier
+from secure_agent import __version__
+from secure_agent.audit import AuditLog
+from secure_agent.config import AgentConfig
+from secure_agent.dispatch import MetricsSource
+from secure_agent.errors import AuditError, StartupError
+from secure_agent.guard import Policy, load_policy
+from secure_agent.ratelimit import RateLimiter
+from secure_agent.server import POLL_INTERVAL, AgentServer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STOP_TIMEOUT = 5.0
+_RESTART_ONLY = ("name", "host", "port", "server", "metrics", "audit_log")
+
+
+
+class ManagedMetrics(MetricsSource, Protocol):
+    """:class:`secure_agent.metrics.MetricsService` as the agent runs it."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float) -> object: ...
+
+
+MetricsFactory = Callable[[AgentConfig], ManagedMetrics]
+
+
+def check(config: AgentConfig) -> Policy:
+    """Everything ``--check`` validates beyond the config model: TLS material, keys, permissions.
+
+    Raises :class:`StartupError` naming the file at fault.
+    """
+    try:
+        return load_policy(config)
+    except PKIError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def _default_metrics(config: AgentConfig) -> ManagedMetrics:
+    from secure_agent.metrics import MetricsService
+
+    return MetricsService(config)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        config_path: Path | None = None,
+        metrics: MetricsFactory = _default_metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.started_at = clock()
+        policy = check(config)
+        security = config.security
+        self._verifier = Verifier(
+            policy.keys, config.name, max_clock_skew=security.max_clock_skew, not_before=self.started_at, clock=clock
+        )
+        self._limiter = RateLimiter(security.rate_limit.per_second, security.rate_limit.burst)
+        self.audit = AuditLog(config.audit_log, config.name, sync_interval=config.server.audit_sync_interval)
+        self._metrics = metrics(config)
+        self._server = AgentServer(
+            (config.host, config.port),
+            name=config.name,
+            policy=policy,
+            verifier=self._verifier,
+            limiter=self._limiter,
+            audit=self.audit,
+            limits=config.server,
+            metrics=self._metrics,
+        )
+        self._thread: threading.Thread | None = None
+        self._reload_lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.config.host, self._server.port
+
+    @property
+    def server(self) -> AgentServer:
+        return self._server
+
+    def start(self) -> None:
+        """Open the audit log, bind, start metrics and the accept loop; raises StartupError."""
+        try:
+            self.audit.open()
+        except AuditError as exc:
+            self._server.server_close()
+            raise StartupError(str(exc)) from exc
+        try:
+            self._server.open()
+        except OSError as exc:
+            self.audit.close()
+            where = f"{self.config.host}:{self.config.port}"
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        host, port = self.address
+        try:
+            self.audit.record("start", "ok", address=f"{host}:{port}", version=__version__)
+        except AuditError as exc:
+            self._server.server_close()
+            self.audit.close()
+            raise StartupError(str(exc)) from exc
+        self._metrics.start()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(POLL_INTERVAL,), name="agent-accept", daemon=True
+        )
+        self._thread.start()
+        logger.info("agent %s listening on %s:%d", self.config.name, host, port)
+
+    def reload(self) -> bool:
+        """Re-read config and material; swap them in whole, or keep the old ones. True if swapped."""
+        with self._reload_lock:
+            try:
+                config = load_config(self.config_path, AgentConfig) if self.config_path is not None else self.config
+                policy = load_policy(config)
+            except PKIError as exc:
+                logger.error("reload refused, the current certificates, keys and allowlists stay: %s", exc)
+                self._audit_quietly("reload", "failed", detail=str(exc))
+                return False
+            changed = [key for key in _RESTART_ONLY if getattr(config, key) != getattr(self.config, key)]
+            if config.security.max_clock_skew != self.config.security.max_clock_skew:
+                changed.append("security.max_clock_skew")
+            if changed:
+                logger.warning("reload: %s changed; that takes effect at the next restart", ", ".join(changed))
+            self._server.policy = policy
+            self._verifier.replace_keys(policy.keys)
+            limit = config.security.rate_limit
+            self._limiter.configure(limit.per_second, limit.burst)
+            self.config = self.config.model_copy(update={"tls": config.tls, "security": config.security})
+            if self.audit.broken is not None:
+                try:
+                    self.audit.reopen()
+                except AuditError as exc:
+                    logger.error("%s", exc)
+            self._audit_quietly("reload", "ok")
+            logger.info("reloaded certificates, CRL, HMAC keys and allowlists")
+            return True
+
+    def _audit_quietly(self, event: str, outcome: str, **fields: object) -> None:
+        try:
+            self.audit.record(event, outcome, **fields)
+        except AuditError as exc:
+            logger.error("%s", exc)
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Stop serving (idle connections at once, busy ones within ``timeout``), audit, close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread is not None:
+            self._server.stop(timeout)
+            self._thread.join(timeout)
+        else:
+            self._server.server_close()
+        self._metrics.stop(timeout)
+        self._audit_quietly("stop", "ok")
+        self.audit.close()
+        logger.info("agent %s stopped", self.config.name)

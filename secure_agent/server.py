@@ -1,0 +1,188 @@
+"""The agent's listener: a stdlib ``SimpleXMLRPCServer`` whose accept loop does only cheap things.
+
+In the accept loop (one thread): ``accept()``, the source address against ``security.allowed_ips``
+on the raw socket, and a connection slot (at most ``server.max_connections`` in all and
+``server.max_connections_per_ip`` per address; beyond that the socket is closed at once). Each
+admitted connection then gets its own short-lived worker thread, where the TLS handshake and
+everything after it happen (:mod:`secure_agent.connection`), so a peer that never speaks holds
+one slot until its handshake timeout, never the accept loop.
+
+The methods are registered on this server's ``SimpleXMLRPCDispatcher`` (:mod:`secure_agent.dispatch`);
+the stdlib's HTTP request handler is not used: :mod:`secure_agent.httpframe` frames requests strictly.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Any
+from xmlrpc.server import SimpleXMLRPCServer
+
+from pki.tokens import Verifier
+from secure_agent.audit import AuditLog
+from secure_agent.config import ServerLimits
+from secure_agent.connection import Connection, format_peer
+from secure_agent.dispatch import MetricsSource, register_contract
+from secure_agent.errors import AuditError
+from secure_agent.guard import Policy, address_allowed
+from secure_agent.ratelimit import RateLimiter
+
+logger = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 128
+POLL_INTERVAL = 0.5  # seconds between checks of the stop flag and audit syncs in the accept loop
+
+
+class Slots:
+    """Counts connections in all and per address; ``acquire`` never blocks."""
+
+    def __init__(self, total: int, per_address: int) -> None:
+        self._total = total
+        self._per_address = per_address
+        self._counts: Counter[str] = Counter()
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def acquire(self, address: str) -> bool:
+        with self._lock:
+            if self._used >= self._total or self._counts[address] >= self._per_address:
+                return False
+            self._used += 1
+            self._counts[address] += 1
+            return True
+
+    def release(self, address: str) -> None:
+        with self._lock:
+            self._used -= 1
+            self._counts[address] -= 1
+            if self._counts[address] <= 0:
+                del self._counts[address]
+
+
+class AgentServer(SimpleXMLRPCServer):
+    """Listener, dispatcher registry and the state every connection shares.
+
+    ``policy`` is replaced whole on reload; ``verifier`` and ``limiter`` are kept (replay cache
+    and rate-limit state survive a reload).
+    """
+
+    request_queue_size = LISTEN_BACKLOG
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        name: str,
+        policy: Policy,
+        verifier: Verifier,
+        limiter: RateLimiter,
+        audit: AuditLog,
+        limits: ServerLimits,
+        metrics: MetricsSource,
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, logRequests=False, allow_none=True, bind_and_activate=False)
+        self.name = name
+        self.policy = policy
+        self.verifier = verifier
+        self.limiter = limiter
+        self.audit = audit
+        self.limits = limits
+        self.stopping = False
+        self.slots = Slots(limits.max_connections, limits.max_connections_per_ip)
+        self._connections: set[Connection] = set()
+        self._idle = threading.Condition()
+        register_contract(self, metrics)
+
+    def open(self) -> None:
+        """Bind and listen; raises OSError (the caller names the address)."""
+        try:
+            self.server_bind()
+            self.server_activate()
+        except OSError:
+            self.server_close()
+            raise
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    # -- the accept loop -------------------------------------------------------------------------
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Allowlist and slot, on the raw socket, before any TLS byte is read."""
+        host = str(client_address[0])
+        if not address_allowed(self.policy.networks, host):
+            self._deny(client_address, "address_not_allowed")
+            return False
+        if self.stopping or not self.slots.acquire(host):
+            self._deny(client_address, "stopping" if self.stopping else "too_many_connections")
+            return False
+        return True
+
+    def _deny(self, client_address: Any, reason: str) -> None:
+        try:
+            self.audit.record("connection_denied", "refused", peer=format_peer(client_address), reason=reason)
+        except AuditError as exc:
+            logger.error("%s", exc)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        worker = threading.Thread(
+            target=self._work, args=(request, client_address), name="agent-connection", daemon=True
+        )
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had: close rather than queue
+            logger.error("cannot start a connection thread; closing %s", format_peer(client_address))
+            self.slots.release(str(client_address[0]))
+            self.shutdown_request(request)
+
+    def _work(self, request: socket.socket, client_address: Any) -> None:
+        connection = Connection(self, request, client_address)
+        with self._idle:
+            self._connections.add(connection)
+        try:
+            connection.run()
+        except Exception:  # last resort: a bug in one connection must not leak its slot or be silent
+            logger.exception("connection from %s failed", format_peer(client_address))
+        finally:
+            connection.close()
+            self.slots.release(str(client_address[0]))
+            with self._idle:
+                self._connections.discard(connection)
+                self._idle.notify_all()
+
+    def service_actions(self) -> None:
+        self.audit.sync()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.exception("error while accepting %s", format_peer(client_address))
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, close idle connections, give busy ones until ``timeout``, then cut them."""
+        self.stopping = True
+        self.shutdown()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            for connection in list(self._connections):
+                if connection.idle:
+                    connection.cut()
+            while self._connections and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, min(0.1, deadline - time.monotonic())))
+            for connection in list(self._connections):
+                connection.cut()
+        self.server_close()
+
+    def connection_count(self) -> int:
+        with self._idle:
+            return len(self._connections)
