@@ -42,6 +42,8 @@ class Thresholds(_Section):
     memory_usage: float = Field(default=85, ge=0, le=100)
     disk_usage: float = Field(default=90, ge=0, le=100)
     threat_level: Literal["low", "medium", "high"] = "medium"
+    # an alert clears only once the value is this fraction below its threshold (no flapping at the edge)
+    hysteresis: float = Field(default=0.05, ge=0, le=0.5)
 
 
 class CollectorConfig(_Section):
@@ -57,6 +59,8 @@ class CollectorConfig(_Section):
     hmac: HMACConfig
     spool_dir: Path
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # the longest wait between two tries of a failing agent (exponential backoff from poll_interval)
+    backoff_max: float = Field(default=300, ge=1, le=86_400)
     # argv of a program that receives each alert as one JSON document on stdin; never run through a shell
     alert_command: tuple[str, ...] | None = None
 

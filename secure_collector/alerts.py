@@ -1,0 +1,246 @@
+"""Alerts: thresholds of the predecessor and security findings, firing on transitions, never once per poll.
+
+A metric of an agent *fires* when its value crosses its threshold and *clears* only once it is back below
+``threshold * (1 - thresholds.hysteresis)``, so a value hovering at the edge does not flap. While firing, a
+move from ``warning`` to ``critical`` fires again (an escalation); nothing else repeats.
+
+Metrics and thresholds (names of the predecessor's ``thresholds.*``):
+
+- ``cpu_usage``, ``memory_usage``, ``disk_usage`` (percent): warning at the threshold, critical halfway
+  between it and 100;
+- ``cpu_temperature``: the configured threshold or, when unset, the hardware's own ``high`` limit that the
+  agent reports (70 C when it reports none); critical at the hardware's ``critical`` limit (threshold + 15 C
+  when unknown). A host without a sensor raises nothing;
+- ``system_load`` (the 1-minute load average): warning at the threshold, critical at twice it;
+- ``threat_level``: fires at ``thresholds.threat_level`` or above; severity follows the level;
+- each security finding, identified by its kind and stable evidence (pid, path, address, user, port),
+  fires when it appears and clears when the agent stops reporting it, carrying its ATT&CK technique;
+- ``agent_state``: an agent that stops answering fires (critical for a rejected certificate, which is what
+  an impostor looks like: ATT&CK T1557, Adversary-in-the-Middle) and clears on its first good poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from secure_collector.config import Thresholds
+from storage.models import AgentState, Alert, Finding, Sample, Severity
+
+DEFAULT_TEMPERATURE = 70.0
+"""The predecessor's default, used when neither the config nor the hardware gives a limit."""
+TEMPERATURE_CRITICAL_MARGIN = 15.0
+MAX_MESSAGE = 512
+IMPOSTOR_TECHNIQUE = "T1557"
+_LEVEL_RANK = {"none": 0, "low": 1, "medium": 2, "high": 3}
+_FINDING_SEVERITY: dict[str, Severity] = {"low": "info", "medium": "warning", "high": "critical"}
+_SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+_IDENTITY_KEYS = ("pid", "path", "address", "user", "port", "exe", "process", "local", "remote")
+
+
+class _Active(NamedTuple):
+    severity: Severity
+    clear_below: float | None
+
+
+def printable(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Untrusted text for a log line or a stored message: control characters escaped, length capped."""
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else "?" for ch in text)
+    return text[:limit]
+
+
+def finding_metric(finding: Finding) -> str:
+    """A stable name for one finding: its kind and a digest of its identifying evidence."""
+    identity = [finding.kind]
+    for key in _IDENTITY_KEYS:
+        if key in finding.evidence:
+            identity.append(f"{key}={finding.evidence[key]}")
+    if len(identity) == 1:
+        identity.append(finding.summary)
+    digest = hashlib.sha256("\x00".join(identity).encode("utf-8", "replace")).hexdigest()[:10]
+    return f"security.{finding.kind[:40]}.{digest}"
+
+
+class AlertEngine:
+    """Keeps, per agent and metric, whether an alert is firing; turns samples and poll states into alerts."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self._thresholds = thresholds
+        self._keep = 1.0 - thresholds.hysteresis
+        self._active: dict[str, dict[str, _Active]] = {}
+
+    def firing(self, agent: str) -> dict[str, Severity]:
+        """The metrics of ``agent`` that are firing now, with their severity."""
+        return {metric: active.severity for metric, active in self._active.get(agent, {}).items()}
+
+    # -- samples ---------------------------------------------------------------------------------
+    def evaluate(self, sample: Sample) -> list[Alert]:
+        """The alerts one good sample causes (usually none)."""
+        t = self._thresholds
+        active = self._active.setdefault(sample.agent, {})
+        alerts: list[Alert] = []
+        for metric, value, threshold in (
+            ("cpu_usage", sample.cpu_usage, t.cpu_usage),
+            ("memory_usage", sample.memory_usage, t.memory_usage),
+            ("disk_usage", sample.disk_usage, t.disk_usage),
+        ):
+            critical = threshold + (100.0 - threshold) / 2
+            self._level(alerts, active, sample, metric, value, threshold, critical, unit="%")
+        self._level(alerts, active, sample, "system_load", sample.load_1, t.system_load, 2 * t.system_load, unit="")
+        temperature = t.cpu_temperature
+        if temperature is None:
+            temperature = sample.temperature_high if sample.temperature_high is not None else DEFAULT_TEMPERATURE
+        critical_temperature = sample.temperature_critical
+        if critical_temperature is None or critical_temperature <= temperature:
+            critical_temperature = temperature + TEMPERATURE_CRITICAL_MARGIN
+        self._level(
+            alerts,
+            active,
+            sample,
+            "cpu_temperature",
+            sample.cpu_temperature,
+            temperature,
+            critical_temperature,
+            unit=" C",
+        )
+        self._threat(alerts, active, sample)
+        self._findings(alerts, active, sample)
+        return alerts
+
+    def _level(
+        self,
+        alerts: list[Alert],
+        active: dict[str, _Active],
+        sample: Sample,
+        metric: str,
+        value: float | None,
+        threshold: float,
+        critical: float,
+        *,
+        unit: str,
+    ) -> None:
+        if value is None:
+            return  # no reading (no sensor, metric disabled): no transition either way
+        current = active.get(metric)
+        if value >= threshold:
+            severity: Severity = "critical" if value >= critical else "warning"
+            if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
+                message = f"{metric} {value:g}{unit} at or above {threshold:g}{unit}"
+                alerts.append(_alert(sample.agent, sample.timestamp, metric, value, threshold, severity, message))
+                active[metric] = _Active(severity, threshold * self._keep)
+        elif current is not None:
+            clear_below = current.clear_below if current.clear_below is not None else threshold * self._keep
+            if value < clear_below:
+                del active[metric]
+                message = f"{metric} {value:g}{unit} back below {clear_below:g}{unit}"
+                alerts.append(
+                    _alert(sample.agent, sample.timestamp, metric, value, threshold, "info", message, "cleared")
+                )
+
+    def _threat(self, alerts: list[Alert], active: dict[str, _Active], sample: Sample) -> None:
+        rank = _LEVEL_RANK[sample.threat_level]
+        limit = _LEVEL_RANK[self._thresholds.threat_level]
+        current = active.get("threat_level")
+        if rank >= limit and rank > 0:
+            severity = _FINDING_SEVERITY[sample.threat_level]
+            if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
+                message = f"threat level {sample.threat_level} ({sample.security_issues} findings)"
+                alerts.append(_alert(sample.agent, sample.timestamp, "threat_level", rank, limit, severity, message))
+            active["threat_level"] = _Active(severity, None)
+        elif current is not None:
+            del active["threat_level"]
+            message = f"threat level back to {sample.threat_level}"
+            alerts.append(
+                _alert(sample.agent, sample.timestamp, "threat_level", rank, limit, "info", message, "cleared")
+            )
+
+    def _findings(self, alerts: list[Alert], active: dict[str, _Active], sample: Sample) -> None:
+        seen: set[str] = set()
+        for finding in sample.findings:
+            metric = finding_metric(finding)
+            if metric in seen:
+                continue
+            seen.add(metric)
+            if metric not in active:
+                severity = _FINDING_SEVERITY[finding.severity]
+                active[metric] = _Active(severity, None)
+                count = finding.evidence.get("count")
+                value = float(count) if isinstance(count, int | float) and not isinstance(count, bool) else None
+                alerts.append(
+                    _alert(
+                        sample.agent,
+                        sample.timestamp,
+                        metric,
+                        value,
+                        None,
+                        severity,
+                        f"{finding.kind}: {printable(finding.summary)}",
+                        technique=finding.technique,
+                    )
+                )
+        for metric in [m for m in active if m.startswith("security.") and m not in seen]:
+            del active[metric]
+            alerts.append(
+                _alert(
+                    sample.agent, sample.timestamp, metric, None, None, "info", "finding no longer reported", "cleared"
+                )
+            )
+
+    # -- poll states -----------------------------------------------------------------------------
+    def evaluate_state(self, agent: str, state: AgentState, timestamp: float, detail: str = "") -> list[Alert]:
+        """The ``agent_state`` alert a poll outcome causes: fire when an agent stops answering, clear when back."""
+        active = self._active.setdefault(agent, {})
+        current = active.get("agent_state")
+        if state == "up":
+            if current is None:
+                return []
+            del active["agent_state"]
+            return [_alert(agent, timestamp, "agent_state", None, None, "info", "agent answers again", "cleared")]
+        severity: Severity = "critical" if state in ("tls_failure", "auth_refused") else "warning"
+        if current is not None and _SEVERITY_RANK[severity] <= _SEVERITY_RANK[current.severity]:
+            return []
+        active["agent_state"] = _Active(severity, None)
+        technique = IMPOSTOR_TECHNIQUE if state == "tls_failure" else None
+        return [
+            _alert(
+                agent,
+                timestamp,
+                "agent_state",
+                None,
+                None,
+                severity,
+                printable(f"{state}: {detail}"),
+                technique=technique,
+            )
+        ]
+
+    def forget(self, agents: Iterable[str]) -> None:
+        for agent in agents:
+            self._active.pop(agent, None)
+
+
+def _alert(
+    agent: str,
+    timestamp: float,
+    metric: str,
+    value: float | None,
+    threshold: float | None,
+    severity: Severity,
+    message: str,
+    state: str = "firing",
+    *,
+    technique: str | None = None,
+) -> Alert:
+    return Alert(
+        agent=agent,
+        timestamp=timestamp,
+        metric=metric,
+        value=value,
+        threshold=threshold,
+        severity=severity,
+        state="cleared" if state == "cleared" else "firing",
+        technique=technique,
+        message=message[:MAX_MESSAGE],
+    )

@@ -1,0 +1,189 @@
+"""``secure-collector --config FILE [--once] [--shard I/N]``: the collector's entry point.
+
+Exit codes: 0 fine (``--once``: every agent answered), 1 (``--once``) some agent did not answer,
+2 bad command line, configuration, TLS material, key, spool directory or storage configuration: one line
+on stderr naming the file and key, never a traceback. SIGTERM and SIGINT stop the long-running mode
+cleanly: polls in flight finish (each within ``timeout``), everything collected is stored or spooled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from pki import tokens
+from pki.configfile import load_config
+from pki.errors import PKIError
+from pki.tls import client_context
+from secure_collector.alerts import AlertEngine
+from secure_collector.config import CollectorConfig
+from secure_collector.errors import CollectorError
+from secure_collector.hook import AlertHook
+from secure_collector.poller import Poller, parse_shard, select_shard
+from secure_collector.sink import Delivery, LazyStore, PollResult, Recorder
+from secure_collector.spool import Spool
+from secure_collector.transport import AgentConnection
+from storage import open_store
+from storage.errors import StorageConfigError, StorageUnavailable
+
+logger = logging.getLogger("secure_collector")
+
+PROG = "secure-collector"
+SHUTDOWN_FLUSH_SECONDS = 10.0
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Fatal(Exception):
+    """A start-up problem: one line for stderr, exit 2."""
+
+
+@dataclass
+class Collector:
+    """Everything a run needs, built and checked at start-up."""
+
+    config: CollectorConfig
+    poller: Poller
+    delivery: Delivery
+    spool: Spool
+    hook: AlertHook | None
+
+    def close(self) -> None:
+        self.poller.close()
+        self.delivery.retry(force=True)
+        self.spool.close()
+        self.delivery.store.close()
+        if self.hook is not None:
+            self.hook.close(SHUTDOWN_FLUSH_SECONDS)
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Poll secure-monitor agents over mutual TLS, store samples, raise alerts."
+    )
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="collector configuration (JSON)")
+    parser.add_argument("--once", action="store_true", help="poll every agent once, print their states, exit")
+    parser.add_argument("--shard", metavar="I/N", help="poll only shard I of N of the agents (rendezvous hashing)")
+    return parser.parse_args(argv)
+
+
+def _setup_logging(config: CollectorConfig) -> None:
+    root = logging.getLogger()
+    root.setLevel(config.log_level)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter(_LOG_FORMAT))
+    root.addHandler(stream)
+    log_file = config.log_file or config.storage.log_file
+    if log_file is not None:
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise _Fatal(f"{log_file}: cannot open log_file: {exc.strerror or exc}") from exc
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        root.addHandler(handler)
+
+
+def build(args: argparse.Namespace) -> Collector:
+    """Load and check everything; raise :class:`_Fatal` with one line naming what is wrong."""
+    try:
+        config = load_config(args.config, CollectorConfig)
+    except PKIError as exc:
+        raise _Fatal(str(exc)) from exc
+    agents = config.agents
+    if args.shard is not None:
+        try:
+            index, count = parse_shard(args.shard)
+        except ValueError as exc:
+            raise _Fatal(str(exc)) from exc
+        agents = select_shard(agents, index, count)
+    _setup_logging(config)
+    try:
+        context = client_context(config.tls.cert, config.tls.key, config.tls.ca)
+        key = tokens.load_key(config.hmac.key_file)
+    except PKIError as exc:
+        raise _Fatal(f"{args.config}: {exc}") from exc
+    try:
+        hook = AlertHook(config.alert_command) if config.alert_command else None
+        spool = Spool(config.spool_dir, config.spool_max_bytes)
+    except CollectorError as exc:
+        raise _Fatal(f"{args.config}: {exc}") from exc
+    try:
+        store = open_store(config.storage)
+        writer: LazyStore = LazyStore(lambda: store)
+    except StorageConfigError as exc:
+        raise _Fatal(f"{args.config}: storage: {exc}") from exc
+    except StorageUnavailable as exc:
+        logger.warning("storage unavailable at start (%s); spooling until it is back", exc)
+        writer = LazyStore(lambda: open_store(config.storage))
+    connections = [
+        AgentConnection(a.name, a.host, a.port, context, config.hmac.key_id, key, timeout=config.timeout)
+        for a in agents
+    ]
+    delivery = Delivery(writer, spool)
+    recorder = Recorder(delivery, AlertEngine(config.thresholds), hook)
+    poller = Poller(
+        connections,
+        recorder,
+        poll_interval=config.poll_interval,
+        max_workers=config.max_workers,
+        backoff_max=config.backoff_max,
+    )
+    return Collector(config, poller, delivery, spool, hook)
+
+
+def status_line(result: PollResult, width: int) -> str:
+    detail = f"  {result.detail}" if result.detail else ""
+    return f"{result.agent:<{width}}  {result.state:<12}  {result.latency_ms:8.1f} ms{detail}"
+
+
+def run_once(collector: Collector) -> int:
+    if collector.delivery.backlog:
+        collector.delivery.retry(force=True)
+    results = collector.poller.poll_once()
+    width = max((len(r.agent) for r in results), default=0)
+    for result in results:
+        print(status_line(result, width), flush=True)
+    if collector.delivery.backlog:
+        logger.warning("storage unavailable: this sweep waits in the spool (%s)", collector.spool.directory)
+    return 0 if all(r.state == "up" for r in results) else 1
+
+
+def run_forever(collector: Collector) -> int:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        collector.poller.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    logger.info(
+        "polling %d agents every %g s (max_workers %d)",
+        len(collector.poller.states),
+        collector.config.poll_interval,
+        collector.config.max_workers,
+    )
+    collector.poller.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _arguments(argv)
+    try:
+        collector = build(args)
+    except _Fatal as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_once(collector) if args.once else run_forever(collector)
+    finally:
+        collector.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Where poll results go: alerts, then storage, or the spool while storage is down.
+
+:class:`Delivery` keeps order: once anything is spooled, later batches are spooled behind it until a
+replay has emptied the spool, so storage always receives batches in the order they were made. Replays
+are retried with a capped exponential delay, not on every sweep, so a dead database is not hammered.
+
+:class:`Recorder` turns :class:`PollResult` records into samples, statuses and alerts (one
+:class:`~secure_collector.alerts.AlertEngine`, used by one thread), batches them per sweep and delivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from secure_collector.alerts import AlertEngine
+from secure_collector.errors import SpoolError
+from secure_collector.hook import AlertHook
+from secure_collector.spool import Spool
+from storage.base import Batch, Store
+from storage.errors import StorageError
+from storage.models import AgentState, AgentStatus, Alert, Sample
+
+logger = logging.getLogger(__name__)
+
+RETRY_MIN = 1.0
+RETRY_MAX = 30.0
+
+
+class PollResult(NamedTuple):
+    """The outcome of one poll of one agent."""
+
+    agent: str
+    timestamp: float
+    state: AgentState
+    detail: str
+    latency_ms: float
+    sample: Sample | None = None
+    retry_after: float | None = None
+
+
+class BatchWriter(Protocol):
+    """The part of :class:`storage.base.Store` that delivery needs."""
+
+    def write(self, batch: Batch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LazyStore:
+    """Opens the real store on first use and again after opening failed, so the collector can start
+    (and spool) while the database is still down."""
+
+    def __init__(self, opener: Callable[[], Store]) -> None:
+        self._opener = opener
+        self._store: Store | None = None
+
+    def write(self, batch: Batch) -> None:
+        if self._store is None:
+            self._store = self._opener()
+        self._store.write(batch)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+class Delivery:
+    """Writes batches to the store, spooling them (in order) whenever it cannot. Thread-safe."""
+
+    def __init__(
+        self,
+        store: BatchWriter,
+        spool: Spool,
+        *,
+        retry_min: float = RETRY_MIN,
+        retry_max: float = RETRY_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self._retry_min = retry_min
+        self._retry_max = retry_max
+        self._clock = clock
+        self._delay = retry_min
+        self._next_retry = 0.0
+        self._spooled = bool(spool)
+        self._lock = threading.Lock()
+        self.stored_batches = 0
+        self.spooled_batches = 0
+
+    @property
+    def backlog(self) -> bool:
+        """True while something waits in the spool."""
+        return self._spooled
+
+    def deliver(self, batch: Batch) -> None:
+        """Store ``batch`` now, or spool it behind what is already waiting."""
+        if not batch:
+            return
+        with self._lock:
+            if self._spooled:
+                self._spool(batch)
+                self._replay(force=False)
+                return
+            try:
+                self.store.write(batch)
+                self.stored_batches += 1
+            except StorageError as exc:
+                logger.warning("storage unavailable (%s); spooling to %s", exc, self.spool.directory)
+                self._spool(batch)
+                self._schedule_retry()
+
+    def retry(self, *, force: bool = False) -> bool:
+        """Replay the spool if its retry time has come (or ``force``); True when the spool is empty."""
+        with self._lock:
+            if self._spooled:
+                self._replay(force=force)
+            return not self._spooled
+
+    def _spool(self, batch: Batch) -> None:
+        try:
+            self.spool.append(batch)
+        except SpoolError as exc:
+            # Nowhere left to put it: say so loudly; the next batches try again.
+            logger.error("cannot spool a batch of %d samples: %s", len(batch.samples), exc)
+            return
+        self._spooled = True
+        self.spooled_batches += 1
+
+    def _replay(self, *, force: bool) -> None:
+        if not force and self._clock() < self._next_retry:
+            return
+        try:
+            written = self.spool.replay(self.store.write)
+        except StorageError as exc:
+            logger.warning("storage still unavailable (%s); retrying in %.0f s", exc, self._delay)
+            self._schedule_retry()
+            return
+        except SpoolError as exc:
+            logger.error("spool replay failed: %s", exc)
+            self._schedule_retry()
+            return
+        logger.info("storage is back: replayed %d spooled batches", written)
+        self._spooled = False
+        self._delay = self._retry_min
+        self._next_retry = 0.0
+
+    def _schedule_retry(self) -> None:
+        self._next_retry = self._clock() + self._delay
+        self._delay = min(self._delay * 2, self._retry_max)
+
+
+class Recorder:
+    """Turns poll results into one batch per sweep, with alerts, and hands it to :class:`Delivery`.
+
+    Not thread-safe: the poller calls it from one thread.
+    """
+
+    def __init__(self, delivery: Delivery, engine: AlertEngine, hook: AlertHook | None = None) -> None:
+        self.delivery = delivery
+        self.engine = engine
+        self.hook = hook
+        self._samples: list[Sample] = []
+        self._alerts: list[Alert] = []
+        self._statuses: list[AgentStatus] = []
+
+    def __len__(self) -> int:
+        return len(self._statuses)
+
+    def add(self, result: PollResult) -> None:
+        alerts = self.engine.evaluate_state(result.agent, result.state, result.timestamp, result.detail)
+        if result.sample is not None:
+            self._samples.append(result.sample)
+            alerts += self.engine.evaluate(result.sample)
+        self._statuses.append(
+            AgentStatus.model_construct(
+                agent=result.agent,
+                timestamp=result.timestamp,
+                state=result.state,
+                detail=result.detail[:256],
+                latency_ms=round(result.latency_ms, 3),
+            )
+        )
+        if alerts:
+            self._alerts.extend(alerts)
+            for alert in alerts:
+                logger.warning(
+                    "ALERT %s %s %s %s: %s", alert.agent, alert.metric, alert.state, alert.severity, alert.message
+                )
+                if self.hook is not None:
+                    self.hook.submit(alert)
+
+    def add_all(self, results: Sequence[PollResult]) -> None:
+        for result in results:
+            self.add(result)
+
+    def flush(self) -> None:
+        """Deliver what has accumulated as one batch."""
+        if not self._statuses and not self._alerts:
+            return
+        batch = Batch(tuple(self._samples), tuple(self._alerts), tuple(self._statuses))
+        self._samples, self._alerts, self._statuses = [], [], []
+        self.delivery.deliver(batch)

@@ -1,0 +1,194 @@
+"""The ``get_metrics`` answer as the collector accepts it: an agent is untrusted input.
+
+:class:`MetricsAnswer` is a strict pydantic model of docs/protocol.md: exact types (an ``int`` is not a
+``str``, a ``bool`` is not a number), ranges, no NaN or infinity, strings of at most :data:`MAX_TEXT`
+characters, at most :data:`MAX_FINDINGS` findings, :data:`MAX_DISKS` disks and :data:`MAX_CORES` per-core
+values. Unknown keys are ignored (a newer agent may send more) and never stored. Anything else makes the
+whole answer a "bad response": nothing of it is stored.
+
+:func:`to_sample` turns a valid answer into a :class:`storage.models.Sample`. Its timestamp is the
+**collector's** clock when the answer arrived, not the agent's: the agent's clock is as untrusted as the
+rest of its answer, and a dedup key (agent, timestamp) chosen by the agent would let it overwrite or hide
+samples. The agent's own timestamp is kept in ``extra["agent_timestamp"]`` with the skew between the
+clocks (``extra["clock_skew"]``, agent minus collector, seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from storage.models import AGENT_NAME_PATTERN, Finding, Sample
+
+MAX_TEXT = 512
+MAX_FINDINGS = 256
+MAX_DISKS = 256
+MAX_CORES = 1024
+MAX_EVIDENCE = 32
+MAX_UNAVAILABLE = 64
+MAX_BYTES = 2.0**64
+STORED_DISKS = 16
+"""The fullest disks kept in a sample's ``extra["disks"]`` (mount and percent)."""
+
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Celsius = Annotated[float, Field(ge=-100, le=250)]
+Load = Annotated[float, Field(ge=0, le=1e6)]
+Bytes = Annotated[float, Field(ge=0, le=MAX_BYTES)]
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Level = Literal["none", "low", "medium", "high"]
+EvidenceKey = Annotated[str, Field(min_length=1, max_length=64)]
+EvidenceValue = Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[int, Field(ge=-(2**63), le=2**63)] | float | None
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
+
+
+class TemperatureSection(_Wire):
+    celsius: Celsius | None = None
+    reason: Text | None = None
+    sensor: Text | None = None
+    high: Celsius | None = None
+    critical: Celsius | None = None
+
+
+class CPUSection(_Wire):
+    percent: Percent | None = None
+    per_core: Annotated[list[Percent], Field(max_length=MAX_CORES)] = []
+    count: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+
+class LoadSection(_Wire):
+    load_1: Load | None = None
+    load_5: Load | None = None
+    load_15: Load | None = None
+    per_core_1: Load | None = None
+
+
+class MemorySection(_Wire):
+    total: Bytes | None = None
+    available: Bytes | None = None
+    used: Bytes | None = None
+    percent: Percent | None = None
+    swap_total: Bytes | None = None
+    swap_used: Bytes | None = None
+    swap_percent: Percent | None = None
+
+
+class DiskSection(_Wire):
+    mount: Text
+    device: Text = ""
+    fstype: Text = ""
+    total: Bytes | None = None
+    used: Bytes | None = None
+    free: Bytes | None = None
+    percent: Percent | None = None
+
+
+class FindingSection(_Wire):
+    kind: Annotated[str, Field(min_length=1, max_length=64)]
+    severity: Literal["low", "medium", "high"]
+    technique: Annotated[str, Field(max_length=32, pattern=r"^T\d{4}(\.\d{3})?$")] | None = None
+    summary: Text = ""
+    evidence: Annotated[dict[EvidenceKey, EvidenceValue], Field(max_length=MAX_EVIDENCE)] = {}
+
+
+class SecuritySection(_Wire):
+    threat_level: Level = "none"
+    issues: Count = 0
+    scanned_at: Annotated[float, Field(ge=0)] | None = None
+    age: Annotated[float, Field(ge=0)] | None = None
+    ssh_failures: Count = 0
+    findings: Annotated[list[FindingSection], Field(max_length=MAX_FINDINGS)] = []
+
+
+class MetricsAnswer(_Wire):
+    """One ``get_metrics()`` answer (docs/protocol.md)."""
+
+    agent: Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]
+    timestamp: Annotated[float, Field(ge=0, le=1e11)]
+    version: Text = ""
+    cpu_usage: Percent | None = None
+    cpu_temperature: Celsius | None = None
+    load_1: Load | None = None
+    load_5: Load | None = None
+    load_15: Load | None = None
+    memory_usage: Percent | None = None
+    disk_usage: Percent | None = None
+    security_issues: Count = 0
+    threat_level: Level = "none"
+    temperature: TemperatureSection = TemperatureSection()
+    cpu: CPUSection = CPUSection()
+    load: LoadSection = LoadSection()
+    memory: MemorySection = MemorySection()
+    disks: Annotated[list[DiskSection], Field(max_length=MAX_DISKS)] = []
+    security: SecuritySection = SecuritySection()
+    unavailable: Annotated[
+        dict[Annotated[str, Field(max_length=64)], Text | None], Field(max_length=MAX_UNAVAILABLE)
+    ] = {}
+
+
+class AnswerInvalid(ValueError):
+    """The answer broke the model; the message names the first offending field, never its value."""
+
+
+def validate_answer(value: Any, expected_agent: str) -> MetricsAnswer:
+    """Validate a parsed answer; it must name the agent we called (an agent cannot answer for another)."""
+    if not isinstance(value, dict):
+        raise AnswerInvalid("answer is not a struct")
+    try:
+        answer = MetricsAnswer.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(answer)"
+        raise AnswerInvalid(f"invalid field {where[:120]}: {first['type']}") from None
+    if answer.agent != expected_agent:
+        raise AnswerInvalid("answer names another agent")
+    return answer
+
+
+def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
+    """The stored sample of a valid answer, stamped with the collector's ``timestamp``."""
+    findings = tuple(
+        Finding.model_construct(
+            kind=f.kind, severity=f.severity, technique=f.technique, summary=f.summary, evidence=dict(f.evidence)
+        )
+        for f in answer.security.findings
+    )
+    disks = sorted((d for d in answer.disks if d.percent is not None), key=lambda d: d.percent or 0.0, reverse=True)[
+        :STORED_DISKS
+    ]
+    extra: dict[str, Any] = {
+        "agent_timestamp": answer.timestamp,
+        "clock_skew": round(answer.timestamp - timestamp, 3),
+        "agent_version": answer.version,
+        "disks": [{"mount": d.mount, "percent": d.percent} for d in disks],
+    }
+    if answer.unavailable:
+        extra["unavailable"] = sorted(answer.unavailable)
+    # Every field below went through MetricsAnswer's ranges, which are those of Sample or narrower, so the
+    # sample is built without validating it a second time (tests check that the two models agree).
+    return Sample.model_construct(
+        agent=answer.agent,
+        timestamp=timestamp,
+        cpu_usage=answer.cpu_usage,
+        cpu_temperature=answer.cpu_temperature,
+        load_1=answer.load_1,
+        load_5=answer.load_5,
+        load_15=answer.load_15,
+        memory_usage=answer.memory_usage,
+        disk_usage=answer.disk_usage,
+        security_issues=answer.security_issues,
+        threat_level=answer.threat_level,
+        temperature_reason=answer.temperature.reason,
+        temperature_high=answer.temperature.high,
+        temperature_critical=answer.temperature.critical,
+        swap_usage=answer.memory.swap_percent,
+        cpu_count=answer.cpu.count,
+        ssh_failures=answer.security.ssh_failures,
+        security_age=answer.security.age,
+        findings=findings,
+        extra=extra,
+    )
