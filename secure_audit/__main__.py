@@ -1,0 +1,3 @@
+from secure_audit.cli import main
+
+raise SystemExit(main())
