@@ -211,8 +211,8 @@ def evaluate(
     """Findings from the sockets; ``owners`` maps a socket's inode to its process where that is known."""
     findings: list[Finding] = []
     seen: set[tuple[object, ...]] = set()
-    first: dict[tuple[int | None, str, int, str], tuple[Socket, Owner]] = {}
-    counts: Counter[tuple[int | None, str, int, str]] = Counter()
+    first: dict[tuple[int | None, str, int, str, bool], tuple[Socket, Owner]] = {}
+    counts: Counter[tuple[int | None, str, int, str, bool]] = Counter()
     listeners = active = 0
     nobody = Owner(None, None, None, None)
     for sock in sockets:
@@ -237,7 +237,7 @@ def evaluate(
             active += 1
             port = sock.remote_port if sock.remote_port in suspicious_ports else sock.local_port
             if port in suspicious_ports:
-                group = (owner.pid, sock.remote_address, port, sock.protocol)
+                group = (owner.pid, sock.remote_address, port, sock.protocol, port == sock.remote_port)
                 first.setdefault(group, (sock, owner))
                 counts[group] += 1
     for group, (sock, owner) in first.items():
