@@ -42,7 +42,9 @@ def make_config(tmp_path: Path) -> Callable[..., AgentConfig]:
                 "name": "probe-test",
                 "check_interval": check_interval,
                 "metrics": metrics or {},
-                "tls": {"cert": str(tmp_path / "a.crt"), "key": str(tmp_path / "a.key"), "ca": str(tmp_path / "ca.crt")},
+                "tls": {
+                    "cert": str(tmp_path / "a.crt"), "key": str(tmp_path / "a.key"), "ca": str(tmp_path / "ca.crt"),
+                },
                 "security": {"allowed_ips": ["127.0.0.1"], "hmac_keys": {"c": str(tmp_path / "c.hmac")}, **security},
                 "audit_log": str(tmp_path / "audit.log"),
             }

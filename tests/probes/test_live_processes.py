@@ -117,7 +117,8 @@ def scan_as_nobody() -> dict[str, object]:
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             scan = scan_processes()
-            report = {"pids": sorted({dict(f.evidence)["pid"] for f in scan.findings}), "unknown": dict(scan.unknown_reasons)}
+            pids = sorted({dict(f.evidence)["pid"] for f in scan.findings})
+            report = {"pids": pids, "unknown": dict(scan.unknown_reasons)}
             os.write(write_end, json.dumps(report).encode())
             status = 0
         finally:

@@ -42,7 +42,8 @@ def test_tables_parse_and_skip_garbage(fixtures: Path) -> None:
     sockets = parse_net_table((fixtures / "proc" / "host" / "net" / "tcp").read_text(), "tcp", "little")
     assert len(sockets) == 8  # the garbage line is skipped
     listener = sockets[0]
-    assert (listener.local_address, listener.local_port, listener.is_listener, listener.inode) == ("0.0.0.0", 22, True, 2001)
+    assert (listener.local_address, listener.local_port, listener.is_listener) == ("0.0.0.0", 22, True)
+    assert listener.inode == 2001
     assert (sockets[2].remote_address, sockets[2].remote_port, sockets[2].is_active) == ("198.51.100.7", 3333, True)
 
 
@@ -59,9 +60,9 @@ def test_suspicious_ports_without_expected_listeners(fixtures: Path) -> None:
         (SUSPICIOUS_PORT_CONNECTION, "medium", 202, "198.51.100.7", 3333, 2),  # two connections, one finding
         (SUSPICIOUS_PORT_CONNECTION, "medium", 201, "2001:db8::99", 4444, 1),  # inbound to the 4444 listener
     }
-    inbound = [f for f in scan.findings if dict(f.evidence).get("address") == "2001:db8::99"][0]
+    inbound = next(f for f in scan.findings if dict(f.evidence).get("address") == "2001:db8::99")
     assert dict(inbound.evidence)["direction"] == "inbound" and inbound.technique == "T1571"
-    nc = [f for f in scan.findings if dict(f.evidence).get("pid") == 201 and f.kind == SUSPICIOUS_PORT_LISTENER][0]
+    nc = next(f for f in scan.findings if dict(f.evidence).get("pid") == 201 and f.kind == SUSPICIOUS_PORT_LISTENER)
     assert dict(nc.evidence)["name"] == "nc.openbsd" and dict(nc.evidence)["protocol"] == "tcp"
 
 

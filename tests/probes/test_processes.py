@@ -49,7 +49,7 @@ def test_evidence_names_pid_user_path_and_state(fixtures: Path) -> None:
         "pid": 107, "name": "evil) S 1 (x", "user": evidence["user"], "path": "/var/tmp/a b(c)", "state": "deleted",
     }
     assert evidence["user"] in {"1000", *(entry.pw_name for entry in pwd.getpwall() if entry.pw_uid == 1000)}
-    missing = [f for f in scan.findings if dict(f.evidence)["pid"] == 104][0]
+    missing = next(f for f in scan.findings if dict(f.evidence)["pid"] == 104)
     assert dict(missing.evidence)["state"] == "missing" and "path" not in dict(missing.evidence)
 
 
