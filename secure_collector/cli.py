@@ -73,23 +73,31 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _setup_logging(config: CollectorConfig) -> None:
+def _setup_logging(config: CollectorConfig, handlers: list[logging.Handler]) -> None:
+    """Log to stderr and to ``log_file`` (or the predecessor's ``storage.log_file``); ``handlers`` gets them."""
     root = logging.getLogger()
     root.setLevel(config.log_level)
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter(_LOG_FORMAT))
-    root.addHandler(stream)
+    handlers.append(stream)
     log_file = config.log_file or config.storage.log_file
     if log_file is not None:
         try:
-            handler = logging.FileHandler(log_file, encoding="utf-8")
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
         except OSError as exc:
             raise _Fatal(f"{log_file}: cannot open log_file: {exc.strerror or exc}") from exc
+    for handler in handlers:
         handler.setFormatter(logging.Formatter(_LOG_FORMAT))
         root.addHandler(handler)
 
 
-def build(args: argparse.Namespace) -> Collector:
+def _remove_logging(handlers: list[logging.Handler]) -> None:
+    root = logging.getLogger()
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collector:
     """Load and check everything; raise :class:`_Fatal` with one line naming what is wrong."""
     try:
         config = load_config(args.config, CollectorConfig)
@@ -102,7 +110,7 @@ def build(args: argparse.Namespace) -> Collector:
         except ValueError as exc:
             raise _Fatal(str(exc)) from exc
         agents = select_shard(agents, index, count)
-    _setup_logging(config)
+    _setup_logging(config, handlers)
     try:
         context = client_context(config.tls.cert, config.tls.key, config.tls.ca)
         key = tokens.load_key(config.hmac.key_file)
@@ -159,30 +167,39 @@ def run_forever(collector: Collector) -> int:
         logger.info("%s received: stopping", signal.Signals(signum).name)
         collector.poller.stop()
 
+    previous: dict[signal.Signals, signal._HANDLER] = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, stop)
     logger.info(
         "polling %d agents every %g s (max_workers %d)",
         len(collector.poller.states),
         collector.config.poll_interval,
         collector.config.max_workers,
     )
-    collector.poller.run()
+    try:
+        collector.poller.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
+    handlers: list[logging.Handler] = []
     try:
-        collector = build(args)
-    except _Fatal as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return run_once(collector) if args.once else run_forever(collector)
+        try:
+            collector = build(args, handlers)
+        except _Fatal as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return run_once(collector) if args.once else run_forever(collector)
+        finally:
+            collector.close()
     finally:
-        collector.close()
+        _remove_logging(handlers)
 
 
 if __name__ == "__main__":  # pragma: no cover

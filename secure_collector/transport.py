@@ -86,6 +86,7 @@ class AgentConnection:
         try:
             answer = wire.parse_response(body)
         except wire.WireError as exc:
+            self.close()  # what else this peer sends on the connection is suspect too
             raise AgentBadResponse(self.name, str(exc)) from None
         if answer.fault:
             code = answer.value.get("faultCode")
