@@ -176,10 +176,26 @@ def verify_file(path: Path, prev: str = GENESIS) -> Verdict:
         return verify_lines(iter(lambda: handle.readline(MAX_LINE + 2), b""), prev)
 
 
-def _read_tail(fd: int, size: int) -> tuple[str, int]:
-    """(prev, next seq) for appending to a file of ``size`` bytes open for reading at ``fd``."""
+def parse_timestamp(text: object) -> float | None:
+    """Unix seconds of a record's ``time``, or None if it is not one of ours."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+class _Tail(NamedTuple):
+    prev: str
+    seq: int
+    time: float | None
+
+
+def _read_tail(fd: int, size: int) -> _Tail:
+    """Where to go on appending to a file of ``size`` bytes open for reading at ``fd``."""
     if size == 0:
-        return GENESIS, 0
+        return _Tail(GENESIS, 0, None)
     start = max(0, size - _TAIL_BYTES)
     data = os.pread(fd, size - start, start)
     if not data.endswith(b"\n"):
@@ -194,7 +210,41 @@ def _read_tail(fd: int, size: int) -> tuple[str, int]:
         raise ValueError("last record is not JSON") from None
     if not isinstance(record, dict) or type(record.get("seq")) is not int or record_hash(record) != record.get("hash"):
         raise ValueError("last record is not a sealed audit record")
-    return str(record["hash"]), int(record["seq"]) + 1
+    return _Tail(str(record["hash"]), int(record["seq"]) + 1, parse_timestamp(record.get("time")))
+
+
+def check_audit_path(path: Path) -> None:
+    """Could an audit log be kept at ``path``? Checks without creating or changing anything.
+
+    Raises :class:`AuditError` naming the file.
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise AuditError(f"{path}: cannot create the audit log: {parent} is not writable") from None
+        return
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise AuditError(f"{path}: the audit log must be a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+    try:
+        _read_tail(fd, info.st_size)
+    except ValueError as exc:
+        raise AuditError(f"{path}: {exc}; check it with secure-audit verify and move it aside") from exc
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if not os.access(path, os.W_OK):
+        raise AuditError(f"{path}: the audit log is not writable")
 
 
 class AuditLog:
@@ -224,6 +274,7 @@ class AuditLog:
         self._last_sync = 0.0
         self._broken: str | None = "not open"
         self._opened = False
+        self.last_time: float | None = None  # time of the last record found in the file when opened
 
     @property
     def last_hash(self) -> str:
@@ -258,7 +309,7 @@ class AuditLog:
             if not stat.S_ISREG(info.st_mode):
                 raise AuditError(f"{path}: the audit log must be a regular file")
             os.fchmod(fd, 0o600)  # records name clients and methods: the owner only
-            prev, seq = _read_tail(fd, info.st_size)
+            tail = _read_tail(fd, info.st_size)
         except ValueError as exc:
             os.close(fd)
             self._broken = str(exc)
@@ -270,7 +321,8 @@ class AuditLog:
                 raise
             raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
         if info.st_size > 0:
-            self._prev, self._seq = prev, seq
+            self._prev, self._seq = tail.prev, tail.seq
+            self.last_time = tail.time
         elif not self._opened:
             self._prev, self._seq = GENESIS, 0
         else:

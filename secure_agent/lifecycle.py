@@ -15,6 +15,7 @@ Listening address, name, server limits, metrics and ``max_clock_skew`` need a re
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from pki.configfile import load_config
 from pki.errors import PKIError
 from pki.tokens import Verifier
 from secure_agent import __version__
-from secure_agent.audit import AuditLog
+from secure_agent.audit import AuditLog, check_audit_path
 from secure_agent.config import AgentConfig
 from secure_agent.dispatch import MetricsSource
 from secure_agent.errors import AuditError, StartupError
@@ -52,14 +53,29 @@ MetricsFactory = Callable[[AgentConfig], ManagedMetrics]
 
 
 def check(config: AgentConfig) -> Policy:
-    """Everything ``--check`` validates beyond the config model: TLS material, keys, permissions.
+    """Everything ``--check`` validates beyond the config model: TLS material, keys, permissions, audit log.
 
     Raises :class:`StartupError` naming the file at fault.
     """
     try:
-        return load_policy(config)
+        policy = load_policy(config)
     except PKIError as exc:
         raise StartupError(str(exc)) from exc
+    check_audit_path(config.audit_log)
+    return policy
+
+
+def _token_floor(started_at: float, last_record: float | None) -> float:
+    """The oldest token timestamp (whole seconds) this run accepts.
+
+    Tokens older than the start are refused. Timestamps are whole seconds, so after a restart
+    within the second of the last record of the previous run (which may have accepted a token
+    of that second), that second is refused too.
+    """
+    floor = math.floor(started_at)
+    if last_record is not None and math.floor(last_record) >= floor:
+        floor = math.floor(last_record) + 1
+    return float(floor)
 
 
 def _default_metrics(config: AgentConfig) -> ManagedMetrics:
@@ -82,22 +98,34 @@ class Agent:
         self.started_at = clock()
         policy = check(config)
         security = config.security
+        self.audit = AuditLog(config.audit_log, config.name, sync_interval=config.server.audit_sync_interval)
+        try:
+            self.audit.open()
+        except AuditError as exc:
+            raise StartupError(str(exc)) from exc
         self._verifier = Verifier(
-            policy.keys, config.name, max_clock_skew=security.max_clock_skew, not_before=self.started_at, clock=clock
+            policy.keys,
+            config.name,
+            max_clock_skew=security.max_clock_skew,
+            not_before=_token_floor(self.started_at, self.audit.last_time),
+            clock=clock,
         )
         self._limiter = RateLimiter(security.rate_limit.per_second, security.rate_limit.burst)
-        self.audit = AuditLog(config.audit_log, config.name, sync_interval=config.server.audit_sync_interval)
-        self._metrics = metrics(config)
-        self._server = AgentServer(
-            (config.host, config.port),
-            name=config.name,
-            policy=policy,
-            verifier=self._verifier,
-            limiter=self._limiter,
-            audit=self.audit,
-            limits=config.server,
-            metrics=self._metrics,
-        )
+        try:
+            self._metrics = metrics(config)
+            self._server = AgentServer(
+                (config.host, config.port),
+                name=config.name,
+                policy=policy,
+                verifier=self._verifier,
+                limiter=self._limiter,
+                audit=self.audit,
+                limits=config.server,
+                metrics=self._metrics,
+            )
+        except BaseException:
+            self.audit.close()
+            raise
         self._thread: threading.Thread | None = None
         self._reload_lock = threading.Lock()
         self._stopped = False
@@ -111,12 +139,7 @@ class Agent:
         return self._server
 
     def start(self) -> None:
-        """Open the audit log, bind, start metrics and the accept loop; raises StartupError."""
-        try:
-            self.audit.open()
-        except AuditError as exc:
-            self._server.server_close()
-            raise StartupError(str(exc)) from exc
+        """Bind, audit the start, start metrics and the accept loop; raises StartupError."""
         try:
             self._server.open()
         except OSError as exc:

@@ -33,7 +33,7 @@ from secure_agent.ratelimit import RateLimiter
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 128
-POLL_INTERVAL = 0.5  # seconds between checks of the stop flag and audit syncs in the accept loop
+POLL_INTERVAL = 0.1  # seconds between checks of the stop flag and audit syncs in the accept loop
 
 
 class Slots:

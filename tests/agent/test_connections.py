@@ -1,0 +1,163 @@
+"""HOSTILE.md "Connections": allowlist before TLS, silent and idle peers, plain HTTP (cases 1, 3, 4, 5)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+
+from secure_agent.guard import address_allowed
+from tests.agent import wire
+from tests.plugins.agent import StartAgent, rpc_call
+from tests.plugins.pki import TestPKI
+
+PROBE = b"\x16\x03\x01"  # the first bytes of a TLS record; the agent must never answer a denied peer
+
+
+def test_address_outside_allowlist_is_closed_before_tls(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(test_pki, security={"allowed_ips": ["127.0.0.2", "::1"]})
+    with wire.tcp(agent) as sock:
+        started = time.monotonic()
+        assert wire.is_closed(sock, within=2.0)  # no ServerHello, no waiting for one of ours
+        assert time.monotonic() - started < 1.0
+    record = wire.wait_for_record(agent, wire.event("connection_denied"))
+    assert record["reason"] == "address_not_allowed"
+    assert record["peer"].startswith("127.0.0.1:")
+    assert "fingerprint" not in record  # refused before any certificate was seen
+    # the same client from an allowed address is served: the refusal was the address's alone
+    with wire.tls(agent, wire.collector_context(test_pki), source="127.0.0.2") as sock:
+        reply = wire.exchange(sock, wire.signed_request(agent, test_pki, "ping"))
+    assert reply.status == 200
+    wire.assert_chain_intact(agent)
+
+
+def test_denied_peer_gets_nothing_even_after_speaking(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(test_pki, security={"allowed_ips": ["127.0.0.2"]})
+    with wire.tcp(agent) as sock:
+        with contextlib.suppress(OSError):  # already closed: fine
+            sock.sendall(PROBE)
+        assert wire.is_closed(sock)
+    wire.assert_nothing_served(agent)
+
+
+def test_ipv6_loopback_is_judged_by_the_allowlist(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    allowed = start_agent(test_pki, host="::1", security={"allowed_ips": ["::1"]})
+    assert rpc_call(allowed, test_pki, "ping") == "pong"
+    denied = start_agent(test_pki, host="::1", security={"allowed_ips": ["127.0.0.1", "fe80::/64"]})
+    with wire.tcp(denied) as sock:
+        assert wire.is_closed(sock)
+    record = wire.wait_for_record(denied, wire.event("connection_denied"))
+    assert record["peer"].startswith("[::1]:")
+
+
+@pytest.mark.parametrize(
+    ("peer", "networks", "allowed"),
+    [
+        ("::ffff:127.0.0.1", ["127.0.0.1"], True),  # what a dual-stack socket reports for IPv4 peers
+        ("::ffff:127.0.0.1", ["127.0.0.2", "::1"], False),
+        ("::ffff:10.1.2.3", ["10.0.0.0/8"], True),
+        ("::ffff:10.1.2.3", ["::ffff:10.0.0.0/104"], True),
+        ("10.1.2.3", ["::ffff:10.0.0.0/104"], False),
+        ("fe80::1%lo", ["fe80::/64"], True),
+        ("2001:db8::1", ["2001:db8::/32"], True),
+        ("2001:db8::1", ["2001:db9::/32", "10.0.0.0/8"], False),
+        ("not-an-address", ["10.0.0.0/8"], False),
+    ],
+)
+def test_allowlist_matching(peer: str, networks: list[str], allowed: bool) -> None:
+    import ipaddress
+
+    parsed = tuple(ipaddress.ip_network(n) for n in networks)
+    assert address_allowed(parsed, peer) is allowed
+
+
+def test_silent_connection_does_not_delay_others_and_is_cut(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(test_pki)
+    handshake_timeout = agent.config.server.handshake_timeout
+    with wire.tcp(agent) as silent:
+        started = time.monotonic()
+        assert rpc_call(agent, test_pki, "ping") == "pong"
+        assert time.monotonic() - started < handshake_timeout  # served while the silent one waits
+        assert wire.is_closed(silent, within=handshake_timeout + 2.0)
+        assert time.monotonic() - started >= handshake_timeout * 0.8
+    record = wire.wait_for_record(agent, wire.event("handshake_failed"))
+    assert record["reason"] == "timeout"
+
+
+def test_trickled_handshake_is_cut_at_the_deadline(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(test_pki)
+    deadline = agent.config.server.handshake_timeout
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)
+    with wire.tcp(agent) as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in hello:  # one byte per 0.1 s: each read is quick, the whole is too slow
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            if wire.is_closed(sock, within=0.1):
+                closed = True
+                break
+        assert closed
+        assert time.monotonic() - started < deadline + 1.0
+    assert wire.wait_for_record(agent, wire.event("handshake_failed", reason="timeout"))
+
+
+def _threads() -> int:
+    return threading.active_count()
+
+
+def test_hundreds_of_idle_connections_stay_bounded(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(
+        test_pki,
+        server={"max_connections": 16, "max_connections_per_ip": 8},
+        security={"allowed_ips": ["127.0.0.1", "127.0.0.2"]},
+    )
+    baseline = _threads()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):  # from 127.0.0.2: a host other than the collector's
+            idle.append(wire.tcp(agent, source="127.0.0.2"))
+        # the legitimate collector (127.0.0.1) is still served while they sit there
+        started = time.monotonic()
+        assert rpc_call(agent, test_pki, "ping") == "pong"
+        assert time.monotonic() - started < 1.0
+        assert agent.agent.server.slots.used <= 8 + 1
+        assert _threads() <= baseline + 16 + 1
+        # every idle socket is closed by the agent: refused at once, or after the handshake timeout
+        for sock in idle:
+            assert wire.is_closed(sock, within=agent.config.server.handshake_timeout + 3.0)
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 5.0
+    while (agent.agent.server.connection_count() or _threads() > baseline) and time.monotonic() < deadline:
+        time.sleep(0.02)  # bounded wait for worker threads to end
+    assert agent.agent.server.connection_count() == 0
+    assert _threads() <= baseline
+    denied = [r for r in wire.records(agent) if r["event"] == "connection_denied"]
+    assert denied and all(r["reason"] == "too_many_connections" for r in denied)
+    assert rpc_call(agent, test_pki, "ping") == "pong"
+    wire.assert_chain_intact(agent)
+
+
+def test_plain_http_on_the_tls_port(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(test_pki)
+    with wire.tcp(agent) as sock:
+        sock.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        sock.settimeout(wire.TIMEOUT)
+        try:
+            data = sock.recv(4096)
+        except ConnectionError:
+            data = b""
+        assert b"HTTP/" not in data  # nothing but (at most) a TLS alert
+    record = wire.wait_for_record(agent, wire.event("handshake_failed"))
+    assert "HTTP" in record["reason"].upper() or "VERSION" in record["reason"].upper()
+    wire.assert_nothing_served(agent)
