@@ -16,9 +16,9 @@ WIDE = (0.0, 1e11)
 
 
 def collector_data(
-    pki: TestPKI, folder: Path, agents: Iterable[tuple[str, str, int]], **overrides: Any
+    pki: TestPKI, folder: Path, polled: Iterable[tuple[str, str, int]], **overrides: Any
 ) -> dict[str, Any]:
-    """A collector config for ``pki``'s collector, polling ``agents`` (name, host, port), data under ``folder``."""
+    """A collector config for ``pki``'s collector, polling ``polled`` (name, host, port), data under ``folder``."""
     data = json.loads((pki.root / "collector.json").read_text())
     data = merge(
         data,
@@ -34,7 +34,7 @@ def collector_data(
             "spool_dir": str(folder / "spool"),
         },
     )
-    data["agents"] = [{"name": n, "host": h, "port": p} for n, h, p in agents]
+    data["agents"] = [{"name": n, "host": h, "port": p} for n, h, p in polled]
     return merge(data, overrides)
 
 
