@@ -8,15 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import pandas as pd
-
 from storage.base import Store
 from viz.config import PlotThresholds
 from viz.dashboard import render_index
 from viz.errors import NoDataError
 from viz.plots import PLOTS, PlotInput
-from viz.render import prepare_output_dir, render_plots, write_atomic
-from viz.series import Window, prepare
+from viz.render import draw_here, helpers_drawing, plan, prepare_output_dir, write_atomic
+from viz.series import Prepared, Window, prepare
 from viz.summary import agent_rows
 
 log = logging.getLogger(__name__)
@@ -24,6 +22,8 @@ log = logging.getLogger(__name__)
 ALL = "all"
 PLOT_CHOICES: tuple[str, ...] = (ALL, *PLOTS)
 INDEX_NAME = "index.html"
+STATES_PER_PLOT_UNIT = 60_000
+"""Agent states the file backend reads in about the time one one-panel plot takes to draw (bench)."""
 
 
 class Request(NamedTuple):
@@ -47,35 +47,55 @@ def describe(window: Window, agent: str | None) -> str:
     return f"no samples for {who} in the last {hours:g} h"
 
 
-def generate(store: Store, request: Request, thresholds: PlotThresholds) -> list[Path]:
+def generate(store: Store, request: Request, thresholds: PlotThresholds, workers: int | None = None) -> list[Path]:
     """Write the requested PNG(s) (and ``index.html`` for ``all``); return the paths written.
 
     Raises :class:`NoDataError` when storage holds no sample for the window (and agent), before any
     file is written; :class:`storage.StorageError` from the queries; :class:`viz.OutputError`.
+    While a forked helper draws its share of the plots, this process queries the states and alerts
+    for the dashboard, then draws the rest; ``index.html`` is written last, once every PNG exists.
     """
     window = request.window
     started = time.perf_counter()
     samples = store.query_samples(window.start, window.end, request.agent)
     if samples.empty:
         raise NoDataError(describe(window, request.agent))
-    names = plot_names(request.plot)
-    statuses = alerts = pd.DataFrame()
-    if request.plot == ALL:
-        statuses = store.query_statuses(window.start, window.end, request.agent)
-        # From the start of history: an alert that fired before the window and never cleared is open.
-        alerts = store.query_alerts(0.0, window.end, request.agent)
     log.debug("queried %d samples in %.3f s", len(samples), time.perf_counter() - started)
+    names = plot_names(request.plot)
+    with_index = request.plot == ALL
     prepare_output_dir(request.output_dir)
     prepared = prepare(samples, window)
-    written = render_plots(names, PlotInput(prepared, thresholds), request.output_dir)
-    if request.plot == ALL:
-        rows = agent_rows(prepared, statuses, alerts)
-        page = render_index(rows, [PLOTS[name] for name in names], window, request.agent, window.end)
+    data = PlotInput(prepared, thresholds)
+    mine, *theirs = plan(names, workers, dashboard_cost(len(samples)) if with_index else 0.0)
+    page = b""
+    with helpers_drawing(theirs, data, request.output_dir):
+        if with_index:
+            page = dashboard(store, request, prepared)
+        draw_here(mine, data, request.output_dir)
+    written = [request.output_dir / f"{name}.png" for name in names]
+    if with_index:
         index = request.output_dir / INDEX_NAME
-        write_atomic(index, page.encode("utf-8"))
+        write_atomic(index, page)
         written.append(index)
     log.debug("wrote %d files in %.3f s", len(written), time.perf_counter() - started)
     return written
+
+
+def dashboard_cost(samples: int) -> float:
+    """Rough cost of :func:`dashboard` in plot units: reading about as many states as samples."""
+    return 1.0 + samples / STATES_PER_PLOT_UNIT
+
+
+def dashboard(store: Store, request: Request, prepared: Prepared) -> bytes:
+    """``index.html`` for ``request``, as bytes."""
+    window = request.window
+    statuses = store.query_statuses(window.start, window.end, request.agent)
+    # From the start of history: an alert that fired before the window and never cleared is open.
+    alerts = store.query_alerts(0.0, window.end, request.agent)
+    rows = agent_rows(prepared, statuses, alerts)
+    page = render_index(rows, [PLOTS[name] for name in plot_names(request.plot)], window, request.agent,
+                        window.end)
+    return page.encode("utf-8")
 
 
 def plot_names(plot: str) -> Sequence[str]:

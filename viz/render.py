@@ -6,12 +6,13 @@ depends on or changes a global backend, and no display or network is ever touche
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -70,7 +71,7 @@ def prepare_output_dir(directory: Path) -> None:
         raise OutputError(f"{directory}: not a directory")
 
 
-def _render_serial(names: Sequence[str], data: PlotInput, directory: Path) -> None:
+def draw_here(names: Sequence[str], data: PlotInput, directory: Path) -> None:
     for name in names:
         path = directory / f"{name}.png"
         write_atomic(path, render_png(name, data))
@@ -80,7 +81,7 @@ def _render_serial(names: Sequence[str], data: PlotInput, directory: Path) -> No
 def _child(names: Sequence[str], data: PlotInput, directory: Path, conn: Connection) -> None:
     """Body of the forked helper: render ``names`` and report ``None`` or the one-line error."""
     try:
-        _render_serial(names, data, directory)
+        draw_here(names, data, directory)
     except OutputError as exc:
         conn.send(str(exc))
     except Exception as exc:  # reported to the parent, which raises it as a bug (no silent loss)
@@ -91,56 +92,81 @@ def _child(names: Sequence[str], data: PlotInput, directory: Path, conn: Connect
         conn.close()
 
 
-def split_work(names: Sequence[str], workers: int) -> list[list[str]]:
-    """Share plots between ``workers`` by their rough cost (heaviest first onto the lightest share)."""
-    shares: list[list[str]] = [[] for _ in range(max(1, min(workers, len(names))))]
-    load = [0.0] * len(shares)
+def split_work(names: Sequence[str], workers: int, local_cost: float = 0.0) -> list[list[str]]:
+    """Share plots between ``workers`` processes by rough cost, heaviest first onto the lightest share.
+
+    Share 0 is this process, which starts with ``local_cost`` units of other work (one unit: about one
+    one-panel plot). Empty shares are dropped, except share 0.
+    """
+    count = max(1, min(workers, len(names) + (1 if local_cost > 0 else 0)))
+    shares: list[list[str]] = [[] for _ in range(count)]
+    load = [local_cost] + [0.0] * (count - 1)
     for name in sorted(names, key=lambda n: -PLOTS[n].cost):
         lightest = load.index(min(load))
         shares[lightest].append(name)
         load[lightest] += PLOTS[name].cost
-    return [share for share in shares if share]
+    return [shares[0]] + [share for share in shares[1:] if share]
 
 
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def render_plots(names: Iterable[str], data: PlotInput, directory: Path, workers: int | None = None) -> list[Path]:
-    """Draw each named plot into ``directory/NAME.png``; returns the paths written, in ``names`` order.
+def plan(names: Sequence[str], workers: int | None = None, local_cost: float = 0.0) -> list[list[str]]:
+    """Which plots this process draws (share 0) and which each forked helper draws (the others).
 
-    With two or more plots and CPUs, a forked helper process draws part of them while this process
-    draws the rest: the data is inherited by the fork, never copied, and the helper writes its own
-    files. ``workers=1`` keeps everything in this process.
+    Helpers are used only with two or more CPUs (``workers`` defaults to :data:`PARALLEL_WORKERS`
+    capped by them) and where ``fork`` exists: a fork inherits the prepared data without copying it.
     """
-    ordered = list(names)
-    workers = min(PARALLEL_WORKERS, available_cpus()) if workers is None else workers
-    shares = split_work(ordered, workers) if "fork" in multiprocessing.get_all_start_methods() else [ordered]
-    if len(shares) < 2:
-        _render_serial(ordered, data, directory)
-    else:
-        _render_forked(shares, data, directory)
-    return [directory / f"{name}.png" for name in ordered]
+    if workers is None:
+        workers = min(PARALLEL_WORKERS, available_cpus())
+    if "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1
+    return split_work(names, workers, local_cost)
 
 
-def _render_forked(shares: list[list[str]], data: PlotInput, directory: Path) -> None:
+@contextlib.contextmanager
+def helpers_drawing(shares: Sequence[Sequence[str]], data: PlotInput, directory: Path) -> Iterator[None]:
+    """Fork one helper per share to draw and write those plots while the ``with`` body runs.
+
+    On leaving normally it waits (bounded) for every helper and raises the first failure; when the
+    body raises, the helpers are stopped and the body's error propagates.
+    """
     context = multiprocessing.get_context("fork")
-    helpers = []
-    for share in shares[1:]:
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_child, args=(share, data, directory, send), daemon=True)
-        process.start()
-        send.close()
-        helpers.append((process, receive))
+    helpers: list[tuple[BaseProcess, Connection]] = []
     try:
-        _render_serial(shares[0], data, directory)
-    finally:
-        problems = [_collect(process, receive) for process, receive in helpers]
+        for share in shares:
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_child, args=(list(share), data, directory, send), daemon=True)
+            process.start()
+            send.close()
+            helpers.append((process, receive))
+        yield
+    except BaseException:
+        for helper, pipe in helpers:
+            helper.terminate()
+            helper.join(HELPER_TIMEOUT)
+            pipe.close()
+        raise
+    problems = [_collect(process, receive) for process, receive in helpers]
     for problem in problems:
         if problem is not None:
             if problem.startswith("BUG:"):
                 raise RuntimeError(problem)
             raise OutputError(problem)
+
+
+def render_plots(names: Iterable[str], data: PlotInput, directory: Path, workers: int | None = None) -> list[Path]:
+    """Draw each named plot into ``directory/NAME.png``; returns the paths written, in ``names`` order.
+
+    With two or more plots and CPUs a forked helper draws part of them while this process draws the
+    rest (see :func:`plan`); ``workers=1`` keeps everything in this process.
+    """
+    ordered = list(names)
+    mine, *theirs = plan(ordered, workers)
+    with helpers_drawing(theirs, data, directory):
+        draw_here(mine, data, directory)
+    return [directory / f"{name}.png" for name in ordered]
 
 
 def _collect(process: BaseProcess, receive: Connection) -> str | None:

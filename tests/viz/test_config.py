@@ -97,12 +97,13 @@ def test_unknown_plot(tmp_path: Path, file_config: Path, capsys: pytest.CaptureF
 
 
 def test_mysql_unreachable_is_a_storage_error(run_viz, tmp_path: Path) -> None:
-    """A MySQL store that cannot be reached: one line, exit 1 (or 2 while no MySQL backend exists)."""
+    """A MySQL store that cannot be reached: one line, exit 1, no password."""
     config = write_config(
         tmp_path / "c.json",
         {"type": "mysql", "mysql_host": "127.0.0.1", "mysql_port": 1, "mysql_password": SECRET},
     )
     result = run_viz(*_args(config, tmp_path / "out"))
-    assert result.code in (1, 2)
+    assert result.code == 1
+    assert result.err.startswith("secure-viz: storage: ")
     assert result.err.count("\n") == 1
     assert SECRET not in result.err
