@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from secure_agent import __version__
 from secure_agent.config import AgentConfig
+from secure_agent.probes._text import INT32_MAX
 from secure_agent.probes.cpu import CpuReading, CpuSampler
 from secure_agent.probes.disk import DiskReading, fullest, read_disks
 from secure_agent.probes.load import LoadReading, read_load
@@ -291,7 +292,7 @@ class MetricsService:
             "issues": report.issues,
             "scanned_at": report.scanned_at,
             "age": max(0.0, round(now - report.scanned_at, 3)),
-            "ssh_failures": report.ssh_failures,
+            "ssh_failures": min(report.ssh_failures, INT32_MAX),  # "message repeated N times" adds up
             "unknown_processes": report.unknown_processes,
             "findings": [finding.as_wire() for finding in report.findings],
         }

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,7 +109,11 @@ NOBODY = 65534
 def scan_as_nobody() -> dict[str, object]:
     """Fork, drop to uid/gid 65534 in the child, scan the real /proc there, and return what it saw."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() with threads alive; the child runs only the scan and _exit,
+        # and the parent kills it at the deadline should it ever hang on a lock another thread held
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         status = 1
         try:
