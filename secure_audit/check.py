@@ -32,7 +32,9 @@ from pathlib import Path
 
 from pki.configfile import load_config
 from pki.errors import PKIError
+from secure_agent.audit import check_audit_path
 from secure_agent.config import AgentConfig
+from secure_agent.errors import AuditError
 from secure_audit import material
 from secure_audit.findings import Checked, Finding, Severity, render_json, render_text
 from secure_audit.material import Where
@@ -118,13 +120,14 @@ def _check_agent_security(where: Where, config: AgentConfig) -> list[Finding]:
 
 
 def _check_audit_log(where: Where, path: Path) -> list[Finding]:
-    problem = material.writable_problem(path)
-    if problem is not None:
+    try:
+        check_audit_path(path)  # the agent's own start-up check of its audit log
+    except AuditError as exc:
         return [
             where.finding(
                 "audit-log-not-writable",
                 Severity.HIGH,
-                f"{problem}: the agent cannot record calls and refuses them",
+                f"{exc}; the agent refuses to start (it never serves a call it cannot record)",
                 "point audit_log at a file in a directory the service user owns (e.g. /var/log/secure-monitor/, "
                 "ReadWritePaths in deploy/secure-agent.service)",
                 path,

@@ -16,7 +16,6 @@ findings instead of raising, so one report lists every problem of a deployment a
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import stat
 from pathlib import Path
@@ -253,23 +252,3 @@ def check_crl(where: Where, path: Path | None, ca: x509.Certificate | None, *, n
             )
         ]
     return []
-
-
-def writable_problem(path: Path) -> str | None:
-    """Why this process could not append to ``path`` (creating it and missing parents), or None."""
-    if path.exists() or path.is_symlink():
-        if path.is_symlink():
-            return "is a symbolic link (the audit writer refuses to follow it)"
-        if not path.is_file():
-            return "is not a regular file"
-        return None if os.access(path, os.W_OK) else "is not writable by this user"
-    parent = path.parent
-    for _ in range(len(path.parts)):  # bounded by the depth of the path
-        if parent.exists():
-            break
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot be created: {parent} is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"cannot be created: {parent} is not writable by this user"
-    return None
