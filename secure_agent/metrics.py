@@ -72,6 +72,14 @@ class _Unavailable:
             self.transient.add(metric)
 
 
+def _no_security() -> dict[str, Any]:
+    """The security struct before the first scan, or with security disabled."""
+    return {
+        "threat_level": "none", "issues": 0, "scanned_at": None, "age": None, "ssh_failures": 0,
+        "unknown_processes": 0, "findings": [],
+    }
+
+
 class MetricsService:
     def __init__(
         self,
@@ -283,10 +291,7 @@ class MetricsService:
             for metric, reason in report.unavailable:
                 unavailable.add(metric, reason)
         if report is None or not self._config.metrics.enable_security:
-            return {
-                "threat_level": "none", "issues": 0, "scanned_at": None, "age": None, "ssh_failures": 0,
-                "unknown_processes": 0, "findings": [],
-            }
+            return _no_security()
         return {
             "threat_level": report.threat_level,
             "issues": report.issues,
@@ -299,18 +304,18 @@ class MetricsService:
 
     def _fallback(self) -> dict[str, Any]:
         """A struct of the right shape with every metric missing, for when building the real one failed."""
+        try:
+            now = float(self._clock())
+        except Exception:  # the injected clock may be what failed
+            now = time.time()
         nothing = dict.fromkeys(("cpu_usage", "cpu_temperature", "load_1", "load_5", "load_15"))
         return {
-            "agent": self._config.name, "timestamp": self._clock(), "version": __version__, **nothing,
+            "agent": self._config.name, "timestamp": now, "version": __version__, **nothing,
             "memory_usage": None, "disk_usage": None, "security_issues": 0, "threat_level": "none",
             "temperature": {"celsius": None, "reason": INTERNAL_ERROR, "sensor": None, "high": None, "critical": None},
             "cpu": {"percent": None, "per_core": [], "count": os.cpu_count() or 1},
             "load": {"load_1": None, "load_5": None, "load_15": None, "per_core_1": None},
-            "memory": None, "disks": [],
-            "security": {
-                "threat_level": "none", "issues": 0, "scanned_at": None, "age": None, "ssh_failures": 0,
-                "unknown_processes": 0, "findings": [],
-            },
+            "memory": None, "disks": [], "security": _no_security(),
             "unavailable": dict.fromkeys(METRICS, INTERNAL_ERROR),
         }
 

@@ -250,3 +250,17 @@ def test_concurrent_callers(make_config: ConfigFactory) -> None:
         assert service.stop(WAIT)
     assert not errors and len(timings) == 800
     assert statistics.median(timings) < 0.01  # generous: the bench measures the real cost
+
+
+def test_a_failing_clock_still_gets_an_answer(make_config: ConfigFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever goes wrong inside, get_metrics() answers with the right shape and says why."""
+
+    def broken_clock() -> float:
+        raise RuntimeError("clock source gone")
+
+    service = MetricsService(make_config(), clock=broken_clock)
+    snapshot = service.snapshot()
+    check_struct(snapshot)
+    assert snapshot["unavailable"] == dict.fromkeys(METRICS, "internal error while reading metrics")
+    assert service.info()["metrics"] == dict.fromkeys(METRICS, False)
+    assert "building the metrics snapshot failed" in caplog.text
