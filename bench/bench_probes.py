@@ -43,7 +43,8 @@ def _config(workdir: Path, log: Path) -> AgentConfig:
             "name": "bench",
             "tls": {"cert": str(workdir / "a.crt"), "key": str(workdir / "a.key"), "ca": str(workdir / "ca.crt")},
             "security": {
-                "allowed_ips": ["127.0.0.1"], "hmac_keys": {"c": str(workdir / "c.hmac")},
+                "allowed_ips": ["127.0.0.1"],
+                "hmac_keys": {"c": str(workdir / "c.hmac")},
                 "auth_log_paths": [str(log)],
             },
             "audit_log": str(workdir / "audit.log"),
@@ -95,8 +96,13 @@ def _time_calls(function: Callable[[], object], calls: int) -> list[int]:
 
 def _row(name: str, samples_ns: Sequence[int]) -> dict[str, Any]:
     summary = summarize(samples_ns)
-    return {"what": name, "n": summary.n, "median_ms": round(summary.median, 4), "p99_ms": round(summary.p99, 4),
-            "max_ms": round(summary.maximum, 4)}
+    return {
+        "what": name,
+        "n": summary.n,
+        "median_ms": round(summary.median, 4),
+        "p99_ms": round(summary.p99, 4),
+        "max_ms": round(summary.maximum, 4),
+    }
 
 
 def _print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -164,8 +170,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         scan_rows = [
             _row("refresh(): temperature, disks + security scan", _time_calls(service.refresh, args.scans)),
             _row("  processes (/proc/<pid>/exe)", _time_calls(scan_processes, args.scans)),
-            _row("  sockets (/proc/net + owners)", _time_calls(
-                lambda: scan_network(suspicious_ports=(4444, 31337), expected_listeners=("sshd",)), args.scans)),
+            _row(
+                "  sockets (/proc/net + owners)",
+                _time_calls(
+                    lambda: scan_network(suspicious_ports=(4444, 31337), expected_listeners=("sshd",)), args.scans
+                ),
+            ),
         ]
         service.stop()
         _print_table("background scan", scan_rows)
@@ -175,8 +185,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         steady: dict[str, float] = {}
         for name, log in (("1 MB", small), (f"{args.log_gb:g} GB", big)):
             samples, first = _steady_scans(log, block, 20)
-            log_rows.append({"log": name, "first_scan_ms": round(first / 1e6, 3),
-                             **{k: v for k, v in _row("", samples).items() if k != "what"}})
+            log_rows.append(
+                {
+                    "log": name,
+                    "first_scan_ms": round(first / 1e6, 3),
+                    **{k: v for k, v in _row("", samples).items() if k != "what"},
+                }
+            )
             steady[name] = statistics.median(samples) / 1e6
         _print_table(f"SSH scan after {APPENDED_LINES} appended lines (20 rounds)", log_rows)
     finally:
@@ -187,26 +202,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     goals = [
         goal("snapshot() median", small_snap, "<", 1.0, "ms", "get_metrics() in-process, background thread running"),
         goal("snapshot() p99", snapshot_rows[0]["p99_ms"], "<", 5.0, "ms"),
-        goal("snapshot() with the big log / small log", big_snap / small_snap, "<", 1.5, "x",
-             "a call never reads the log"),
-        goal("steady SSH scan, big log / small log", big_scan / small_scan, "<", 1.5, "x",
-             "only appended bytes are read"),
+        goal(
+            "snapshot() with the big log / small log",
+            big_snap / small_snap,
+            "<",
+            1.5,
+            "x",
+            "a call never reads the log",
+        ),
+        goal(
+            "steady SSH scan, big log / small log", big_scan / small_scan, "<", 1.5, "x", "only appended bytes are read"
+        ),
     ]
     print("\ngoals:")
     for item in goals:
         print(f"  {item['name']}: {item['value']:.4g} {item['unit']} ({'met' if item['met'] else item['miss']})")
     print(f"(took {time.monotonic() - began:.1f} s)")
-    emit({
-        "bench": "probes",
-        "title": "Agent metrics: snapshot() per call, background scan, 1 GB auth log",
-        "params": {"calls": args.calls, "scans": args.scans, "log_gb": args.log_gb, "machine": machine()},
-        "tables": [
-            {"title": "snapshot() per call", "rows": snapshot_rows},
-            {"title": "background scan", "rows": scan_rows},
-            {"title": f"SSH scan after {APPENDED_LINES} appended lines", "rows": log_rows},
-        ],
-        "goals": goals,
-    })
+    emit(
+        {
+            "bench": "probes",
+            "title": "Agent metrics: snapshot() per call, background scan, 1 GB auth log",
+            "params": {"calls": args.calls, "scans": args.scans, "log_gb": args.log_gb, "machine": machine()},
+            "tables": [
+                {"title": "snapshot() per call", "rows": snapshot_rows},
+                {"title": "background scan", "rows": scan_rows},
+                {"title": f"SSH scan after {APPENDED_LINES} appended lines", "rows": log_rows},
+            ],
+            "goals": goals,
+        }
+    )
 
 
 if __name__ == "__main__":
