@@ -1,47 +1,60 @@
 """``secure-audit``: audit-log verification and deployment checks, one subcommand per module.
 
-    secure-audit verify FILE...     the audit log's hash chain: 0 intact, 1 broken (naming the line), 2 unreadable
-                                    (segments oldest first, or --rotated FILE; see :mod:`secure_audit.verify`)
+    secure-audit verify FILE        the audit log's hash chain: 0 intact, 1 broken (naming the line), 2 unreadable
     secure-audit check ...          compliance report (see :mod:`secure_audit.check`)
 
 A subcommand is a module with ``add_arguments(parser)`` and ``run(args) -> int``; to add one, list
-it in :data:`SUBCOMMANDS`.
+it in :data:`SUBCOMMANDS`. Only the module of the subcommand being run is imported.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
-from secure_audit import check, verify
+
+class SubcommandModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
 
 
 class Subcommand(NamedTuple):
+    module: str
     help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+
+    def load(self) -> SubcommandModule:
+        module: SubcommandModule = importlib.import_module(self.module)
+        return module
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "verify": Subcommand("check an audit log's hash chain, across rotated segments", verify.add_arguments, verify.run),
-    "check": Subcommand("compliance report of a deployment", check.add_arguments, check.run),
+    "verify": Subcommand("secure_audit.verify", "check an audit log's hash chain"),
+    "check": Subcommand("secure_audit.check", "compliance report of a deployment"),
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def _parser(chosen: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secure-audit", description="Audit tools for secure-monitor.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, subcommand in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=subcommand.help, description=subcommand.help)
-        subcommand.add_arguments(sub)
+        if name == chosen:
+            subcommand.load().add_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return SUBCOMMANDS[args.command].run(args)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(_chosen(arguments)).parse_args(arguments)
+    return SUBCOMMANDS[args.command].load().run(args)
 
 
 if __name__ == "__main__":
