@@ -8,13 +8,13 @@ import time
 import pytest
 
 from tests.agent import wire
-from tests.plugins.agent import RPCStatusError, StartAgent, connect, rpc_body, rpc_call
+from tests.plugins.agent import RPCStatusError, RunningAgent, StartAgent, connect, rpc_body, rpc_call
 from tests.plugins.pki import TestPKI
 
 QUICK = 0.5  # seconds: well under the test request timeout (1 s), so "answered without reading the body"
 
 
-def _head_only(agent: wire.RunningAgent, pki: TestPKI, headers: dict[str, str], *, length: bool = False) -> wire.Reply:
+def _head_only(agent: RunningAgent, pki: TestPKI, headers: dict[str, str], *, length: bool = False) -> wire.Reply:
     """Send a signed request head whose body never comes; the answer must not wait for it."""
     body = rpc_body("ping")
     data = wire.request_bytes(

@@ -6,6 +6,7 @@ import socket
 import time
 import tracemalloc
 import xmlrpc.client
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -185,7 +186,7 @@ XML_TEXT = st.characters(blacklist_categories=("Cs", "Cc"))  # what XML 1.0 can 
         max_leaves=30,
     )
 )
-def test_parser_round_trips_what_xmlrpc_marshals(value: object) -> None:
+def test_parser_round_trips_what_xmlrpc_marshals(value: Any) -> None:
     body = xmlrpc.client.dumps((value,), "ping", allow_none=True).encode()
     try:
         call = parse_call(body)

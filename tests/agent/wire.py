@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from pki import tokens
 from secure_agent.audit import verify_file
-from tests.plugins.agent import RunningAgent, rpc_body
+from tests.plugins.agent import Endpoint, RunningAgent, rpc_body
 from tests.plugins.pki import TestPKI
 
 TIMEOUT = 5.0
@@ -51,14 +51,14 @@ def collector_context(pki: TestPKI, name: str = "collector") -> ssl.SSLContext:
     return tls_context(pki, cert, key)
 
 
-def tcp(agent: RunningAgent, *, source: str | None = None) -> socket.socket:
+def tcp(agent: Endpoint, *, source: str | None = None) -> socket.socket:
     sock = socket.create_connection(
         (agent.host, agent.port), timeout=TIMEOUT, source_address=(source, 0) if source else None
     )
     return sock
 
 
-def tls(agent: RunningAgent, context: ssl.SSLContext, *, source: str | None = None) -> ssl.SSLSocket:
+def tls(agent: Endpoint, context: ssl.SSLContext, *, source: str | None = None) -> ssl.SSLSocket:
     """A TLS connection whose handshake is done (raises what the handshake raises)."""
     sock = tcp(agent, source=source)
     try:
@@ -68,7 +68,7 @@ def tls(agent: RunningAgent, context: ssl.SSLContext, *, source: str | None = No
         raise
 
 
-def signed_headers(agent: RunningAgent, pki: TestPKI, body: bytes, *, key_id: str = "collector", **sign: Any) -> str:
+def signed_headers(agent: Endpoint, pki: TestPKI, body: bytes, *, key_id: str = "collector", **sign: Any) -> str:
     key = tokens.load_key(pki.collector_files(key_id)[2])
     return tokens.sign(key_id, key, agent.name, body, **sign)
 
@@ -91,13 +91,13 @@ def request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def signed_request(agent: RunningAgent, pki: TestPKI, method: str, *params: Any, **sign: Any) -> bytes:
+def signed_request(agent: Endpoint, pki: TestPKI, method: str, *params: Any, **sign: Any) -> bytes:
     body = rpc_body(method, *params)
     return request_bytes(body, authorization=signed_headers(agent, pki, body, **sign))
 
 
 def read_reply(sock: socket.socket) -> Reply:
-    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+    response = http.client.HTTPResponse(sock)
     response.begin()
     body = response.read()
     return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
@@ -108,7 +108,7 @@ def exchange(sock: socket.socket, data: bytes) -> Reply:
     return read_reply(sock)
 
 
-def send_once(agent: RunningAgent, pki: TestPKI, data: bytes, *, collector: str = "collector") -> Reply:
+def send_once(agent: Endpoint, pki: TestPKI, data: bytes, *, collector: str = "collector") -> Reply:
     """One request on a fresh connection with ``collector``'s certificate."""
     with tls(agent, collector_context(pki, collector)) as sock:
         return exchange(sock, data)

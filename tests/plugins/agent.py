@@ -21,7 +21,7 @@ import xmlrpc.client
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -57,6 +57,19 @@ def agent_config_data(pki: TestPKI, name: str, folder: Path, **overrides: Any) -
     data = json.loads((pki.root / f"agent-{name}.json").read_text())
     data = merge(data, {"port": 0, "audit_log": str(folder / "audit.log"), "server": TEST_SERVER_LIMITS})
     return merge(data, overrides)
+
+
+class Endpoint(Protocol):
+    """Where an agent listens and the name its tokens are bound to (a RunningAgent, or a subprocess)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
 
 @dataclass
@@ -147,7 +160,7 @@ def rpc_body(method: str, *params: Any) -> bytes:
 
 
 def rpc_call(
-    agent: RunningAgent,
+    agent: Endpoint,
     pki: TestPKI,
     method: str,
     *params: Any,
@@ -180,7 +193,7 @@ def rpc_call(
             conn.close()
 
 
-def connect(agent: RunningAgent, pki: TestPKI, collector: str = "collector") -> http.client.HTTPSConnection:
+def connect(agent: Endpoint, pki: TestPKI, collector: str = "collector") -> http.client.HTTPSConnection:
     """An HTTPS connection to ``agent`` with ``collector``'s certificate (not yet opened)."""
     return http.client.HTTPSConnection(
         agent.host, agent.port, context=client_context(pki, collector), timeout=CLIENT_TIMEOUT
