@@ -1,6 +1,7 @@
 """``secure-audit``: audit-log verification and deployment checks, one subcommand per module.
 
-    secure-audit verify FILE        the audit log's hash chain: 0 intact, 1 broken (naming the line), 2 unreadable
+    secure-audit verify FILE...     the audit log's hash chain: 0 intact, 1 broken (naming the line), 2 unreadable
+                                    (rotated segments oldest first, or --rotated FILE; see :mod:`secure_audit.verify`)
     secure-audit check ...          compliance report (see :mod:`secure_audit.check`)
 
 A subcommand is a module with ``add_arguments(parser)`` and ``run(args) -> int``; to add one, list
@@ -32,7 +33,7 @@ class Subcommand(NamedTuple):
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "verify": Subcommand("secure_audit.verify", "check an audit log's hash chain"),
+    "verify": Subcommand("secure_audit.verify", "check an audit log's hash chain, across rotated segments"),
     "check": Subcommand("secure_audit.check", "compliance report of a deployment"),
 }
 

@@ -1,7 +1,12 @@
-"""``secure-audit verify FILE``: check an audit log's hash chain (see :mod:`secure_agent.audit`).
+"""``secure-audit verify``: check an audit log's hash chain, in one file or across rotated segments.
 
-Exit 0 when the chain is intact, 1 when it is broken (stderr names the first bad line and why),
-2 when the file cannot be read.
+    secure-audit verify FILE                      one file (a live log, or one segment)
+    secure-audit verify FILE.2 FILE.1 FILE        segments, oldest first, as one chain
+    secure-audit verify --rotated FILE            FILE.N ... FILE.1 found beside FILE, then FILE
+
+Exit 0: intact (the last line gives the number of records and the last hash). 1: broken; stderr
+names the file and line of the first bad record, stdout says how much was intact before it. 2: a
+file cannot be read (one line naming it). See :mod:`secure_audit.segments` for the rules.
 """
 
 from __future__ import annotations
@@ -10,27 +15,56 @@ import argparse
 import sys
 from pathlib import Path
 
-from secure_agent.audit import verify_file
+from secure_agent.audit import GENESIS
+from secure_audit.segments import ChainVerdict, UnreadableSegment, rotated_segments, verify_segments
 
 EXIT_INTACT = 0
 EXIT_BROKEN = 1
 EXIT_UNUSABLE = 2
+PROG = "secure-audit verify"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, metavar="FILE", help="an agent's audit log")
+    parser.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help="an audit log, or its segments oldest first"
+    )
+    parser.add_argument(
+        "--rotated",
+        action="store_true",
+        help="verify each FILE together with its rotated segments FILE.N ... FILE.1 (oldest first)",
+    )
+
+
+def _report(verdict: ChainVerdict) -> int:
+    for segment in verdict.segments:
+        print(f"{segment.path}: intact, {segment.records} records, last hash {segment.last_hash}")
+    if not verdict.ok:
+        print(f"{PROG}: {verdict.bad_path}: line {verdict.bad_line}: {verdict.problem}", file=sys.stderr)
+        intact = verdict.records
+        print(f"{verdict.bad_path}: BROKEN at line {verdict.bad_line} ({intact} records intact before it)")
+        return EXIT_BROKEN
+    if verdict.start != GENESIS:
+        print(f"{verdict.segments[0].path}: continues an older segment that ended with hash {verdict.start}")
+    if len(verdict.segments) > 1:
+        print(
+            f"chain intact: {len(verdict.segments)} segments, {verdict.records} records, last hash {verdict.last_hash}"
+        )
+    return EXIT_INTACT
 
 
 def run(args: argparse.Namespace) -> int:
-    path: Path = args.file
+    files: list[Path] = list(args.files)
     try:
-        verdict = verify_file(path)
-    except OSError as exc:
-        print(f"secure-audit verify: {path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        if args.rotated:
+            files = [segment for path in files for segment in rotated_segments(path)]
+        verdict = verify_segments(files)
+    except UnreadableSegment as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
-    if not verdict.ok:
-        print(f"secure-audit verify: {path}: line {verdict.bad_line}: {verdict.problem}", file=sys.stderr)
-        print(f"{path}: BROKEN at line {verdict.bad_line} ({verdict.records} records intact before it)")
-        return EXIT_BROKEN
-    print(f"{path}: intact, {verdict.records} records, last hash {verdict.last_hash}")
-    return EXIT_INTACT
+    except OSError as exc:  # the directory of a --rotated FILE cannot be listed
+        print(f"{PROG}: {exc.filename}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except ValueError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    return _report(verdict)
