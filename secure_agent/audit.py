@@ -20,10 +20,14 @@ Chain
     line. Truncating the *tail* is not detectable from the file alone: compare the last hash with
     the one in the agent's log at stop, or a copy kept elsewhere.
 
-Rotation (for a later writer)
+Rotation
     A new segment's first record carries ``prev`` = the last hash of the segment before, so
     ``verify_lines(segment, prev=last_hash_of_previous_segment)`` checks a chain across files.
     :meth:`AuditLog.reopen` opens a (new) file at the configured path and keeps ``prev`` going.
+    Given a :class:`~secure_agent.audit_rotation.RotationPolicy`, the log rotates itself by size
+    between two records (:mod:`secure_agent.audit_rotation`). Every segment that continues another
+    starts with a ``rotate`` record, and a first open that finds an empty live file next to
+    ``audit.log.1`` continues that segment's chain instead of starting a new one.
 
 Client-supplied strings (method names, paths, subjects) are cut to :data:`MAX_TEXT` characters
 before they are recorded, so a record stays bounded whatever the client sends.
@@ -42,6 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import stat
 import threading
@@ -50,7 +55,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from secure_agent.audit_rotation import ROTATE_EVENT, RotationPolicy, predecessor, shift_segments
 from secure_agent.errors import AuditError
+
+logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 MAX_TEXT = 128  # characters kept of any one string field
@@ -65,7 +73,7 @@ FIELDS = frozenset(
         "version", "detail", "connections",
     }
 )
-_SYNCED_EVENTS = frozenset({"start", "stop", "reload"})
+_SYNCED_EVENTS = frozenset({"start", "stop", "reload", ROTATE_EVENT})
 
 Scalar = str | int | float | bool | None
 
@@ -261,6 +269,7 @@ class AuditLog:
         *,
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         clock: Callable[[], float] = time.time,
+        rotation: RotationPolicy | None = None,
     ) -> None:
         self.path = path
         self.agent = agent
@@ -275,6 +284,9 @@ class AuditLog:
         self._broken: str | None = "not open"
         self._opened = False
         self.last_time: float | None = None  # time of the last record found in the file when opened
+        self._rotation = rotation
+        self._size = 0  # bytes in the live segment
+        self._rotate_at: int | None = None  # after a failed rotation: the size at which to try again
 
     @property
     def last_hash(self) -> str:
@@ -320,43 +332,106 @@ class AuditLog:
             if isinstance(exc, AuditError):
                 raise
             raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+        new_segment = False
         if info.st_size > 0:
             self._prev, self._seq = tail.prev, tail.seq
             self.last_time = tail.time
         elif not self._opened:
-            self._prev, self._seq = GENESIS, 0
+            try:
+                earlier = self._predecessor_tail()  # a crash right after a rotation left the live file empty
+            except AuditError:
+                os.close(fd)
+                raise
+            if earlier is None:
+                self._prev, self._seq = GENESIS, 0
+            else:
+                self._prev, self._seq, self.last_time = earlier.prev, 0, earlier.time
+                new_segment = True
         else:
             self._seq = 0  # a new segment after a rotation: the chain goes on from the last one
+            new_segment = self._prev != GENESIS
         self._opened = True
         self._fd = fd
+        self._size = info.st_size
         self._broken = None
+        if new_segment:
+            self._write_locked(self._clock(), ROTATE_EVENT, "ok", {"detail": "continues the previous segment"})
+
+    def _predecessor_tail(self) -> _Tail | None:
+        """Where ``audit.log.1`` ends, for a first open of an empty live file. Raises AuditError."""
+        earlier = predecessor(self.path)
+        if earlier is None:
+            return None
+        try:
+            fd = os.open(earlier, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            self._broken = f"cannot read {earlier}"
+            raise AuditError(f"{earlier}: cannot read the audit log: {exc.strerror or exc}") from exc
+        try:
+            return _read_tail(fd, os.fstat(fd).st_size)
+        except ValueError as exc:
+            self._broken = str(exc)
+            raise AuditError(f"{earlier}: {exc}; check it with secure-audit verify and move it aside") from exc
+        except OSError as exc:
+            self._broken = f"cannot read {earlier}"
+            raise AuditError(f"{earlier}: cannot read the audit log: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
 
     def record(self, event: str, outcome: str, **fields: object) -> str:
         """Write one record; return its hash. Raises :class:`AuditError` if it cannot be written."""
         now = self._clock()
         with self._lock:
-            if self._broken is not None or self._fd is None:
-                raise AuditError(f"{self.path}: audit log unusable: {self._broken}")
-            sealed = seal(
-                {"time": utc_timestamp(now), "event": event, "outcome": outcome, "agent": self.agent, **fields},
-                self._prev,
-                self._seq,
-            )
-            data = (sealed.line + "\n").encode("ascii")
-            try:
-                written = os.write(self._fd, data)
-                if written != len(data):
-                    raise OSError(f"short write ({written} of {len(data)} bytes)")
-                if event in _SYNCED_EVENTS or now - self._last_sync >= self._sync_interval:
-                    os.fdatasync(self._fd)
-                    self._last_sync, self._dirty = now, False
-                else:
-                    self._dirty = True
-            except OSError as exc:
-                self._broken = f"write failed: {exc.strerror or exc}"
-                raise AuditError(f"{self.path}: cannot write the audit log: {exc.strerror or exc}") from exc
-            self._prev, self._seq = sealed.hash, self._seq + 1
-            return sealed.hash
+            digest = self._write_locked(now, event, outcome, fields)
+            self._rotate_if_due_locked()
+            return digest
+
+    def _write_locked(self, now: float, event: str, outcome: str, fields: Mapping[str, object]) -> str:
+        if self._broken is not None or self._fd is None:
+            raise AuditError(f"{self.path}: audit log unusable: {self._broken}")
+        sealed = seal(
+            {"time": utc_timestamp(now), "event": event, "outcome": outcome, "agent": self.agent, **fields},
+            self._prev,
+            self._seq,
+        )
+        data = (sealed.line + "\n").encode("ascii")
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
+            if event in _SYNCED_EVENTS or now - self._last_sync >= self._sync_interval:
+                os.fdatasync(self._fd)
+                self._last_sync, self._dirty = now, False
+            else:
+                self._dirty = True
+        except OSError as exc:
+            self._broken = f"write failed: {exc.strerror or exc}"
+            raise AuditError(f"{self.path}: cannot write the audit log: {exc.strerror or exc}") from exc
+        self._prev, self._seq = sealed.hash, self._seq + 1
+        self._size += len(data)
+        return sealed.hash
+
+    def _rotate_if_due_locked(self) -> None:
+        """Rotate once the live segment is full; a record already written is never affected.
+
+        If renaming fails, writing goes on in the same file and rotation is tried again a little
+        later; if the new segment cannot be opened, the log is broken (calls refused) until a reopen.
+        """
+        policy = self._rotation
+        if policy is None or self._size < max(policy.max_bytes, self._rotate_at or 0):
+            return
+        self._close_locked()
+        try:
+            shift_segments(self.path, policy.backup_count)
+        except OSError as exc:
+            logger.error("%s: cannot rotate the audit log (%s); writing on to the same file", self.path, exc)
+            self._rotate_at = self._size + policy.max_bytes // 16 + 1
+        else:
+            self._rotate_at = None
+        try:
+            self._open_locked()
+        except AuditError as exc:
+            logger.error("%s", exc)
 
     def sync(self) -> None:
         """fdatasync if records are pending; errors mark the log broken (and are not raised)."""

@@ -118,6 +118,16 @@ class ServerLimits(_Section):
         return self
 
 
+class AuditRotationConfig(_Section):
+    """Size-based rotation of ``audit_log`` keeping one hash chain (:mod:`secure_agent.audit_rotation`).
+
+    The defaults keep 13 segments of at most 16 MiB (about 200 MiB); a record is about 600 bytes.
+    """
+
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024**4)
+    backup_count: int = Field(default=12, ge=1, le=1000)
+
+
 class AgentConfig(_Section):
     name: str = Field(pattern=AGENT_NAME_PATTERN)
     host: str = "127.0.0.1"
@@ -130,6 +140,7 @@ class AgentConfig(_Section):
     security: SecurityConfig
     server: ServerLimits = ServerLimits()
     audit_log: Path
+    audit_rotation: AuditRotationConfig = AuditRotationConfig()
 
     @field_validator("host")
     @classmethod

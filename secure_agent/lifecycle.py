@@ -27,6 +27,7 @@ from pki.errors import PKIError
 from pki.tokens import Verifier
 from secure_agent import __version__
 from secure_agent.audit import AuditLog, check_audit_path
+from secure_agent.audit_rotation import RotationPolicy
 from secure_agent.config import AgentConfig
 from secure_agent.dispatch import MetricsSource
 from secure_agent.errors import AuditError, StartupError
@@ -37,7 +38,7 @@ from secure_agent.server import POLL_INTERVAL, AgentServer
 logger = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 5.0
-_RESTART_ONLY = ("name", "host", "port", "server", "metrics", "audit_log")
+_RESTART_ONLY = ("name", "host", "port", "server", "metrics", "audit_log", "audit_rotation")
 
 
 
@@ -98,7 +99,10 @@ class Agent:
         self.started_at = clock()
         policy = check(config)
         security = config.security
-        self.audit = AuditLog(config.audit_log, config.name, sync_interval=config.server.audit_sync_interval)
+        rotation = RotationPolicy(config.audit_rotation.max_bytes, config.audit_rotation.backup_count)
+        self.audit = AuditLog(
+            config.audit_log, config.name, sync_interval=config.server.audit_sync_interval, rotation=rotation
+        )
         try:
             self.audit.open()
         except AuditError as exc:
