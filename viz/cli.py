@@ -1,7 +1,8 @@
 """``secure-viz``: the predecessor's ``visualize_metrics.py`` flags, reading storage through ``storage``.
 
 Exit status: 0 files written; 1 no samples for the window/agent, storage unavailable, or an output
-file cannot be written; 2 bad usage or configuration. Every error is one line on stderr.
+file cannot be written; 2 bad usage or configuration (storage credentials refused included); 130
+interrupted. Every error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PROG = "secure-viz"
 DEFAULT_HOURS = 24.0
 MAX_HOURS = 24.0 * 3660
 """Ten years: a bound so that a typo cannot ask storage for everything since 1970."""
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_FAILED, f"storage: {exc}")
     except OutputError as exc:
         return _fail(EXIT_FAILED, str(exc))
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted")
     finally:
         store.close()
     for path in written:

@@ -39,6 +39,8 @@ WIDE = (11.0, 5.0)
 TALL = (11.0, 9.0)
 """Inches of a three-panel plot: 1100 x 900 px at ``DPI``."""
 MAX_LABEL = 32
+MAX_LEGEND_LABEL = 22
+"""Agent names longer than this are shortened in legends (with "…") so the legend fits its margin."""
 MAX_NOTED = 4
 """Agents named one by one in the "no sensor" note; the rest are counted."""
 
@@ -108,12 +110,13 @@ def _draw_series(ax: Axes, series: Series, what: str) -> None:
         band = series.band
         ax.fill_between(band.x, band.low, band.high, color="0.6", alpha=0.35, lw=0,
                         label=f"min-max of {band.agents} agents")
-        ax.plot(band.x, band.median, color="black", lw=1.6, label="median")
+        ax.plot(band.x, band.median, color="black", lw=1.8, label="median", zorder=3)
     for line in series.lines:
-        label = plain(line.label)
+        label = plain(line.label, MAX_LEGEND_LABEL)
         if series.band is not None:
             label = f"{label} (peak {np.nanmax(line.y):.3g})"
-        ax.plot(line.x, line.y, lw=1.1, label=label)
+        ax.plot(line.x, line.y, lw=1.1 if series.band is None else 0.9, alpha=1.0 if series.band is None else 0.85,
+                label=label)
     if series.band is None and not series.lines:
         ax.text(0.5, 0.5, f"no {what} values reported", transform=ax.transAxes,
                 ha="center", va="center", fontsize="large", color="0.35")
@@ -214,7 +217,7 @@ def _draw_threat(ax: Axes, data: PlotInput) -> None:
             rows = binned.agent == code
             offset = (code - (len(binned.names) - 1) / 2.0) * spread
             ax.step(to_datenum(binned.x[rows]), binned.y[rows] + offset, where="post", lw=1.3,
-                    label=plain(name))
+                    label=plain(name, MAX_LEGEND_LABEL))
         ax.set_yticks(range(len(THREAT_LEVELS)), THREAT_LEVELS)
         ax.set_ylim(-0.4, len(THREAT_LEVELS) - 0.6)
         _legend(ax)

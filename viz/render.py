@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import signal
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -57,7 +58,8 @@ def write_atomic(path: Path, payload: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
@@ -80,6 +82,8 @@ def draw_here(names: Sequence[str], data: PlotInput, directory: Path) -> None:
 
 def _child(names: Sequence[str], data: PlotInput, directory: Path, conn: Connection) -> None:
     """Body of the forked helper: render ``names`` and report ``None`` or the one-line error."""
+    # Ctrl-C reaches the whole process group: the parent handles it and stops this helper.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         draw_here(names, data, directory)
     except OutputError as exc:
@@ -129,8 +133,8 @@ def plan(names: Sequence[str], workers: int | None = None, local_cost: float = 0
 def helpers_drawing(shares: Sequence[Sequence[str]], data: PlotInput, directory: Path) -> Iterator[None]:
     """Fork one helper per share to draw and write those plots while the ``with`` body runs.
 
-    On leaving normally it waits (bounded) for every helper and raises the first failure; when the
-    body raises, the helpers are stopped and the body's error propagates.
+    On leaving, it waits (bounded) for every helper, so none is cut off mid-write, and raises the
+    first failure, the body's own error first. Only an interrupt stops the helpers at once.
     """
     context = multiprocessing.get_context("fork")
     helpers: list[tuple[BaseProcess, Connection]] = []
@@ -142,11 +146,15 @@ def helpers_drawing(shares: Sequence[Sequence[str]], data: PlotInput, directory:
             send.close()
             helpers.append((process, receive))
         yield
-    except BaseException:
+    except (KeyboardInterrupt, SystemExit):
         for helper, pipe in helpers:
             helper.terminate()
             helper.join(HELPER_TIMEOUT)
             pipe.close()
+        raise
+    except BaseException:
+        for helper, pipe in helpers:
+            _collect(helper, pipe)
         raise
     problems = [_collect(process, receive) for process, receive in helpers]
     for problem in problems:

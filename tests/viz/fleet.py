@@ -12,7 +12,7 @@ HOURS = 3.0
 HOSTILE_AGENT = "x--script-onerror"
 """A legal agent name (the pattern forbids markup), used with a hostile alert message."""
 HOSTILE_MESSAGE = "<script>alert('x')</script><img src=x onerror=alert(1)> & \"quoted\" $\\frac{1}{0}$"
-HOSTILE_REASON = "no sensor <b>bold</b> $\\alpha$ {braces}"
+HOSTILE_REASON = "no sensor <b>bold</b> $\\frac{1}{$ {braces} \\$ \\"
 
 
 def fleet(now: float, agents: tuple[str, ...] = ("web-1", "db-1", "edge-1"), *, hours: float = HOURS,

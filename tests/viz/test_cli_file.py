@@ -160,3 +160,15 @@ def test_python_dash_m_and_help(tmp_path: Path, file_config: Path) -> None:
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == str(tmp_path / "disk.png")
     assert_real_png(tmp_path / "disk.png", "disk")
+
+
+@pytest.mark.parametrize("blocked", sorted(PLOTS))
+def test_a_plot_that_cannot_be_written_fails_the_run(run_viz, file_config: Path, tmp_path: Path, blocked: str) -> None:
+    """Whichever process draws the plot (this one or the forked helper), the run fails in one line."""
+    (tmp_path / f"{blocked}.png").mkdir()
+    result = run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path)
+    assert result.code == 1
+    assert result.err.startswith(f"secure-viz: {tmp_path / blocked}.png: cannot write: ")
+    assert result.err.count("\n") == 1
+    assert not (tmp_path / "index.html").exists(), "no dashboard pointing at a missing plot"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left"

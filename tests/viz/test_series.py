@@ -134,3 +134,18 @@ def test_lines_stay_within_the_data(values: list[float | None], step: float, age
     assert drawn.min() >= min(known) - 1e-9 and drawn.max() <= max(known) + 1e-9
     assert all(len(line.x) <= 2 * MAX_BINS + 2 for line in series.lines)
     assert all(line.x.min() >= to_datenum(window.start) for line in series.lines)
+
+
+def test_untrusted_text_never_becomes_mathtext() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from viz.plots import plain
+
+    hostile = "$\\frac{1}{$ x \\$ y $$ \\"
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    text = fig.text(0.1, 0.5, plain(hostile, 100))
+    fig.canvas.draw()
+    assert text.get_text().replace("\\$", "$") == hostile
+    assert plain("a\nb\x00c" + "d" * 50, 10) == "a b c" + "dddd…"
