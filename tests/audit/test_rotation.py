@@ -3,6 +3,7 @@ a crash between rename and the first record of the new segment, and a failing re
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -127,6 +128,27 @@ def test_a_failing_rename_keeps_every_record_in_the_live_file(caplog: pytest.Log
     log.close()
     assert blocker.is_file()
     assert verify_segments(rotated_segments(path)).ok
+
+
+def test_compressed_segments_shift_under_their_compressed_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.log"
+    log = open_log(path)
+    write(log, 25)
+    segment = tmp_path / "audit.log.2"
+    assert segment.exists()
+    with gzip.open(tmp_path / "audit.log.2.gz", "wb") as archive:
+        archive.write(segment.read_bytes())
+    segment.unlink()  # what an archive job may do to an older segment
+    before = len(rotated_segments(path))
+    for _ in range(MAX_RECORDS):
+        if (tmp_path / "audit.log.3.gz").exists():
+            break
+        write(log, 1)
+    log.close()
+    assert (tmp_path / "audit.log.3.gz").exists() and len(rotated_segments(path)) == before + 1
+    assert verify_cli(capsys, "--rotated", path)[0] == 0
 
 
 def test_a_running_agent_rotates_its_audit_log(start_agent: StartAgent, test_pki: TestPKI, tmp_path: Path) -> None:
