@@ -1,0 +1,53 @@
+"""The residual risks SECURITY.md admits, shown against a real agent so that the document stays true.
+
+A test here that asserts the *safe* behaviour is marked ``xfail(strict=True)``: it fails today because of
+the admitted risk, and the day the risk is closed it passes, strict xfail turns that into a failure, and
+SECURITY.md's "Residual risks" must be updated with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.agent import wire
+from tests.plugins.agent import StartAgent, rpc_body
+from tests.plugins.pki import TestPKI
+
+FAST_CLOCK = 120  # seconds a collector's clock runs ahead: inside the default max_clock_skew of 300
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SECURITY.md residual risk: a token dated ahead of the agent's clock can be replayed once after a restart",
+)
+def test_a_future_dated_token_is_refused_after_a_restart(
+    start_agent: StartAgent, test_pki: TestPKI, tmp_path: Path
+) -> None:
+    audit_log = tmp_path / "audit.log"
+    first = start_agent(test_pki, audit_log=str(audit_log))
+    body = rpc_body("ping")
+    token = wire.signed_headers(first, test_pki, body, ts=int(time.time()) + FAST_CLOCK)
+    captured = wire.request_bytes(body, authorization=token)
+    assert wire.send_once(first, test_pki, captured).status == 200
+    assert wire.send_once(first, test_pki, captured).status == 401  # replay refused while it runs
+    first.stop()
+    second = start_agent(test_pki, audit_log=str(audit_log))  # same audit log: the token floor carries over
+    assert wire.send_once(second, test_pki, captured).status == 401
+
+
+def test_tokens_are_not_bound_to_the_certificate_that_carries_them(
+    start_agent: StartAgent, make_pki: Callable[..., TestPKI], tmp_path: Path
+) -> None:
+    """Any allowed certificate may carry a token of any key the agent holds: the two checks are separate."""
+    pki = make_pki(tmp_path / "pki", agents=["localhost=localhost,127.0.0.1,::1"], collectors=["collector", "backup"])
+    agent = start_agent(pki)
+    body = rpc_body("ping")
+    token = wire.signed_headers(agent, pki, body, key_id="collector")
+    reply = wire.send_once(agent, pki, wire.request_bytes(body, authorization=token), collector="backup")
+    assert reply.status == 200
+    call = wire.records(agent)[-1]
+    assert (call["event"], call["common_name"], call["key_id"]) == ("call", "backup", "collector")
