@@ -41,6 +41,10 @@ from secure_audit.material import Where
 from secure_collector.config import CollectorConfig
 from storage.config import StorageConfig
 
+# The storage backend's own rule for "this host" (it refuses MySQL without TLS anywhere else), so the
+# check and the collector can never disagree about it.
+from storage.mysql_conn import _loopback as on_this_host
+
 MAX_RATE_PER_SECOND = 50.0  # a collector polls at most every 0.1 s (poll_interval floor): 10/s per collector
 MAX_BURST = 100
 MIN_IPV4_PREFIX = 24
@@ -172,26 +176,17 @@ def check_agent(config: AgentConfig, config_path: str, *, now: dt.datetime | Non
     return findings
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_storage(where: Where, storage: StorageConfig, config_file: Path) -> list[Finding]:
     if storage.type != "mysql":
         return []
     findings: list[Finding] = []
-    if storage.mysql_ssl is None and storage.mysql_socket is None and not _is_loopback(storage.mysql_host):
+    if storage.mysql_ssl is None and storage.mysql_socket is None and not on_this_host(storage.mysql_host):
         findings.append(
             where.at("storage.mysql_ssl").finding(
                 "mysql-without-tls",
                 Severity.HIGH,
-                f"MySQL at {storage.mysql_host} is reached without TLS: samples and the password cross the network "
-                "in clear text",
+                f"MySQL at {storage.mysql_host} without TLS would put samples and the password on the network in "
+                "clear text; the collector refuses to start with it",
                 "set storage.mysql_ssl.ca (and cert/key for client authentication), or use a local socket",
             )
         )
