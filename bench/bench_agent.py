@@ -23,12 +23,11 @@ import contextlib
 import json
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import pyspy
+from bench import components, pyspy
 from bench.clients import (
     Caller,
     CallFailed,
@@ -39,11 +38,10 @@ from bench.clients import (
     run_series,
     tls_context,
 )
-from bench.measure import busy_share, summarize, wait_quiet
-from bench.peers import PeerUnavailable, Pki, Server, make_pki, start_agent, start_glances, start_node_exporter
+from bench.measure import busy_share, summarize
+from bench.peers import OURS, Pki, Server, make_pki, start_all
 from bench.result import Goal, emit, goal
 
-OURS = "secure-agent"
 KEPT = "kept-alive"
 NEW = "new connection"
 GOAL_P50_KEPT_MS = 1.0
@@ -59,28 +57,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=4.0, help="time cap per series per round (default 4)")
     parser.add_argument("--calls", type=int, default=3000, help="call cap per series per round (default 3000)")
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument(
+        "--audit-dir", type=Path, help="experiment: our agent's audit log in this directory (e.g. /dev/shm)"
+    )
     return parser.parse_args(argv)
-
-
-def _start_all(stack: contextlib.ExitStack, pki: Pki, work: Path, notes: list[str]) -> dict[str, Server]:
-    servers: dict[str, Server] = {}
-    starters: dict[str, Callable[[], Server]] = {
-        OURS: lambda: start_agent(pki, work, check_interval=3600, rate_limit=(10_000, 100_000)),
-        "node_exporter": lambda: start_node_exporter(pki, work),
-        "glances": lambda: start_glances(work),
-    }
-    for name, starter in starters.items():
-        try:
-            server = starter()
-        except PeerUnavailable as exc:
-            notes.append(f"{name}: not available: {exc}")
-            continue
-        stack.callback(server.stop)
-        servers[name] = server
-    for name, server in servers.items():
-        if not wait_quiet(server.pid):
-            notes.append(f"{name} was still using CPU 15 s after start-up; measured anyway")
-    return servers
 
 
 def _callers(servers: dict[str, Server], pki: Pki) -> list[tuple[str, Caller]]:
@@ -131,10 +111,14 @@ def _row(series: Series) -> dict[str, Any]:
         "p99_ms": round(summary.p99, 3),
         "mean_ms": round(summary.mean, 3),
         "max_ms": round(summary.maximum, 3),
-        "server_cpu_ms_per_call": round(1000 * series.server_cpu_s / calls, 3),
+        "server_cpu_ms_per_call": round(1000 * series.server_cpu.total / calls, 3),
+        "of_which_user_ms": round(1000 * series.server_cpu.user / calls, 3),
+        "of_which_kernel_ms": round(1000 * series.server_cpu.system / calls, 3),
         "calls_per_s": round(calls / series.wall_s, 1) if series.wall_s else None,
         "response_bytes": series.response_bytes,
         "connections": series.connections,
+        "retries": series.retries,
+        "errors": series.errors,
     }
 
 
@@ -173,9 +157,8 @@ def _goals(rows: dict[str, dict[str, Any]]) -> list[Goal]:
         )
         new_other = rows.get(f"{peer} / {NEW}")
         new_ratio = new_other["p50_ms"] / new["p50_ms"] if new_other and new["p50_ms"] else None
-        detail = (
-            f"server CPU per call {_x(cpu_ratio)} less; new connection vs new connection {_x(new_ratio)}"
-            + (" (Glances: plain TCP, ours: TLS handshake)" if peer == "glances" else "")
+        detail = f"server CPU per call {_x(cpu_ratio)} less; new connection vs new connection {_x(new_ratio)}" + (
+            " (Glances: plain TCP, ours: TLS handshake)" if peer == "glances" else ""
         )
         goals.append(goal(name, None if ratio is None else round(ratio, 1), ">=", GOAL_RATIO, "x", detail))
     return goals
@@ -185,17 +168,16 @@ def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}x"
 
 
-def _profile(servers: dict[str, Server], pki: Pki, work: Path, modes: list[str]) -> dict[str, Any]:
-    """py-spy on our agent while it serves kept-alive and then new-connection calls."""
+def _profile(server: Server, pki: Pki, work: Path, modes: list[str]) -> dict[str, Any]:
+    """py-spy on our agent while it serves the calls of each mode for a few more seconds."""
     profiles: dict[str, Any] = {}
     context = tls_context(pki)
     for mode in modes:
-        caller = Caller(servers[OURS], ours_request(pki), context, keep_alive=mode == KEPT)
+        caller = Caller(server, ours_request(pki), context, keep_alive=mode == KEPT)
         output = work / f"pyspy-{mode.replace(' ', '-')}.txt"
-        recorder = pyspy.start(servers[OURS].pid, output, PROFILE_SECONDS)
+        recorder = pyspy.start(server.pid, output, PROFILE_SECONDS)
         if recorder is None:
             return {"error": "py-spy is not installed (bench/setup.sh installs it into .venv)"}
-        time.sleep(0.3)  # py-spy attaches before the calls start
         try:
             run_series(caller, mode, calls=1_000_000, seconds=PROFILE_SECONDS, warmup=0)
         except CallFailed as exc:
@@ -206,15 +188,29 @@ def _profile(servers: dict[str, Server], pki: Pki, work: Path, modes: list[str])
     return profiles
 
 
+def _components(servers: dict[str, Server], pki: Pki, notes: list[str]) -> list[dict[str, Any]]:
+    """CPU of each step of a call, in-process, with a real answer of the running agent."""
+    caller = Caller(servers[OURS], ours_request(pki), tls_context(pki), keep_alive=False)
+    try:
+        caller.call()
+    except CallFailed as exc:
+        notes.append(f"steps of a call not measured: {exc}")
+        return []
+    return components.measure(pki, caller.last_body)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     notes: list[str] = [f"machine busy at start: {100 * busy_share():.0f}% of all cores (other processes)"]
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         pki = make_pki(work / "pki")
-        servers = _start_all(stack, pki, work, notes)
+        servers = start_all(
+            stack, pki, work, notes, check_interval=3600, rate_limit=(10_000, 100_000), audit_dir=args.audit_dir
+        )
         series = _measure(_callers(servers, pki), args, notes)
         rows = {label: _row(item) for label, item in series.items() if item.samples_ns}
+        steps = _components(servers, pki, notes) if OURS in servers else []
         goals = _goals(rows)
         ours_missed = [g for g in goals[:3] if g["met"] is False]
         profile: dict[str, Any] = {}
@@ -222,16 +218,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             modes = [KEPT, NEW]
             if args.profile == "auto":
                 modes = [m for m in modes if any(m.split()[0] in g["name"] for g in ours_missed)] or modes
-            profile = _profile(servers, pki, work, modes)
+            profile = _profile(servers[OURS], pki, work, modes)
     result: dict[str, Any] = {
         "bench": "agent",
         "title": "Agent call latency and agent CPU per call",
-        "params": {"rounds": args.rounds, "seconds_per_series": args.seconds, "calls_per_series": args.calls},
+        "params": {
+            "rounds": args.rounds,
+            "seconds_per_series": args.seconds,
+            "calls_per_series": args.calls,
+            **({"audit_dir": str(args.audit_dir)} if args.audit_dir else {}),
+        },
         "tables": [
             {
                 "title": "Latency per call (client side, until the last byte) and server CPU per call",
                 "rows": list(rows.values()),
-            }
+            },
+            {
+                "title": "Our agent's CPU per call, step by step (in-process, thread CPU time; bench/components.py)",
+                "rows": steps,
+            },
         ],
         "goals": goals,
         "notes": [

@@ -20,7 +20,7 @@ import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.measure import cpu_seconds
+from bench.measure import NO_CPU, CpuTime, cpu_times
 from bench.peers import AGENT_NAME, Pki, Server
 from pki.tls import client_context
 from pki.tokens import load_key, sign
@@ -73,17 +73,25 @@ class Series:
     server: str
     mode: str  # "kept-alive" or "new connection"
     samples_ns: list[int] = field(default_factory=list)
-    server_cpu_s: float = 0.0
+    server_cpu: CpuTime = NO_CPU
     wall_s: float = 0.0
     response_bytes: int = 0
     connections: int = 0
+    retries: int = 0
+    errors: int = 0
 
     def extend(self, other: Series) -> None:
         self.samples_ns.extend(other.samples_ns)
-        self.server_cpu_s += other.server_cpu_s
+        self.server_cpu = self.server_cpu.plus(other.server_cpu)
         self.wall_s += other.wall_s
         self.response_bytes = max(self.response_bytes, other.response_bytes)
         self.connections += other.connections
+        self.retries += other.retries
+        self.errors += other.errors
+
+
+class _StaleConnection(Exception):
+    """The server closed the connection before answering (a kept-alive connection it had ended)."""
 
 
 class Caller:
@@ -98,6 +106,8 @@ class Caller:
         self.keep_alive = keep_alive
         self._connection: http.client.HTTPConnection | None = None
         self.connections = 0
+        self.retries = 0
+        self.last_body = b""
 
     def _connect(self) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection
@@ -112,30 +122,49 @@ class Caller:
         return connection
 
     def call(self) -> int:
-        """One call; returns the response body's length. Raises :class:`CallFailed` unless 200."""
+        """One call; returns the response body's length. Raises :class:`CallFailed` unless 200.
+
+        Like ``xmlrpc.client.Transport``, a request on a reused connection that the server has
+        closed meanwhile is sent once more on a new connection (counted in :attr:`retries`).
+        """
+        reused = self._connection is not None and self._connection.sock is not None
+        try:
+            return self._call_once()
+        except _StaleConnection:
+            if not reused:
+                raise CallFailed(f"{self.server.name}: the server closed a new connection without answering") from None
+            self.retries += 1
+            try:
+                return self._call_once()
+            except _StaleConnection as exc:
+                raise CallFailed(f"{self.server.name}: closed without answering, twice") from exc
+
+    def _call_once(self) -> int:
         connection = self._connection
         if connection is None or connection.sock is None:
             if connection is not None:
                 connection.close()
             connection = self._connect()
+        self._connection = None
         method, path, body, headers = self.build()
         try:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            connection.close()
+            raise _StaleConnection from exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            self._connection = None
             raise CallFailed(f"{self.server.name}: {type(exc).__name__}: {exc}") from exc
         if response.status != 200:
             connection.close()
-            self._connection = None
             raise CallFailed(f"{self.server.name}: HTTP {response.status} {payload[:200]!r}")
         if self.keep_alive and not response.will_close:
             self._connection = connection
         else:
             connection.close()
-            self._connection = None
+        self.last_body = payload
         return len(payload)
 
     def close(self) -> None:
@@ -149,9 +178,8 @@ def run_series(caller: Caller, mode: str, *, calls: int, seconds: float, warmup:
     for _ in range(warmup):
         caller.call()
     series = Series(caller.server.name, mode)
-    connections_before = caller.connections
-    errors = 0
-    cpu_before = cpu_seconds(caller.server.pid)
+    connections_before, retries_before = caller.connections, caller.retries
+    cpu_before = cpu_times(caller.server.pid)
     started = time.perf_counter()
     deadline = started + seconds
     while len(series.samples_ns) < calls and time.perf_counter() < deadline:
@@ -159,13 +187,14 @@ def run_series(caller: Caller, mode: str, *, calls: int, seconds: float, warmup:
         try:
             size = caller.call()
         except CallFailed:
-            errors += 1
-            if errors >= MAX_ERRORS:
+            series.errors += 1
+            if series.errors >= MAX_ERRORS:
                 raise
             continue
         series.samples_ns.append(time.perf_counter_ns() - begin)
         series.response_bytes = max(series.response_bytes, size)
     series.wall_s = time.perf_counter() - started
-    series.server_cpu_s = cpu_seconds(caller.server.pid) - cpu_before
+    series.server_cpu = cpu_times(caller.server.pid).minus(cpu_before)
     series.connections = caller.connections - connections_before
+    series.retries = caller.retries - retries_before
     return series

@@ -79,18 +79,81 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _own_cpu_seconds(pid: int) -> float:
+class CpuTime(NamedTuple):
+    """CPU seconds in user space and in the kernel (system calls, and on loopback the TCP work too)."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def minus(self, other: CpuTime) -> CpuTime:
+        return CpuTime(self.user - other.user, self.system - other.system)
+
+    def plus(self, other: CpuTime) -> CpuTime:
+        return CpuTime(self.user + other.user, self.system + other.system)
+
+
+NO_CPU = CpuTime(0.0, 0.0)
+
+
+def _stat_times(path: Path) -> CpuTime:
     try:
-        stat = (PROC / str(pid) / "stat").read_text()
+        stat = path.read_text()
     except OSError:
-        return 0.0
+        return NO_CPU
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * CLOCK_TICK  # utime, stime
+    return CpuTime(int(fields[11]) * CLOCK_TICK, int(fields[12]) * CLOCK_TICK)  # utime, stime
+
+
+def cpu_times(pid: int) -> CpuTime:
+    """CPU time used so far by the process (all its threads, living or ended) and its descendants."""
+    user = system = 0.0
+    for member in process_tree(pid):
+        times = _stat_times(PROC / str(member) / "stat")
+        user, system = user + times.user, system + times.system
+    return CpuTime(user, system)
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) used so far by the process and its descendants."""
-    return sum(_own_cpu_seconds(member) for member in process_tree(pid))
+    return cpu_times(pid).total
+
+
+class ThreadUse(NamedTuple):
+    cpu_s: float  # from /proc/.../schedstat (nanoseconds on the CPU) where the kernel has it, else ticks
+    wakeups: int  # voluntary context switches: how often the thread slept and woke
+
+
+def threads(pid: int) -> dict[int, ThreadUse]:
+    """CPU time and wake-ups of each living thread of the process, by thread id."""
+    found: dict[int, ThreadUse] = {}
+    try:
+        tasks = list((PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        if task.name.isdigit():
+            found[int(task.name)] = ThreadUse(_task_cpu(task), _task_switches(task))
+    return found
+
+
+def _task_cpu(task: Path) -> float:
+    try:
+        return int((task / "schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return _stat_times(task / "stat").total
+
+
+def _task_switches(task: Path) -> int:
+    try:
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -104,14 +167,14 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory now, MiB, summed over the process tree."""
-    return sum(_status_kib(member, "VmRSS") for member in process_tree(pid)) / 1024
+def rss_mb(pid: int) -> float:
+    """Resident memory now, MB (10^6 bytes), summed over the process tree."""
+    return sum(_status_kib(member, "VmRSS") for member in process_tree(pid)) * 1024 / 1e6
 
 
-def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM), MiB, summed over the process tree."""
-    return sum(_status_kib(member, "VmHWM") for member in process_tree(pid)) / 1024
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM), MB (10^6 bytes), summed over the process tree."""
+    return sum(_status_kib(member, "VmHWM") for member in process_tree(pid)) * 1024 / 1e6
 
 
 def wait_quiet(pid: int, *, quiet_for: float = 0.6, timeout: float = 15.0) -> bool:

@@ -23,15 +23,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.measure import REPO, which
+from bench.measure import REPO, wait_quiet, which
 
 READY_TIMEOUT = 30.0  # seconds a server may take to accept connections (Glances' first update is slow)
 STOP_TIMEOUT = 5.0
+OURS = "secure-agent"
 AGENT_NAME = "localhost"
 NODE_EXPORTER_NAME = "nodeexp"
 COLLECTOR_NAME = "collector"
@@ -152,7 +153,9 @@ def _wait_ready(server: Server, timeout: float = READY_TIMEOUT) -> None:
     raise PeerUnavailable(f"{server.name} did not accept connections within {timeout:.0f} s:\n{server.log_tail()}")
 
 
-def _spawn(name: str, command: Sequence[str], port: int, workdir: Path, *, tls: bool) -> Server:
+def _spawn(
+    name: str, command: Sequence[str], port: int, workdir: Path, *, tls: bool, env: dict[str, str] | None = None
+) -> Server:
     log = workdir / f"{name}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(  # a fixed command of ours or a peer's, no shell
@@ -161,7 +164,7 @@ def _spawn(name: str, command: Sequence[str], port: int, workdir: Path, *, tls: 
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     server = Server(name, process, port, log, tls)
     try:
@@ -170,16 +173,6 @@ def _spawn(name: str, command: Sequence[str], port: int, workdir: Path, *, tls: 
         server.stop()
         raise
     return server
-
-
-@contextlib.contextmanager
-def running(server_factory: Any, *args: Any, **kwargs: Any) -> Iterator[Server]:
-    """``with running(start_glances, workdir) as server:`` -- stopped however the block ends."""
-    server: Server = server_factory(*args, **kwargs)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def agent_command() -> list[str]:
@@ -209,11 +202,13 @@ def start_agent(
     check_interval: float | None = None,
     rate_limit: tuple[float, int] | None = None,
     log_level: str = "WARNING",
+    audit_dir: Path | None = None,
 ) -> Server:
     """Our agent from ``make_certs``' ``agent-localhost.json``, on a free port, audit log in ``workdir``.
 
     ``rate_limit`` (per second, burst) replaces the default 10/s that would refuse a latency benchmark;
-    ``check_interval`` sets the background security scan period (the config default is 30 s).
+    ``check_interval`` sets the background security scan period (the config default is 30 s);
+    ``audit_dir`` puts the audit log elsewhere (an experiment: on tmpfs its fdatasync costs nothing).
     """
     reason = agent_available()
     if reason is not None:
@@ -222,14 +217,14 @@ def start_agent(
     port = free_port()
     config["port"] = port
     config["log_level"] = log_level
-    config["audit_log"] = str(workdir / "agent-audit.log")
+    config["audit_log"] = str((audit_dir or workdir) / f"agent-audit-{port}.log")
     if check_interval is not None:
         config["check_interval"] = check_interval
     if rate_limit is not None:
         config["security"]["rate_limit"] = {"per_second": rate_limit[0], "burst": rate_limit[1]}
     path = workdir / "agent.json"
     path.write_text(json.dumps(config, indent=2))
-    return _spawn("secure-agent", [*agent_command(), "--config", str(path)], port, workdir, tls=True)
+    return _spawn(OURS, [*agent_command(), "--config", str(path)], port, workdir, tls=True)
 
 
 def node_exporter_binary() -> str | None:
@@ -287,3 +282,30 @@ def start_glances(workdir: Path) -> Server:
         "--disable-webui",
     ]
     return _spawn("glances", command, port, workdir, tls=False)
+
+
+def start_all(
+    stack: contextlib.ExitStack, pki: Pki, workdir: Path, notes: list[str], **agent_options: Any
+) -> dict[str, Server]:
+    """Our agent, node_exporter and Glances, each stopped when ``stack`` closes; idle once this returns.
+
+    A server that cannot start is left out, with the reason appended to ``notes``.
+    """
+    starters: dict[str, Callable[[], Server]] = {
+        OURS: lambda: start_agent(pki, workdir, **agent_options),
+        "node_exporter": lambda: start_node_exporter(pki, workdir),
+        "glances": lambda: start_glances(workdir),
+    }
+    servers: dict[str, Server] = {}
+    for name, starter in starters.items():
+        try:
+            server = starter()
+        except PeerUnavailable as exc:
+            notes.append(f"{name}: not available: {exc}")
+            continue
+        stack.callback(server.stop)
+        servers[name] = server
+    for name, server in servers.items():
+        if not wait_quiet(server.pid):
+            notes.append(f"{name} was still using CPU 15 s after start-up; measured anyway")
+    return servers

@@ -55,15 +55,19 @@ def start(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes] | N
     )
 
 
+def source_tail(path: str) -> str:
+    """The readable end of a source path: ``secure_agent/server.py``, ``ssl.py``, ``http/client.py``."""
+    parts = Path(path).parts
+    keep = parts[-2:] if len(parts) > 1 and not parts[-2].startswith(("python3", "lib")) else parts[-1:]
+    return "/".join(keep)
+
+
 def _short(frame: str) -> str:
     match = _FRAME.match(frame.strip())
     if match is None:
         return frame.strip()
     name, path = match.groups()
-    parts = Path(path).parts
-    # keep the package-relative tail: secure_agent/server.py, ssl.py, http/server.py
-    tail = "/".join(parts[-2:]) if len(parts) > 1 and parts[-2] not in {"lib", "python3.11"} else parts[-1]
-    return f"{name} ({tail})"
+    return f"{name} ({source_tail(path)})"
 
 
 def summarize(lines: Iterable[str], top: int = 12) -> dict[str, Any]:
@@ -106,3 +110,29 @@ def finish(process: subprocess.Popen[bytes] | None, output: Path, timeout: float
     if not output.exists():
         return {"error": f"py-spy failed: {stderr.decode(errors='replace').strip()[-300:]}"}
     return summarize(output.read_text(errors="replace").splitlines())
+
+
+_THREAD = re.compile(r'^Thread (\d+) \((\w+)\): "(.*)"$')
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> 'name: where it waits' from one ``py-spy dump`` (empty without py-spy)."""
+    binary = py_spy()
+    if binary is None:
+        return {}
+    try:
+        done = subprocess.run(  # py-spy on a pid we started, no shell
+            [binary, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    names: dict[int, str] = {}
+    current: int | None = None
+    for line in done.stdout.splitlines():
+        match = _THREAD.match(line.strip())
+        if match is not None:
+            current = int(match.group(1))
+            names[current] = match.group(3)
+        elif current is not None and line.startswith("    ") and ":" not in names[current]:
+            names[current] += ": " + _short(line.strip())  # the innermost frame: where it waits
+    return names

@@ -1,0 +1,280 @@
+"""Run every benchmark, side by side with Glances and node_exporter, and write docs/benchmarks.md.
+
+    .venv/bin/python -m bench [--budget 570] [--only NAME]... [--quick] [--serial] [--output FILE]
+
+Each benchmark is its own program (``python -m bench.bench_NAME``), run as a subprocess in its own
+process group with a time limit taken from the overall budget, so that one that is missing, fails
+or hangs is reported as such and the others still run. A benchmark's figures are read from the
+``BENCH_RESULT {json}`` line it prints last; without one, its output goes into the report verbatim.
+
+The idle benchmark (two minutes of mostly waiting) runs alongside the others after the agent latency
+benchmark: it measures per-process CPU time and memory, which other load does not change much, and
+its own servers and polls add nothing measurable to the others. ``--serial`` runs it alone instead.
+The report is written atomically (temp file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bench import report
+from bench.measure import REPO, busy_share, machine
+from bench.report import Outcome
+from bench.result import parse
+
+DEFAULT_BUDGET = 570.0  # seconds; the issue allows 10 minutes for the whole command
+RESERVE = 15.0  # seconds kept back for the report and for stopping what overran
+KILL_GRACE = 5.0
+
+
+class Bench(NamedTuple):
+    name: str
+    timeout: float  # seconds, at most
+    args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] = ()
+    background: bool = False
+    limits: str = ""  # what bounds these figures (mechanisms, not numbers); shown in the report
+
+    @property
+    def module(self) -> str:
+        return f"bench.bench_{self.name}"
+
+    @property
+    def path(self) -> Path:
+        return REPO / "bench" / f"bench_{self.name}.py"
+
+
+BENCHES = (
+    Bench(
+        "agent",
+        150,
+        quick_args=("--rounds", "1", "--seconds", "2"),
+        limits=(
+            "kept-alive: one HTTP/1.1 request on an open TLS connection: the agent's request framing, token "
+            "check (HMAC-SHA256, replay cache), XML-RPC parsing, the metrics snapshot, XML marshalling of the "
+            "answer, one audit record (SHA-256 chain, a write(2), fdatasync at most once a second) and TLS "
+            "record encryption, in a Python thread per connection. New connection: a full TLS 1.3 handshake "
+            "(ECDHE X25519 + ECDSA P-256 certificates both ways, CRL check, no session resumption by design: "
+            "OP_NO_TICKET so a revoked certificate is refused at once) on both client and agent, plus a "
+            "thread hand-off. Both client and agent share the machine's 2 cores."
+        ),
+    ),
+    Bench(
+        "idle",
+        200,
+        args=("--window", "120"),
+        quick_args=("--window", "30"),
+        background=True,
+        limits=(
+            "the background security scan every check_interval (30 s: /proc processes, sockets, auth log "
+            "tail), a poll per 30 s on a new TLS connection, and whatever timers the agent keeps (the "
+            "audit-log sync tick); RSS is the Python interpreter plus the modules it imports (pydantic, "
+            "cryptography, ssl) and the metrics it keeps."
+        ),
+    ),
+    Bench("probes", 120),
+    Bench("flood", 90),
+    Bench("collector", 150),
+    Bench("storage", 120),
+    Bench("viz", 90),
+)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds for everything (default 570)")
+    parser.add_argument("--only", action="append", choices=[b.name for b in BENCHES], help="run only these")
+    parser.add_argument("--quick", action="store_true", help="short runs of our benchmarks, to check the command")
+    parser.add_argument("--serial", action="store_true", help="run the idle benchmark alone, not alongside")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="report file")
+    return parser.parse_args(argv)
+
+
+class Running(NamedTuple):
+    bench: Bench
+    process: subprocess.Popen[str]
+    started: float
+    deadline: float
+
+
+def _start(bench: Bench, quick: bool, timeout: float) -> Running:
+    command = [sys.executable, "-m", bench.module, *(bench.quick_args if quick else bench.args)]
+    env = {**os.environ, "BENCH_BUDGET_S": str(int(timeout)), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(  # our own benchmark programs, no shell
+        command,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: on timeout the servers it started go too
+    )
+    now = time.monotonic()
+    return Running(bench, process, now, now + timeout)
+
+
+def _stop_group(process: subprocess.Popen[str]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(KILL_GRACE)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _finish(running: Running) -> Outcome:
+    bench, process = running.bench, running.process
+    try:
+        stdout, stderr = process.communicate(timeout=max(1.0, running.deadline - time.monotonic()))
+        status = "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
+    except subprocess.TimeoutExpired:
+        _stop_group(process)
+        stdout, stderr = process.communicate()
+        status = f"timed out after {running.deadline - running.started:.0f} s"
+    finally:
+        if process.poll() is None:
+            _stop_group(process)
+    seconds = time.monotonic() - running.started
+    result = parse(stdout or "")
+    print(f"bench: {bench.name}: {status} in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return Outcome(bench.name, bench.module, status, seconds, result, stdout or "", stderr or "")
+
+
+def _unavailable(bench: Bench, why: str) -> Outcome:
+    print(f"bench: {bench.name}: {why}", file=sys.stderr, flush=True)
+    return Outcome(bench.name, bench.module, why, 0.0, None, "", "")
+
+
+def run(args: argparse.Namespace) -> list[Outcome]:
+    end = time.monotonic() + args.budget - RESERVE
+    chosen = [b for b in BENCHES if not args.only or b.name in args.only]
+    outcomes: list[Outcome] = []
+    background: list[Running] = []
+    for bench in chosen:
+        if not bench.path.exists():
+            outcomes.append(_unavailable(bench, "not available (not written yet)"))
+            continue
+        left = end - time.monotonic()
+        if left < 10:
+            outcomes.append(_unavailable(bench, "not run: the time budget was spent"))
+            continue
+        print(f"bench: {bench.name}: running (at most {min(bench.timeout, left):.0f} s)", file=sys.stderr, flush=True)
+        running = _start(bench, args.quick, min(bench.timeout, left))
+        if bench.background and not args.serial:
+            background.append(running)
+        else:
+            outcomes.append(_finish(running))
+    outcomes += [_finish(running) for running in background]
+    order = [b.name for b in BENCHES]
+    return sorted(outcomes, key=lambda outcome: order.index(outcome.name))
+
+
+def _why_missed(goals: Sequence[dict[str, Any]], outcomes: Sequence[Outcome]) -> list[str]:
+    """For each missed goal: by how much, and what its benchmark's profile says the time went into."""
+    profiles = {o.name: (o.result or {}).get("profile") or {} for o in outcomes}
+    lines: list[str] = []
+    for row in goals:
+        if row.get("met") is not False:
+            continue
+        lines.append(
+            f"- **{row['name']}**: {row.get('value')} {row.get('unit', '')} against {row.get('op')} "
+            f"{row.get('target')}; {row.get('miss')}. {row.get('detail') or ''}".rstrip()
+        )
+        for phase, data in profiles.get(str(row.get("bench")), {}).items():
+            if not isinstance(data, dict) or not data.get("self"):
+                continue
+            if row.get("bench") == "agent" and phase.split()[0] not in str(row["name"]):
+                continue
+            own = ", ".join(f"{name} {share}%" for name, share in data["self"][:6])
+            ours = [f"{name} {share}%" for name, share in data.get("total", []) if _is_ours(name)][:6]
+            lines.append(f"  - profile ({phase}): most CPU in {own}")
+            if ours:
+                lines.append(f"  - of which under our code (inclusive): {', '.join(ours)}")
+    return lines or ["Every measured goal is met."]
+
+
+def _is_ours(function: str) -> bool:
+    return any(part in function for part in ("secure_agent/", "probes/", "pki/", "secure_collector/"))
+
+
+def render(
+    args: argparse.Namespace, argv: Sequence[str], outcomes: Sequence[Outcome], info: dict[str, Any], seconds: float
+) -> str:
+    command = " ".join([".venv/bin/python -m bench", shlex.join(argv)]).strip()
+    goals = report.collect_goals(outcomes)
+    limits = {bench.name: bench.limits for bench in BENCHES}
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` on {info['date']}; the whole command took {seconds:.0f} s "
+        f"(budget {args.budget:.0f} s). Setup: `bench/setup.sh` (see bench/README.md). Every benchmark runs "
+        "its peer and ours in the same run, on loopback. Medians and p99 are over every timed call; "
+        "ratios are the peer's figure over ours.",
+        "",
+        "## Machine",
+        "",
+        *report.table([{key: value for key, value in info.items() if key not in ("date", "busy_share_at_start")}]),
+        "",
+        f"Other load when the run started: {100 * info['busy_share_at_start']:.0f}% of all cores busy "
+        "(a shared machine makes every figure slower and noisier).",
+        "",
+        "## Goals",
+        "",
+        *report.goals_section(goals),
+        "",
+        "## Why a goal is missed",
+        "",
+        *_why_missed(goals, outcomes),
+        "",
+    ]
+    for outcome in outcomes:
+        lines += report.bench_section(outcome, limits.get(outcome.name, ""))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as sink:
+            sink.write(text)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
+    started = time.monotonic()
+    info = {**machine(), "busy_share_at_start": round(busy_share(), 2)}
+    outcomes = run(args)
+    text = render(args, argv, outcomes, info, time.monotonic() - started)
+    write_atomic(args.output, text)
+    print(f"bench: wrote {args.output} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    broken = [o.name for o in outcomes if o.status.startswith(("failed", "timed out"))]
+    if broken:
+        print(f"bench: failed or timed out: {', '.join(broken)}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
