@@ -51,8 +51,23 @@ def printable(text: str, limit: int = MAX_MESSAGE) -> str:
     return text[:limit]
 
 
+_METRIC_CACHE: dict[tuple[object, ...], str] = {}
+_METRIC_CACHE_SIZE = 10_000
+
+
 def finding_metric(finding: Finding) -> str:
     """A stable name for one finding: its kind and a digest of its identifying evidence."""
+    evidence = finding.evidence
+    key = (finding.kind, finding.summary, *(evidence.get(k) for k in _IDENTITY_KEYS))
+    metric = _METRIC_CACHE.get(key)
+    if metric is None:
+        if len(_METRIC_CACHE) >= _METRIC_CACHE_SIZE:
+            _METRIC_CACHE.clear()
+        metric = _METRIC_CACHE[key] = _finding_metric(finding)
+    return metric
+
+
+def _finding_metric(finding: Finding) -> str:
     identity = [finding.kind]
     for key in _IDENTITY_KEYS:
         if key in finding.evidence:

@@ -6,9 +6,10 @@ stored as one batch. Each agent has at most one poll in flight: if it is still b
 ``min(poll_interval * 2**(failures - 1), backoff_max)`` (and at least an agent's ``Retry-After``) before
 it is tried again, rounded up to a tick; its first good poll brings it back to every tick.
 
-A slow or dead agent never delays the others: every call ends by ``timeout``, failing agents are backed
-off, and agents whose last poll failed may hold at most a quarter of the workers, so the healthy ones
-always find one free.
+A slow or dead agent never delays the others: calls run concurrently on one thread (:mod:`.engine`), every
+call ends by ``timeout``, failing agents are backed off, and agents whose last poll failed may hold at most
+a quarter of the ``max_workers`` slots, so the healthy ones always find one free. Storage runs on a thread
+of its own (:class:`Writer`), so a slow database never delays a poll either.
 
 ``--shard I/N`` keeps the agents that rendezvous (highest-random-weight) hashing assigns to shard I: each
 collector computes the same split from the agent names alone, and growing N to N+1 moves only about
@@ -24,14 +25,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from secure_collector.config import AgentEntry
-from secure_collector.errors import AgentBadResponse, PollError
+from secure_collector.engine import Engine, Stamper
 from secure_collector.sink import PollResult, Recorder
 from secure_collector.transport import AgentConnection
-from secure_collector.validate import AnswerInvalid, to_sample, validate_answer
 from storage.models import AgentState
 
 logger = logging.getLogger(__name__)
@@ -68,59 +67,53 @@ def select_shard(agents: Iterable[AgentEntry], index: int, count: int) -> tuple[
     return tuple(agent for agent in agents if shard_of(agent.name, count) == index)
 
 
-# -- one poll ------------------------------------------------------------------------------------
-class Stamper:
-    """Collector-clock timestamps, rounded to the millisecond and strictly increasing per agent.
-
-    (agent, timestamp) identifies a sample in storage, so two polls of one agent must never share one,
-    even if the wall clock steps back.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, agent: str) -> float:
-        now = round(self._clock(), 3)
-        with self._lock:
-            last = self._last.get(agent)
-            if last is not None and now <= last:
-                now = round(last + 0.001, 3)
-            self._last[agent] = now
-        return now
-
-
-def poll_agent(connection: AgentConnection, stamp: Stamper) -> PollResult:
-    """Call ``get_metrics`` on one agent and validate the answer; never raises for the agent's faults."""
-    started = time.monotonic()
-    try:
-        value = connection.call("get_metrics")
-        timestamp = stamp(connection.name)
-        try:
-            sample = to_sample(validate_answer(value, connection.name), timestamp)
-        except AnswerInvalid as exc:
-            raise AgentBadResponse(connection.name, str(exc)) from None
-    except PollError as exc:
-        latency = (time.monotonic() - started) * 1000
-        retry_after = getattr(exc, "retry_after", None)
-        return PollResult(connection.name, stamp(connection.name), exc.state, exc.detail, latency, None, retry_after)
-    latency = (time.monotonic() - started) * 1000
-    return PollResult(connection.name, timestamp, "up", "", latency, sample)
-
-
 # -- scheduling ----------------------------------------------------------------------------------
 @dataclass
 class _Slot:
     connection: AgentConnection
+    position: int
     due: float = 0.0
-    busy: bool = False
     failures: int = 0
     state: AgentState | None = None
 
     @property
     def failing(self) -> bool:
         return self.state is not None and self.state != "up"
+
+
+class Writer:
+    """Records and stores sweeps on a thread of its own, so storage never holds up polling."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self._queue: queue.SimpleQueue[list[PollResult] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="collector-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, results: list[PollResult]) -> None:
+        self._queue.put(results)
+
+    def _run(self) -> None:
+        delivery = self.recorder.delivery
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0 if delivery.backlog else None)
+            except queue.Empty:
+                delivery.retry()
+                continue
+            if item is None:
+                return
+            try:
+                self.recorder.add_all(item)
+                self.recorder.flush()
+                delivery.retry()
+            except Exception:  # a bug here must not stop storage for good; it is logged
+                logger.exception("recording a sweep failed")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Store everything submitted so far, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
 
 
 class Poller:
@@ -142,166 +135,142 @@ class Poller:
         self.max_workers = max_workers
         self.backoff_max = max(backoff_max, poll_interval)
         self.failing_limit = max(1, max_workers // 4)
-        self._stamp = stamp or Stamper()
         self._monotonic = monotonic
-        self._slots = {c.name: _Slot(c) for c in connections}
+        self._slots = {c.name: _Slot(c, position) for position, c in enumerate(connections)}
         self._order = [c.name for c in connections]
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="poll")
-        self._results: queue.Queue[PollResult] = queue.Queue()
-        self._lock = threading.Condition()
-        self._in_flight = 0
-        self._failing_in_flight = 0
+        self._engine = Engine(stamp)
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._failing_in_flight = 0
         self.sweeps = 0
         self.skipped = 0
 
     @property
     def states(self) -> dict[str, AgentState | None]:
-        with self._lock:
-            return {name: self._slots[name].state for name in self._order}
+        return {name: self._slots[name].state for name in self._order}
+
+    def _startable(self, name: str) -> bool:
+        slot = self._slots[name]
+        if len(self._engine) >= self.max_workers:
+            return False
+        return not (slot.failing and self._failing_in_flight >= self.failing_limit)
+
+    def _start(self, name: str) -> None:
+        slot = self._slots[name]
+        if slot.failing:
+            self._failing_in_flight += 1
+        self._engine.start(slot.connection)
 
     # -- --once --------------------------------------------------------------------------------
     def poll_once(self) -> list[PollResult]:
-        """Poll every agent once (``max_workers`` at a time), record and flush; results in config order."""
-        futures = [self._executor.submit(poll_agent, self._slots[name].connection, self._stamp) for name in self._order]
-        results = [future.result() for future in futures]
-        for result in results:
-            self._slots[result.agent].state = result.state
-        self.recorder.add_all(results)
+        """Poll every agent once (``max_workers`` at a time), record and store; results in config order."""
+        waiting = list(self._order)
+        results: dict[str, PollResult] = {}
+        while waiting or len(self._engine):
+            while waiting and len(self._engine) < self.max_workers:
+                name = waiting.pop(0)
+                self._engine.start(self._slots[name].connection)
+            for result in self._engine.poll(None):
+                results[result.agent] = result
+                self._slots[result.agent].state = result.state
+        ordered = [results[name] for name in self._order]
+        self.recorder.add_all(ordered)
         self.recorder.flush()
         self.sweeps += 1
-        return results
+        return ordered
 
     # -- long-running ----------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler or another thread)."""
         self._stop.set()
-        self._wake.set()
+        self._engine.wake()
 
     def run(self, *, max_sweeps: int | None = None) -> None:
-        """Poll on the tick grid until :meth:`stop` (or until ``max_sweeps`` ticks are done); flush at the end."""
+        """Poll on the tick grid until :meth:`stop` (or until ``max_sweeps`` ticks are done); store as it goes.
+
+        On return every finished poll has been stored or spooled; polls still in flight are abandoned
+        (they would end within ``timeout``).
+        """
         start = self._monotonic()
-        heap: list[tuple[float, int, str]] = []
-        for position, name in enumerate(self._order):
-            self._slots[name].due = start
-            heap.append((start, position, name))
+        heap = [(start, slot.position, name) for name, slot in self._slots.items()]
         heapq.heapify(heap)
         ready: list[str] = []
-        pending_since: float | None = None
+        counted: dict[str, bool] = {}
+        batch: list[PollResult] = []
+        batch_since = 0.0
+        writer = Writer(self.recorder)
         try:
             while not self._stop.is_set():
-                self._wake.clear()
                 now = self._monotonic()
                 self.sweeps = int((now - start) / self.interval + 1e-9) + 1
-                with self._lock:
-                    while heap and heap[0][0] <= now:
-                        if max_sweeps is not None and self._tick_of(heap[0][0], start) >= max_sweeps:
-                            break
-                        ready.append(heapq.heappop(heap)[2])
-                    ready = self._dispatch(ready)
-                pending_since = self._drain(heap, start, pending_since)
-                with self._lock:
-                    idle = self._in_flight == 0 and not ready
-                if pending_since is not None and (
-                    idle or now - pending_since >= MAX_BATCH_DELAY or len(self.recorder) >= BATCH_LIMIT
-                ):
-                    self.recorder.flush()
-                    pending_since = None
-                self.recorder.delivery.retry()
+                while heap and heap[0][0] <= now:
+                    if max_sweeps is not None and self._tick_of(heap[0][0], start) >= max_sweeps:
+                        break
+                    ready.append(heapq.heappop(heap)[2])
+                waiting: list[str] = []
+                for name in ready:
+                    if self._startable(name):
+                        counted[name] = self._slots[name].failing
+                        self._start(name)
+                    else:
+                        waiting.append(name)
+                ready = waiting
+                for result in self._engine.poll(self._wait_time(heap, batch, batch_since)):
+                    self._account(result, counted.pop(result.agent, False), heap, start)
+                    if not batch:
+                        batch_since = self._monotonic()
+                    batch.append(result)
+                idle = not len(self._engine) and not ready
+                if batch and (idle or self._monotonic() - batch_since >= MAX_BATCH_DELAY or len(batch) >= BATCH_LIMIT):
+                    writer.submit(batch)
+                    batch = []
                 if idle and max_sweeps is not None and (not heap or self._tick_of(heap[0][0], start) >= max_sweeps):
                     break
-                self._wake.wait(self._wait_time(heap, pending_since))
         finally:
-            self._drain(heap, start, None)
-            self.recorder.flush()
+            if batch:
+                writer.submit(batch)
+            writer.close()
+
+    def _account(
+        self, result: PollResult, counted_failing: bool, heap: list[tuple[float, int, str]], start: float
+    ) -> None:
+        """Update the agent's state and put it back on the grid: the next tick, or later when failing."""
+        if counted_failing:
+            self._failing_in_flight -= 1
+        slot = self._slots[result.agent]
+        slot.state = result.state
+        now = self._monotonic()
+        if result.state == "up":
+            if slot.failures:
+                logger.info("%s: up again after %d failed polls", result.agent, slot.failures)
+            slot.failures = 0
+            delay = 0.0
+        else:
+            slot.failures += 1
+            delay = min(self.interval * 2 ** min(slot.failures - 1, 30), self.backoff_max)
+            if result.retry_after is not None:
+                delay = max(delay, min(result.retry_after, self.backoff_max))
+            logger.info("%s: %s (%s); next try in %.1f s", result.agent, result.state, result.detail, delay)
+        missed = int((now - slot.due) / self.interval + 1e-9) - 1 if slot.due else 0
+        if missed > 0:
+            self.skipped += missed
+            logger.info("%s: a poll outlasted %d ticks; they were skipped for it", result.agent, missed)
+        ticks = int((now + delay - start) / self.interval + 1e-9) + 1
+        slot.due = start + ticks * self.interval
+        heapq.heappush(heap, (slot.due, slot.position, result.agent))
 
     def _tick_of(self, due: float, start: float) -> int:
         return round((due - start) / self.interval)
 
-    def _dispatch(self, ready: list[str]) -> list[str]:
-        """Start polls for ready agents while workers are free; return those that must wait."""
-        waiting: list[str] = []
-        for name in ready:
-            slot = self._slots[name]
-            if self._in_flight >= self.max_workers or (slot.failing and self._failing_in_flight >= self.failing_limit):
-                waiting.append(name)
-                continue
-            slot.busy = True
-            self._in_flight += 1
-            if slot.failing:
-                self._failing_in_flight += 1
-            future = self._executor.submit(poll_agent, slot.connection, self._stamp)
-            future.add_done_callback(self._done_callback(name, slot.failing))
-        return waiting
-
-    def _done_callback(self, name: str, counted_failing: bool) -> Callable[[Future[PollResult]], None]:
-        def done(future: Future[PollResult]) -> None:
-            with self._lock:
-                self._in_flight -= 1
-                if counted_failing:
-                    self._failing_in_flight -= 1
-            error = future.exception()
-            if error is not None:
-                logger.error("%s: poll crashed", name, exc_info=error)
-                result = PollResult(name, self._stamp(name), "bad_response", "collector error", 0.0)
-            else:
-                result = future.result()
-            self._results.put(result)
-            self._wake.set()
-
-        return done
-
-    def _drain(self, heap: list[tuple[float, int, str]], start: float, pending_since: float | None) -> float | None:
-        """Record every finished poll and schedule its agent's next one."""
-        while True:
-            try:
-                result = self._results.get_nowait()
-            except queue.Empty:
-                return pending_since
-            now = self._monotonic()
-            with self._lock:
-                slot = self._slots[result.agent]
-                slot.busy = False
-                slot.state = result.state
-                if result.state == "up":
-                    if slot.failures:
-                        logger.info("%s: up again after %d failed polls", result.agent, slot.failures)
-                    slot.failures = 0
-                    delay = 0.0
-                else:
-                    slot.failures += 1
-                    delay = min(self.interval * 2 ** min(slot.failures - 1, 30), self.backoff_max)
-                    if result.retry_after is not None:
-                        delay = max(delay, min(result.retry_after, self.backoff_max))
-                    logger.info("%s: %s (%s); next try in %.1f s", result.agent, result.state, result.detail, delay)
-                self._reschedule(heap, result.agent, start, now, delay)
-            self.recorder.add(result)
-            if pending_since is None:
-                pending_since = now
-
-    def _reschedule(
-        self, heap: list[tuple[float, int, str]], name: str, start: float, now: float, delay: float
-    ) -> None:
-        """Put ``name`` on the first tick after ``now + delay`` (at least the next tick)."""
-        earliest = now + delay
-        ticks = int((earliest - start) / self.interval + 1e-9) + 1
-        due = start + ticks * self.interval
-        self._slots[name].due = due
-        heapq.heappush(heap, (due, self._order.index(name), name))
-
-    def _wait_time(self, heap: list[tuple[float, int, str]], pending_since: float | None) -> float:
+    def _wait_time(self, heap: list[tuple[float, int, str]], batch: list[PollResult], batch_since: float) -> float:
         now = self._monotonic()
         wait = self.interval
         if heap:
             wait = min(wait, heap[0][0] - now)
-        if pending_since is not None:
-            wait = min(wait, pending_since + MAX_BATCH_DELAY - now)
-        if self.recorder.delivery.backlog:
-            wait = min(wait, 1.0)
+        if batch:
+            wait = min(wait, batch_since + MAX_BATCH_DELAY - now)
         return max(0.0, wait)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._engine.close()
         for slot in self._slots.values():
             slot.connection.close()

@@ -1,19 +1,24 @@
-"""One kept-alive mutual-TLS HTTP/1.1 connection per agent, every call signed, every socket under a deadline.
+"""One kept-alive mutual-TLS HTTP/1.1 connection per agent, every call signed, every call under a deadline.
 
-:class:`AgentConnection` speaks just enough HTTP/1.1 for ``POST /RPC2``: the request is pre-built but for the
-``Authorization`` header (a fresh SMON1 token per call, bound to the body and the agent's name), and the
-answer must carry a ``Content-Length`` of at most :data:`MAX_RESPONSE_BYTES` with no content coding. The
-whole call (connect, handshake, request, answer) has one deadline of ``timeout`` seconds, and every socket
-operation is bounded by what is left of it, so an agent that trickles bytes cannot hold a worker longer.
+:class:`AgentConnection` is a non-blocking state machine (connect, TLS handshake, send, receive) so that one
+thread can drive hundreds of agents at once through a selector (:mod:`secure_collector.engine`); its
+:meth:`AgentConnection.call` drives one call to the end on its own, for ``--once`` tools and tests.
 
-A kept-alive connection the agent has closed in the meantime is re-established once, with a new token.
-Failures become the :class:`secure_collector.errors.PollError` of the matching agent state.
+It speaks just enough HTTP/1.1 for ``POST /RPC2``: the request is pre-built but for the ``Authorization``
+header (a fresh SMON1 token per call, bound to the body and the agent's name), and the answer must carry a
+``Content-Length`` of at most :data:`MAX_RESPONSE_BYTES` with no content or transfer coding. The whole call
+(connect, handshake, request, answer) has one deadline, ``timeout`` seconds after it began, so an agent
+that trickles bytes cannot hold a call longer. A kept-alive connection that the agent has closed in the
+meantime is re-established once, with a new token. Failures raise the
+:class:`secure_collector.errors.PollError` of the matching agent state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
+import selectors
 import socket
 import ssl
 import time
@@ -37,17 +42,42 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAX_RETRY_AFTER = 3600.0
 USER_AGENT = "secure-collector/0.1"
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
 _RECV_SIZE = 65536
+_STALE_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED)
+Address = tuple[int, tuple[Any, ...]]
+"""An address family and a socket address, as ``getaddrinfo`` gives them."""
+
+# states
+_IDLE, _CONNECTING, _HANDSHAKE, _SENDING, _RECEIVING = range(5)
+_STAGE = {_CONNECTING: "connect", _HANDSHAKE: "TLS handshake", _SENDING: "request", _RECEIVING: "answer"}
 
 
-def _clean(text: str, limit: int = 80) -> str:
-    """Agent-chosen text made safe for a log line or a stored detail: printable and short."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
-    return text
+def clean(text: str, limit: int = 80) -> str:
+    """Text a peer chose, made safe for a log line or a stored detail: printable and short."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """The addresses to try for ``host`` (blocking for names; immediate for IP literals)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise OSError(errno.EHOSTUNREACH, f"cannot resolve {clean(host)}") from exc
+    return [(int(family), tuple(address)) for family, _, _, _, address in infos]
 
 
 class AgentConnection:
-    """The collector's link to one agent. Not thread-safe: the poller gives it to one worker at a time."""
+    """The collector's link to one agent. Not thread-safe: one caller drives it at a time."""
 
     def __init__(
         self,
@@ -69,7 +99,6 @@ class AgentConnection:
         self._key_id = key_id
         self._key = key
         self._max_response = max_response_bytes
-        self._sock: ssl.SSLSocket | None = None
         self._server_hostname = host.strip("[]")
         host_header = f"[{self._server_hostname}]" if ":" in self._server_hostname else self._server_hostname
         self._head_prefix = (
@@ -77,12 +106,82 @@ class AgentConnection:
             "Content-Type: text/xml\r\nAccept-Encoding: identity\r\n"
         ).encode("ascii")
         self._bodies: dict[str, tuple[bytes, bytes]] = {}
+        self._sock: socket.socket | None = None
+        self._state = _IDLE
+        self._want = WRITE
+        self._fresh = True
+        self._addresses: list[Address] = []
+        self._resolved: list[Address] = []
+        self._method = ""
+        self._out = b""
+        self._buffer = bytearray()
+        self._body_at = -1
+        self._length = -1
+        self._headers: dict[str, str] = {}
+        self._status = 0
+        self.deadline = 0.0
 
-    # -- public ----------------------------------------------------------------------------------
-    def call(self, method: str) -> Any:
-        """Call ``method()`` on the agent and return its value; raise a :class:`PollError` on failure."""
-        deadline = time.monotonic() + self.timeout
-        body = self._respond(method, deadline)
+    # -- the driver's interface ------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None and self._state in (_IDLE, _SENDING, _RECEIVING)
+
+    @property
+    def busy(self) -> bool:
+        return self._state != _IDLE
+
+    def fileno(self) -> int:
+        return -1 if self._sock is None else self._sock.fileno()
+
+    @property
+    def interest(self) -> int:
+        """The selector event the call waits for now."""
+        return self._want
+
+    def begin(self, method: str, addresses: list[Address] | None = None, now: float | None = None) -> None:
+        """Start a call of ``method()``; ``addresses`` (from :func:`resolve`) are needed only to connect."""
+        self.deadline = (time.monotonic() if now is None else now) + self.timeout
+        self._method = method
+        self._fresh = self._sock is None
+        try:
+            if self._sock is None:
+                self._resolved = list(addresses) if addresses is not None else resolve(self.host, self.port)
+                self._addresses = list(self._resolved)
+                self._connect_next()
+            else:
+                self._prepare_send()
+        except PollError:
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            raise AgentUnreachable(self.name, os_detail(exc, "connect")) from None
+
+    def step(self) -> bytes | None:
+        """Advance on a selector event; the answer body when the call is complete, else None."""
+        try:
+            if self._state == _CONNECTING:
+                self._connected()
+            elif self._state == _HANDSHAKE:
+                self._handshake()
+            elif self._state == _SENDING:
+                self._send()
+            elif self._state == _RECEIVING:
+                return self._receive()
+        except PollError:
+            self.close()
+            raise
+        return None
+
+    def expire(self, now: float) -> None:
+        """Raise :class:`AgentTimeout` (closing the connection) if the call's deadline has passed."""
+        if self._state != _IDLE and now >= self.deadline:
+            stage = _STAGE.get(self._state, "call")
+            self.close()
+            raise AgentTimeout(self.name, f"no {stage} within {self.timeout:g} s")
+
+    def finish(self, body: bytes) -> object:
+        """Parse a complete answer: the method's value, or :class:`AgentBadResponse` (a fault included)."""
         try:
             answer = wire.parse_response(body)
         except wire.WireError as exc:
@@ -90,214 +189,246 @@ class AgentConnection:
             raise AgentBadResponse(self.name, str(exc)) from None
         if answer.fault:
             code = answer.value.get("faultCode")
-            shown = code if type(code) is int else "?"
-            raise AgentBadResponse(self.name, f"XML-RPC fault {shown}")
+            raise AgentBadResponse(self.name, f"XML-RPC fault {code if type(code) is int else '?'}")
         return answer.value
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
+        self._state = _IDLE
+        self._buffer = bytearray()
         if sock is not None:
             with contextlib.suppress(OSError):  # closing a broken socket: nothing left to do
                 sock.close()
 
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
+    def call(self, method: str) -> object:
+        """Make one call from start to end on this thread (for ``--once`` tools and tests)."""
+        self.begin(method)
+        with selectors.DefaultSelector() as selector:
+            while True:
+                fd = self.fileno()
+                selector.register(fd, self.interest)
+                try:
+                    ready = selector.select(max(0.0, self.deadline - time.monotonic()))
+                finally:
+                    selector.unregister(fd)
+                if not ready:
+                    self.expire(time.monotonic())
+                    continue
+                body = self.step()
+                if body is not None:
+                    return self.finish(body)
+
+    # -- connecting ------------------------------------------------------------------------------
+    def _connect_next(self, previous: OSError | None = None) -> None:
+        if not self._addresses:
+            exc = previous or OSError(errno.EHOSTUNREACH, "no address")
+            raise AgentUnreachable(self.name, os_detail(exc, "connect"))
+        family, address = self._addresses.pop(0)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._state = _CONNECTING
+        self._want = WRITE
+        code = sock.connect_ex(address)
+        if code not in (0, errno.EINPROGRESS):
+            self.close()
+            self._connect_next(OSError(code, errno.errorcode.get(code, str(code))))
+        elif code == 0:
+            self._start_tls()
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:  # a state that needs a socket always has one; never trust that blindly
+            raise AgentUnreachable(self.name, "connection lost")
+        return self._sock
+
+    def _connected(self) -> None:
+        code = self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self.close()
+            self._state = _CONNECTING
+            self._connect_next(OSError(code, errno.errorcode.get(code, str(code))))
+            return
+        self._start_tls()
+
+    def _start_tls(self) -> None:
+        try:
+            self._sock = self._context.wrap_socket(
+                self._socket(), server_hostname=self._server_hostname, do_handshake_on_connect=False
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise AgentTLSFailure(self.name, f"cannot start TLS: {clean(str(exc))}") from None
+        self._state = _HANDSHAKE
+        self._handshake()
+
+    def _handshake(self) -> None:
+        sock = self._socket()
+        if not isinstance(sock, ssl.SSLSocket):
+            raise AgentTLSFailure(self.name, "no TLS on the connection")
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want = READ
+            return
+        except ssl.SSLWantWriteError:
+            self._want = WRITE
+            return
+        except ssl.SSLCertVerificationError as exc:
+            raise AgentTLSFailure(self.name, f"agent certificate rejected: {clean(exc.verify_message or '')}") from None
+        except ssl.SSLError as exc:
+            raise AgentTLSFailure(self.name, f"handshake failed: {ssl_reason(exc)}") from None
+        except OSError as exc:
+            raise AgentTLSFailure(self.name, f"handshake failed: {os_detail(exc, 'handshake')}") from None
+        self._prepare_send()
 
     # -- the exchange ----------------------------------------------------------------------------
-    def _request(self, method: str) -> bytes:
-        cached = self._bodies.get(method)
+    def _prepare_send(self) -> None:
+        cached = self._bodies.get(self._method)
         if cached is None:
-            body = wire.request_body(method)
+            body = wire.request_body(self._method)
             cached = (body, b"Content-Length: %d\r\n" % len(body))
-            self._bodies[method] = cached
+            self._bodies[self._method] = cached
         body, length = cached
         token = tokens.sign(self._key_id, self._key, self.name, body)
-        return b"".join((self._head_prefix, length, b"Authorization: ", token.encode("ascii"), b"\r\n\r\n", body))
+        self._out = b"".join((self._head_prefix, length, b"Authorization: ", token.encode("ascii"), b"\r\n\r\n", body))
+        self._buffer = bytearray()
+        self._body_at = -1
+        self._length = -1
+        self._state = _SENDING
+        self._want = WRITE
+        self._send()
 
-    def _respond(self, method: str, deadline: float) -> bytes:
-        reused = self._sock is not None
+    def _send(self) -> None:
+        sock = self._socket()
         try:
-            sock = self._sock if self._sock is not None else self._connect(deadline)
-            self._sock = sock
+            # TLS writes are all or nothing (no partial writes): a retry passes the same bytes
+            sent = sock.send(self._out)
+        except ssl.SSLWantWriteError:
+            self._want = WRITE
+            return
+        except ssl.SSLWantReadError:
+            self._want = READ
+            return
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            self._stale_or(AgentTLSFailure(self.name, "agent closed the connection"))
+            return
+        except ssl.SSLError as exc:
+            raise AgentTLSFailure(self.name, f"TLS error: {ssl_reason(exc)}") from None
+        except OSError as exc:
+            if exc.errno in _STALE_ERRNOS:
+                self._stale_or(AgentUnreachable(self.name, os_detail(exc, "request")))
+                return
+            raise AgentUnreachable(self.name, os_detail(exc, "request")) from None
+        self._out = self._out[sent:]
+        if not self._out:
+            self._state = _RECEIVING
+            self._want = READ
+
+    def _stale_or(self, error: PollError) -> None:
+        """A reused connection the agent had closed: reconnect once (new token); else ``error``."""
+        if self._fresh:
+            raise error
+        self.close()
+        self._fresh = True
+        self._addresses = list(self._resolved)
+        self._connect_next()
+
+    def _receive(self) -> bytes | None:
+        sock = self._socket()
+        while True:
             try:
-                return self._exchange(sock, method, deadline, fresh=not reused)
-            except _StaleConnection:
-                # The agent closed the idle kept-alive connection: once more, on a new one, new token.
-                self.close()
-                sock = self._connect(deadline)
-                self._sock = sock
-                return self._exchange(sock, method, deadline, fresh=True)
-        except PollError:
-            self.close()
-            raise
-        except BaseException:
-            self.close()
-            raise
+                chunk = sock.recv(_RECV_SIZE)
+            except ssl.SSLWantReadError:
+                return None
+            except ssl.SSLWantWriteError:
+                self._want = WRITE
+                return None
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                chunk = b""
+            except ssl.SSLError as exc:
+                # With TLS 1.3 the agent judges our certificate after our side of the handshake is done:
+                # its refusal arrives as an alert on the first read.
+                raise AgentTLSFailure(self.name, f"TLS error: {ssl_reason(exc)}") from None
+            except OSError as exc:
+                if exc.errno in _STALE_ERRNOS and not self._buffer:
+                    self._stale_or(AgentUnreachable(self.name, os_detail(exc, "answer")))
+                    return None
+                raise AgentUnreachable(self.name, os_detail(exc, "answer")) from None
+            self._want = READ
+            if not chunk:
+                if not self._buffer:
+                    self._stale_or(AgentTLSFailure(self.name, "agent closed the connection without answering"))
+                    return None
+                raise AgentBadResponse(self.name, "connection closed before the answer was complete")
+            self._buffer += chunk
+            body = self._complete()
+            if body is not None:
+                return body
 
-    def _connect(self, deadline: float) -> ssl.SSLSocket:
-        remaining = _remaining(self.name, deadline)
-        try:
-            raw = socket.create_connection((self._server_hostname, self.port), timeout=remaining)
-        except TimeoutError:
-            raise AgentTimeout(self.name, "connect timed out") from None
-        except socket.gaierror as exc:
-            raise AgentUnreachable(self.name, f"cannot resolve host ({_clean(str(exc.strerror))})") from None
-        except OSError as exc:
-            raise AgentUnreachable(self.name, _os_detail(exc, "connect")) from None
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            raw.settimeout(_remaining(self.name, deadline))
-            return self._context.wrap_socket(raw, server_hostname=self._server_hostname)
-        except ssl.SSLCertVerificationError as exc:
-            raw.close()
-            raise AgentTLSFailure(
-                self.name, f"agent certificate rejected: {_clean(exc.verify_message or 'invalid')}"
-            ) from None
-        except ssl.SSLError as exc:
-            raw.close()
-            raise AgentTLSFailure(self.name, f"handshake failed: {_ssl_reason(exc)}") from None
-        except TimeoutError:
-            raw.close()
-            raise AgentTimeout(self.name, "TLS handshake timed out") from None
-        except OSError as exc:
-            raw.close()
-            raise AgentTLSFailure(self.name, f"handshake failed: {_os_detail(exc, 'handshake')}") from None
-        except PollError:
-            raw.close()
-            raise
-
-    def _exchange(self, sock: ssl.SSLSocket, method: str, deadline: float, *, fresh: bool) -> bytes:
-        request = self._request(method)
-        try:
-            sock.settimeout(_remaining(self.name, deadline))
-            sock.sendall(request)
-            head, rest = self._read_head(sock, deadline)
-        except TimeoutError:
-            raise AgentTimeout(self.name, "no answer within timeout") from None
-        except ssl.SSLError as exc:
-            # With TLS 1.3 the agent judges our certificate after our side of the handshake is done:
-            # its refusal arrives as an alert on the first read.
-            if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) and not fresh:
-                raise _StaleConnection from None
-            raise AgentTLSFailure(self.name, f"TLS error: {_ssl_reason(exc)}") from None
-        except _PeerClosed:
-            if not fresh:
-                raise _StaleConnection from None
-            raise AgentTLSFailure(self.name, "agent closed the connection after the handshake") from None
-        except OSError as exc:
-            if not fresh and exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
-                raise _StaleConnection from None
-            raise AgentUnreachable(self.name, _os_detail(exc, "exchange")) from None
-        status, headers = self._parse_head(head)
-        if headers.get("transfer-encoding") is not None:
-            raise AgentBadResponse(self.name, "chunked or encoded transfer refused")
-        encoding = headers.get("content-encoding")
-        if encoding is not None and encoding.lower() != "identity":
-            raise AgentBadResponse(self.name, "content coding refused")
-        length = _content_length(self.name, headers.get("content-length"), self._max_response)
-        try:
-            body = self._read_body(sock, rest, length, deadline)
-        except TimeoutError:
-            raise AgentTimeout(self.name, "answer body timed out") from None
-        except ssl.SSLError as exc:
-            raise AgentTLSFailure(self.name, f"TLS error: {_ssl_reason(exc)}") from None
-        except _PeerClosed:
-            raise AgentBadResponse(self.name, "answer shorter than its Content-Length") from None
-        except OSError as exc:
-            raise AgentUnreachable(self.name, _os_detail(exc, "read")) from None
-        if headers.get("connection", "").lower() == "close":
+    def _complete(self) -> bytes | None:
+        """The body once the answer is complete; checks the head as soon as it is there."""
+        if self._body_at < 0:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEADER_BYTES:
+                    raise AgentBadResponse(self.name, "HTTP head too large")
+                return None
+            if end > MAX_HEADER_BYTES:
+                raise AgentBadResponse(self.name, "HTTP head too large")
+            self._status, self._headers = parse_head(self.name, bytes(self._buffer[:end]))
+            self._body_at = end + 4
+            headers = self._headers
+            if "transfer-encoding" in headers:
+                raise AgentBadResponse(self.name, "transfer coding refused")
+            coding = headers.get("content-encoding")
+            if coding is not None and coding.lower() != "identity":
+                raise AgentBadResponse(self.name, "content coding refused")
+            self._length = content_length(self.name, headers.get("content-length"), self._max_response)
+        have = len(self._buffer) - self._body_at
+        if have < self._length:
+            return None
+        if have > self._length:
+            raise AgentBadResponse(self.name, "bytes after the answer")
+        body = bytes(self._buffer[self._body_at :])
+        self._buffer = bytearray()
+        self._state = _IDLE
+        if self._headers.get("connection", "").lower() == "close":
             self.close()
-        if status != 200:
+        if self._status != 200:
             self.close()
-            self._raise_status(status, headers)
+            raise_status(self.name, self._status, self._headers)
         return body
 
-    def _read_head(self, sock: ssl.SSLSocket, deadline: float) -> tuple[bytes, bytes]:
-        buffer = b""
-        while True:
-            chunk = sock.recv(_RECV_SIZE)
-            if not chunk:
-                if buffer:
-                    raise AgentBadResponse(self.name, "connection closed inside the HTTP head")
-                raise _PeerClosed
-            buffer += chunk
-            end = buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                if end > MAX_HEADER_BYTES:
-                    raise AgentBadResponse(self.name, "HTTP head too large")
-                return buffer[:end], buffer[end + 4 :]
-            if len(buffer) > MAX_HEADER_BYTES:
-                raise AgentBadResponse(self.name, "HTTP head too large")
-            sock.settimeout(_remaining(self.name, deadline))
 
-    def _read_body(self, sock: ssl.SSLSocket, rest: bytes, length: int, deadline: float) -> bytes:
-        if len(rest) >= length:
-            if len(rest) > length:
-                raise AgentBadResponse(self.name, "bytes after the answer")
-            return rest
-        parts = [rest]
-        have = len(rest)
-        while have < length:
-            sock.settimeout(_remaining(self.name, deadline))
-            chunk = sock.recv(min(_RECV_SIZE, length - have))
-            if not chunk:
-                raise _PeerClosed
-            parts.append(chunk)
-            have += len(chunk)
-        return b"".join(parts)
-
-    def _parse_head(self, head: bytes) -> tuple[int, dict[str, str]]:
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-            raise AgentBadResponse(self.name, "undecodable HTTP head") from None
-        lines = text.split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if (
-            len(parts) < 2
-            or parts[0] not in ("HTTP/1.1", "HTTP/1.0")
-            or not (len(parts[1]) == 3 and parts[1].isdigit())
-        ):
-            raise AgentBadResponse(self.name, "not an HTTP response")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise AgentBadResponse(self.name, "malformed HTTP header")
-            key = name.lower()
-            if key in headers and key in ("content-length", "transfer-encoding"):
-                raise AgentBadResponse(self.name, "repeated framing header")
-            headers[key] = value.strip()
-        if parts[0] == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
-            headers["connection"] = "close"
-        return int(parts[1]), headers
-
-    def _raise_status(self, status: int, headers: dict[str, str]) -> None:
-        if status in (401, 403):
-            what = "request token refused" if status == 401 else "client identity not allowed"
-            raise AgentAuthRefused(self.name, f"HTTP {status}: {what}")
-        if status == 429:
-            raise AgentRateLimited(self.name, "HTTP 429: rate limited", _retry_after(headers.get("retry-after")))
-        raise AgentBadResponse(self.name, f"HTTP {status}")
+def parse_head(agent: str, head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not (len(parts[1]) == 3 and parts[1].isdigit()):
+        raise AgentBadResponse(agent, "not an HTTP response")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise AgentBadResponse(agent, "malformed HTTP header")
+        key = name.lower()
+        if key in headers and key in ("content-length", "transfer-encoding"):
+            raise AgentBadResponse(agent, "repeated framing header")
+        headers[key] = value.strip()
+    if parts[0] == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
+        headers["connection"] = "close"
+    return int(parts[1]), headers
 
 
-class _StaleConnection(Exception):
-    """A reused connection turned out closed by the agent before it answered."""
+def raise_status(agent: str, status: int, headers: dict[str, str]) -> None:
+    if status in (401, 403):
+        what = "request token refused" if status == 401 else "client identity not allowed"
+        raise AgentAuthRefused(agent, f"HTTP {status}: {what}")
+    if status == 429:
+        raise AgentRateLimited(agent, "HTTP 429: rate limited", retry_after(headers.get("retry-after")))
+    raise AgentBadResponse(agent, f"HTTP {status}")
 
 
-class _PeerClosed(Exception):
-    """The agent closed the connection (clean EOF)."""
-
-
-def _remaining(agent: str, deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise AgentTimeout(agent, "deadline exceeded")
-    return left
-
-
-def _content_length(agent: str, value: str | None, cap: int) -> int:
+def content_length(agent: str, value: str | None, cap: int) -> int:
     if value is None:
         raise AgentBadResponse(agent, "no Content-Length")
     if not value.isdigit() or len(value) > 12:
@@ -308,19 +439,19 @@ def _content_length(agent: str, value: str | None, cap: int) -> int:
     return length
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     if value is None or not value.isdigit() or len(value) > 6:
         return None
     return min(float(value), MAX_RETRY_AFTER)
 
 
-def _ssl_reason(exc: ssl.SSLError) -> str:
+def ssl_reason(exc: ssl.SSLError) -> str:
     reason = exc.reason or type(exc).__name__
-    return _clean(str(reason)).lower().replace("_", " ")
+    return clean(str(reason)).lower().replace("_", " ")
 
 
-def _os_detail(exc: OSError, stage: str) -> str:
+def os_detail(exc: OSError, stage: str) -> str:
     if exc.errno is not None:
         name = errno.errorcode.get(exc.errno, str(exc.errno))
-        return f"{stage}: {name} ({_clean(exc.strerror or '')})"
-    return f"{stage}: {_clean(str(exc))}"
+        return f"{stage}: {name} ({clean(exc.strerror or '')})"
+    return f"{stage}: {clean(str(exc))}"

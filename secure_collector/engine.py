@@ -1,0 +1,228 @@
+"""One thread drives every call in flight: a selector over the agents' non-blocking connections.
+
+:class:`Engine` starts calls (:meth:`Engine.start`), and each :meth:`Engine.poll` waits for socket events,
+advances the calls they concern, expires calls past their deadline and returns the finished ones as
+:class:`~secure_collector.sink.PollResult` records (validated, stamped with the collector's clock).
+A thread per agent would spend more CPU handing the interpreter lock around than polling; here a poll
+costs its own work only (docs/benchmarks.md).
+
+Host names (not IP literals) are resolved on a small thread pool, so a slow DNS server delays only the
+agents it serves; :meth:`Engine.wake` (safe from other threads and signal handlers) interrupts a wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import heapq
+import itertools
+import logging
+import queue
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
+
+from secure_collector.errors import AgentBadResponse, AgentTimeout, AgentUnreachable, PollError
+from secure_collector.sink import PollResult
+from secure_collector.transport import Address, AgentConnection, is_ip_literal, os_detail, resolve
+from secure_collector.validate import AnswerInvalid, to_sample, validate_answer
+
+logger = logging.getLogger(__name__)
+
+METHOD = "get_metrics"
+RESOLVER_THREADS = 2
+
+
+class Stamper:
+    """Collector-clock timestamps, rounded to the millisecond and strictly increasing per agent.
+
+    (agent, timestamp) identifies a sample in storage, so two polls of one agent must never share one,
+    even if the wall clock steps back.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def __call__(self, agent: str) -> float:
+        now = round(self._clock(), 3)
+        last = self._last.get(agent)
+        if last is not None and now <= last:
+            now = round(last + 0.001, 3)
+        self._last[agent] = now
+        return now
+
+
+class _Call(NamedTuple):
+    connection: AgentConnection
+    started: float
+
+
+class Engine:
+    """Runs calls to many agents concurrently on the calling thread. Not thread-safe but for :meth:`wake`."""
+
+    def __init__(self, stamp: Stamper | None = None) -> None:
+        self.stamp = stamp or Stamper()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._calls: dict[str, _Call] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
+        self._resolver: ThreadPoolExecutor | None = None
+        self._resolved: queue.SimpleQueue[tuple[str, list[Address] | OSError]] = queue.SimpleQueue()
+        self._finished: list[PollResult] = []
+
+    def __len__(self) -> int:
+        """Calls in flight."""
+        return len(self._calls)
+
+    def busy(self, name: str) -> bool:
+        return name in self._calls
+
+    def wake(self) -> None:
+        """Make a :meth:`poll` in progress return early (any thread, or a signal handler)."""
+        with contextlib.suppress(OSError):  # already woken (buffer full) or closing: either way it wakes
+            self._wake_w.send(b"\x00")
+
+    # -- starting calls --------------------------------------------------------------------------
+    def start(self, connection: AgentConnection) -> None:
+        """Begin a ``get_metrics`` call to ``connection``'s agent (at most one per agent at a time)."""
+        now = time.monotonic()
+        name = connection.name
+        if name in self._calls:
+            raise ValueError(f"{name}: a call is already in flight")
+        self._calls[name] = _Call(connection, now)
+        heapq.heappush(self._deadlines, (now + connection.timeout, next(self._sequence), name))
+        if not connection.connected and not is_ip_literal(connection.host):
+            resolver = self._resolver or ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve")
+            self._resolver = resolver
+            future = resolver.submit(resolve, connection.host, connection.port)
+            future.add_done_callback(functools.partial(self._on_resolved, name))
+            connection.deadline = now + connection.timeout
+            return
+        self._begin(connection, None, now)
+
+    def _on_resolved(self, name: str, future: Future[list[Address]]) -> None:
+        error = future.exception()
+        if isinstance(error, OSError):
+            self._resolved.put((name, error))
+        elif error is None:
+            self._resolved.put((name, future.result()))
+        else:
+            self._resolved.put((name, OSError(0, "resolver failed")))
+        self.wake()
+
+    def _begin(self, connection: AgentConnection, addresses: list[Address] | None, now: float) -> None:
+        try:
+            connection.begin(METHOD, addresses, now)
+        except PollError as exc:
+            self._fail(connection.name, exc)
+            return
+        self._watch(connection)
+
+    def _watch(self, connection: AgentConnection) -> None:
+        fd = connection.fileno()
+        if fd >= 0 and connection.busy:
+            self._selector.register(fd, connection.interest, connection.name)
+
+    # -- progress ---------------------------------------------------------------------------------
+    def poll(self, timeout: float | None) -> list[PollResult]:
+        """Wait up to ``timeout`` seconds for progress; return the calls that finished (maybe none)."""
+        if not self._finished:
+            wait = timeout
+            if self._deadlines:
+                until = max(0.0, self._deadlines[0][0] - time.monotonic())
+                wait = until if wait is None else min(wait, until)
+            for key, _ in self._selector.select(wait):
+                name = key.data
+                if name is None:
+                    self._drain_wake()
+                    continue
+                call = self._calls.get(name)
+                self._selector.unregister(key.fileobj)
+                if call is not None:
+                    self._advance(call.connection)
+            self._take_resolved()
+            self._expire(time.monotonic())
+        finished, self._finished = self._finished, []
+        return finished
+
+    def _advance(self, connection: AgentConnection) -> None:
+        try:
+            body = connection.step()
+            if body is None:
+                self._watch(connection)
+                return
+            value = connection.finish(body)
+            timestamp = self.stamp(connection.name)
+            try:
+                sample = to_sample(validate_answer(value, connection.name), timestamp)
+            except AnswerInvalid as exc:
+                raise AgentBadResponse(connection.name, str(exc)) from None
+        except PollError as exc:
+            self._fail(connection.name, exc)
+            return
+        call = self._calls.pop(connection.name)
+        latency = (time.monotonic() - call.started) * 1000
+        self._finished.append(PollResult(connection.name, timestamp, "up", "", latency, sample))
+
+    def _fail(self, name: str, exc: PollError) -> None:
+        call = self._calls.pop(name, None)
+        if call is None:
+            return
+        fd = call.connection.fileno()
+        if fd >= 0 and fd in self._selector.get_map():
+            self._selector.unregister(fd)
+        call.connection.close()
+        latency = (time.monotonic() - call.started) * 1000
+        retry_after = getattr(exc, "retry_after", None)
+        self._finished.append(PollResult(name, self.stamp(name), exc.state, exc.detail, latency, None, retry_after))
+
+    def _expire(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, _, name = heapq.heappop(self._deadlines)
+            call = self._calls.get(name)
+            if call is None or call.started + call.connection.timeout != deadline:
+                continue  # that call is over; a newer one has its own entry
+            try:
+                call.connection.expire(now)
+                raise AgentTimeout(name, f"no answer within {call.connection.timeout:g} s")
+            except PollError as exc:
+                self._fail(name, exc)
+
+    def _take_resolved(self) -> None:
+        while True:
+            try:
+                name, outcome = self._resolved.get_nowait()
+            except queue.Empty:
+                return
+            call = self._calls.get(name)
+            if call is None or call.connection.busy or call.connection.connected:
+                continue  # expired meanwhile
+            if isinstance(outcome, OSError):
+                self._fail(name, AgentUnreachable(name, os_detail(outcome, "resolve")))
+            else:
+                self._begin(call.connection, outcome, call.started)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            return
+
+    def close(self) -> None:
+        for name in list(self._calls):
+            self._fail(name, AgentTimeout(name, "collector stopping"))
+        self._finished = []
+        if self._resolver is not None:
+            self._resolver.shutdown(wait=False, cancel_futures=True)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
