@@ -167,3 +167,13 @@ def test_any_split_verifies_and_any_missing_inner_segment_is_found(
     gone = data.draw(st.integers(min_value=1, max_value=len(paths) - 2))
     broken = verify_segments(paths[:gone] + paths[gone + 1 :])
     assert not broken.ok and broken.bad_path == paths[gone + 1] and broken.bad_line == 1
+
+
+def test_a_cut_tail_is_not_detectable_from_the_file_alone(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """SECURITY.md residual risk: the chain cannot show records removed from its end; a kept last hash can."""
+    (path,) = write_segments(tmp_path, [5])
+    kept_last_hash = json.loads(path.read_text().splitlines()[-1])["hash"]
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:3]))
+    code, out, _ = verify(capsys, path)
+    assert code == 0  # the file alone looks intact...
+    assert kept_last_hash not in out  # ...but the last hash recorded elsewhere is no longer its last hash
