@@ -4,49 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from storage.base import Batch
+from storage.models import Alert
 from tests.viz.conftest import assert_real_png, listed, write_config, write_file_store
 from tests.viz.fleet import HOSTILE_AGENT, fleet
+from tests.viz.page import PageParser, table_agents, table_rows
 from viz.plots import PLOTS
-
-
-class _Cells(HTMLParser):
-    """The text of the first cell of each body row of the agents table."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.agents: list[str] = []
-        self._in_body = False
-        self._cell = -1
-        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, attrs))
-        if tag == "tbody":
-            self._in_body = True
-        elif tag == "tr" and self._in_body:
-            self._cell = -1
-        elif tag == "td" and self._in_body:
-            self._cell += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "tbody":
-            self._in_body = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_body and self._cell == 0 and data.strip():
-            self.agents.append(data.strip())
-            self._cell = 99
-
-
-def table_agents(index: Path) -> list[str]:
-    parser = _Cells()
-    parser.feed(index.read_text(encoding="utf-8"))
-    return parser.agents
 
 
 @pytest.mark.parametrize("name", list(PLOTS))
@@ -119,7 +86,7 @@ def test_no_data_exits_1_without_writing(run_viz, tmp_path: Path, agent: str | N
 def test_index_escapes_hostile_text(run_viz, file_config: Path, tmp_path: Path) -> None:
     assert run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path).code == 0
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
-    parser = _Cells()
+    parser = PageParser()
     parser.feed(page)
     tags = {tag for tag, _ in parser.tags}
     assert "script" not in tags
@@ -172,3 +139,26 @@ def test_a_plot_that_cannot_be_written_fails_the_run(run_viz, file_config: Path,
     assert result.err.count("\n") == 1
     assert not (tmp_path / "index.html").exists(), "no dashboard pointing at a missing plot"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left"
+
+
+def test_open_alerts_come_from_all_history(run_viz, tmp_path: Path, now: float) -> None:
+    """An alert fired days ago and never cleared is open; one fired then cleared is not."""
+    recent = fleet(now, agents=("a-1", "b-1"), hours=0.5, no_sensor=())
+    old = Batch(alerts=[
+        Alert(agent="a-1", timestamp=now - 3 * 86_400, metric="disk_usage", value=97.0, threshold=90.0,
+              severity="critical", message="disk nearly full"),
+        Alert(agent="b-1", timestamp=now - 3 * 86_400, metric="disk_usage", value=95.0, threshold=90.0,
+              severity="critical", message="disk nearly full"),
+        Alert(agent="b-1", timestamp=now - 2 * 86_400, metric="disk_usage", value=50.0, threshold=90.0,
+              severity="info", state="cleared"),
+    ])
+    config = write_config(tmp_path / "collector.json", write_file_store(tmp_path, old, recent))
+    out = tmp_path / "out"
+    assert run_viz("--config", config, "--plot", "all", "--hours", "1", "--output-dir", out).code == 0
+    rows = table_rows(out / "index.html")
+    assert rows["a-1"][4].startswith("2")
+    assert "critical disk_usage 97 (threshold 90): disk nearly full" in rows["a-1"][4]
+    assert "disk_usage" in rows["a-1"][4] and "cpu_usage" in rows["a-1"][4]
+    assert "disk_usage" not in rows["b-1"][4]
+    assert rows["b-1"][2].startswith("timeout"), "the newest state of the agent"
+    assert rows["a-1"][2] == "up"

@@ -11,7 +11,7 @@ from storage import open_store
 from storage.config import StorageConfig
 from tests.viz.conftest import assert_real_png, write_config
 from tests.viz.fleet import HOSTILE_MESSAGE, fleet, hostile
-from tests.viz.test_cli_file import table_agents
+from tests.viz.page import table_agents
 from viz.plots import PLOTS
 
 pytestmark = pytest.mark.mysql
