@@ -414,6 +414,15 @@ def test_unknown_key_is_one_line_naming_the_key(capsys: pytest.CaptureFixture[st
     assert report.code == 2 and report.stderr.strip().endswith("tls.verify: unknown key")
 
 
+@pytest.mark.parametrize(("section", "key", "value"), [("security", "require_auth", False), ("tls", "verify", False)])
+def test_predecessor_and_verification_switches_do_not_exist(
+    capsys: pytest.CaptureFixture[str], pki: TestPKI, section: str, key: str, value: object
+) -> None:
+    edit(agent_config(pki), lambda d: d[section].update({key: value}))
+    report = check_agent(capsys, pki)
+    assert report.code == 2 and report.stderr.strip().endswith(f"{section}.{key}: unknown key")
+
+
 def test_no_config_given_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     report = run_check(capsys)
     assert report.code == 2 and report.stderr.count("\n") == 1 and "--agent-config" in report.stderr
