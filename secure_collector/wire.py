@@ -2,7 +2,8 @@
 
 Hostile XML is refused before any tree exists: an answer holding ``<!`` anywhere (a DOCTYPE, an entity or
 notation declaration, a comment, CDATA) is rejected, and the parser decodes the bytes as UTF-8 whatever
-the document declares, so ``<!`` cannot hide in another encoding. Without a DOCTYPE there is no internal
+the document declares, so ``<!`` cannot hide in another encoding (NUL bytes and UTF-16 byte order marks,
+which expat would honour anyway, are refused first). Without a DOCTYPE there is no internal
 or external DTD, hence no entity can be declared: no billion laughs, no quadratic blowup, no external
 entity or DTD fetch; only XML's five predefined entities and character references remain, and expat
 refuses any other entity reference. This is what defusedxml enforces with ``forbid_dtd=True`` (plus its
@@ -52,6 +53,9 @@ def request_body(method: str) -> bytes:
 
 def parse_response(body: bytes) -> Answer:
     """Parse an XML-RPC ``methodResponse``; raise :class:`WireError` on anything else."""
+    if b"\x00" in body or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        # expat honours a UTF-16 byte order mark even over a forced encoding, and there "<!" is "<\0!\0"
+        raise WireError("malformed XML (not UTF-8)")
     if b"<!" in body:
         raise WireError("DTDs, entities, comments and CDATA are not accepted")
     if body.count(b"<") > 2 * MAX_ELEMENTS:
@@ -151,8 +155,9 @@ def _value(element: Element, depth: int) -> Any:
         inner = depth + 3
         return [_value(item, inner) for item in typed[0]]
     if tag == "int" or tag == "i4" or tag == "i8":
+        digits = _number_text(typed)
         try:
-            return int(_number_text(typed))
+            return int(digits)
         except ValueError:
             raise WireError("not an integer") from None
     if tag == "boolean":
