@@ -186,3 +186,8 @@ class AgentServer(SimpleXMLRPCServer):
     def connection_count(self) -> int:
         with self._idle:
             return len(self._connections)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no connection is open (each has written its audit records); False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._connections, timeout)

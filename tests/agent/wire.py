@@ -6,7 +6,6 @@ import http.client
 import json
 import socket
 import ssl
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,21 +132,18 @@ def records(agent: RunningAgent) -> list[dict[str, Any]]:
 def wait_for_record(
     agent: RunningAgent, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = AUDIT_WAIT
 ) -> dict[str, Any]:
-    """The first audit record matching ``predicate``, waiting (bounded) for the agent to write it.
+    """The first audit record matching ``predicate``, once every open connection has ended.
 
     Needed where the client learns the outcome before the agent writes its record (a failed
-    handshake is seen by both sides at once); the wait ends as soon as the record is there.
+    handshake is seen by both sides at once). A connection is registered before its handshake
+    starts and leaves only after its records are written, so once the agent has no connection
+    left, every record of what the client saw is in the file: no polling.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        for record in records(agent):
-            if predicate(record):
-                return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no audit record matched within {timeout} s: {records(agent)[-5:]}")
-        time.sleep(delay)  # polling a file for a condition, bounded by the deadline above
-        delay = min(0.05, delay * 2)
+    assert agent.agent.server.wait_idle(timeout), "connections still open"
+    for record in records(agent):
+        if predicate(record):
+            return record
+    raise AssertionError(f"no audit record matched: {records(agent)[-5:]}")
 
 
 def event(name: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
