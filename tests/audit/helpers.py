@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki import ca as ca_lib
 from pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
-from secure_audit import check
+from secure_audit import check, cli
 from tests.plugins.pki import TestPKI
 
 
@@ -46,6 +46,13 @@ def run_check(capsys: pytest.CaptureFixture[str], *args: str) -> Report:
     captured = capsys.readouterr()
     document: dict[str, Any] | None = json.loads(captured.out) if captured.out else None
     return Report(code, document, captured.err)
+
+
+def run_verify(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """``secure-audit verify ARGS`` in process: exit code, stdout, stderr."""
+    code = cli.main(["verify", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def edit(path: Path, change: Callable[[dict[str, Any]], None]) -> Path:

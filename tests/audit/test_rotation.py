@@ -18,6 +18,7 @@ from secure_agent.audit import GENESIS, AuditLog, parse_timestamp, verify_file
 from secure_agent.audit_rotation import RotationPolicy, shift_segments
 from secure_audit import cli
 from secure_audit.segments import rotated_segments, verify_segments
+from tests.audit.helpers import run_verify
 from tests.plugins.agent import StartAgent, rpc_call
 from tests.plugins.pki import TestPKI
 
@@ -40,18 +41,17 @@ def open_log(path: Path, backup_count: int = 50) -> AuditLog:
     return log
 
 
-def verify_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    code = cli.main(["verify", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+def rotated_log(path: Path, count: int, backup_count: int = 50) -> list[Path]:
+    """Write ``count`` records through a rotating log at ``path``; its segments, oldest first."""
+    log = open_log(path, backup_count)
+    write(log, count)
+    log.close()
+    return rotated_segments(path)
 
 
 def test_segments_rotate_by_size_and_verify_as_one_chain(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    log = open_log(path)
-    write(log, 60)
-    log.close()
-    segments = rotated_segments(path)
+    segments = rotated_log(path, 60)
     assert len(segments) >= 4  # 60 records of ~250 bytes in segments of 2 KiB
     for segment in segments[:-1]:
         size = segment.stat().st_size
@@ -62,30 +62,25 @@ def test_segments_rotate_by_size_and_verify_as_one_chain(capsys: pytest.CaptureF
     verdict = verify_segments(segments)
     assert verdict.ok and verdict.start == GENESIS
     assert verdict.records == 60 + len(segments) - 1  # the calls and one rotate record per new segment
-    code, out, _ = verify_cli(capsys, "--rotated", path)
+    code, out, _ = run_verify(capsys, "--rotated", path)
     assert code == 0 and f"chain intact: {len(segments)} segments, {verdict.records} records" in out
 
 
 def test_backup_count_bounds_the_segments_kept(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    log = open_log(path, backup_count=2)
-    write(log, 80)
-    log.close()
+    rotated_log(path, 80, backup_count=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.log", "audit.log.1", "audit.log.2"]
-    code, out, _ = verify_cli(capsys, "--rotated", path)
+    code, out, _ = run_verify(capsys, "--rotated", path)
     assert code == 0  # the oldest kept segment starts with a rotate record: it continues what was dropped
     assert f"{path}.2: continues an older segment that ended with hash " in out
 
 
 def test_a_deleted_middle_segment_is_detected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    log = open_log(path)
-    write(log, 40)
-    log.close()
-    segments = rotated_segments(path)
+    segments = rotated_log(path, 40)
     assert len(segments) >= 3
     segments[1].unlink()
-    code, out, err = verify_cli(capsys, "--rotated", path)
+    code, out, err = run_verify(capsys, "--rotated", path)
     assert code == 1
     assert f"{segments[2]}: line 1: does not follow {segments[0]}" in err
     assert f"{segments[2]}: BROKEN at line 1" in out
@@ -148,7 +143,7 @@ def test_compressed_segments_shift_under_their_compressed_name(
         write(log, 1)
     log.close()
     assert (tmp_path / "audit.log.3.gz").exists() and len(rotated_segments(path)) == before + 1
-    assert verify_cli(capsys, "--rotated", path)[0] == 0
+    assert run_verify(capsys, "--rotated", path)[0] == 0
 
 
 def test_a_running_agent_rotates_its_audit_log(start_agent: StartAgent, test_pki: TestPKI, tmp_path: Path) -> None:

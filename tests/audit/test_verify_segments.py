@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secure_agent.audit import GENESIS, AuditLog, seal
-from secure_audit import cli
+from tests.audit.helpers import run_verify
 
 
 def sealed(count: int, prev: str = GENESIS, *, rotate: bool = False) -> tuple[list[str], str]:
@@ -38,45 +38,39 @@ def write_segments(folder: Path, sizes: list[int], name: str = "audit.log") -> l
     return paths
 
 
-def verify(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    code = cli.main(["verify", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_a_live_log_from_the_writer_verifies(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.log", "agent-a", sync_interval=0)
     log.open()
     log.record("start", "ok")
     last = log.record("call", "served", method="ping")
     log.close()
-    code, out, err = verify(capsys, tmp_path / "audit.log")
+    code, out, err = run_verify(capsys, tmp_path / "audit.log")
     assert (code, err) == (0, "")
     assert out == f"{tmp_path / 'audit.log'}: intact, 2 records, last hash {last}\n"
 
 
 def test_rotated_segments_verify_as_one_chain(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     paths = write_segments(tmp_path, [3, 2, 4])
-    code, out, err = verify(capsys, *paths)
+    code, out, err = run_verify(capsys, *paths)
     assert code == 0, err
     assert out.splitlines()[-1].startswith("chain intact: 3 segments, 9 records, last hash ")
-    assert verify(capsys, "--rotated", tmp_path / "audit.log")[1] == out
+    assert run_verify(capsys, "--rotated", tmp_path / "audit.log")[1] == out
 
 
 def test_a_deleted_middle_segment_is_detected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     oldest, middle, live = write_segments(tmp_path, [3, 2, 4])
-    code, out, err = verify(capsys, oldest, live)
+    code, out, err = run_verify(capsys, oldest, live)
     assert code == 1
     reason = f"does not follow {oldest} (a segment is missing, out of order or replaced)"
     assert err == f"secure-audit verify: {live}: line 1: {reason}\n"
     assert out.splitlines()[-1] == f"{live}: BROKEN at line 1 (3 records intact before it)"
     middle.unlink()
-    assert verify(capsys, "--rotated", live)[0] == 1
+    assert run_verify(capsys, "--rotated", live)[0] == 1
 
 
 def test_segments_out_of_order_are_detected(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     oldest, middle, live = write_segments(tmp_path, [3, 2, 4])
-    code, _, err = verify(capsys, oldest, live, middle)
+    code, _, err = run_verify(capsys, oldest, live, middle)
     assert code == 1 and f"{live}: line 1: does not follow {oldest}" in err
 
 
@@ -85,7 +79,7 @@ def test_an_edited_record_names_its_segment_and_line(capsys: pytest.CaptureFixtu
     lines = middle.read_text().splitlines()
     lines[1] = lines[1].replace('"outcome":"ok"', '"outcome":"no"')
     middle.write_text("\n".join(lines) + "\n")
-    code, out, err = verify(capsys, "--rotated", live)
+    code, out, err = run_verify(capsys, "--rotated", live)
     assert code == 1
     assert err == f"secure-audit verify: {middle}: line 2: hash does not match its content (edited)\n"
     assert out.splitlines() == [
@@ -98,7 +92,7 @@ def test_a_segment_alone_continues_from_the_hash_its_rotate_record_names(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     _, _, live = write_segments(tmp_path, [3, 2, 4])
-    code, out, _ = verify(capsys, live)
+    code, out, _ = run_verify(capsys, live)
     assert code == 0
     assert out.splitlines()[-1].startswith(f"{live}: continues an older segment that ended with hash ")
 
@@ -107,7 +101,7 @@ def test_records_cut_from_the_start_are_detected(capsys: pytest.CaptureFixture[s
     lines, _ = sealed(5)
     log = tmp_path / "audit.log"
     log.write_text("".join(line + "\n" for line in lines[2:]))  # no rotate record, prev is not genesis
-    code, _, err = verify(capsys, log)
+    code, _, err = run_verify(capsys, log)
     assert code == 1 and f"{log}: line 1: does not start a chain" in err
 
 
@@ -119,7 +113,7 @@ def test_rotated_finds_numbered_and_compressed_segments_in_numeric_order(
         with gzip.open(path.with_name(path.name + ".gz"), "wb") as handle:
             handle.write(path.read_bytes())
         path.unlink()
-    code, out, err = verify(capsys, "--rotated", tmp_path / "audit.log")
+    code, out, err = run_verify(capsys, "--rotated", tmp_path / "audit.log")
     assert code == 0, err
     assert "chain intact: 12 segments, 12 records" in out
     assert out.splitlines()[0].startswith(f"{tmp_path / 'audit.log.11.gz'}: intact")
@@ -135,7 +129,7 @@ def test_unreadable_segments_are_one_line_exit_2(
         bad.write_bytes(gzip.compress(oldest.read_bytes())[:-12])
     elif damage == "not-gzip":
         bad.write_bytes(oldest.read_bytes())
-    code, out, err = verify(capsys, bad, live)
+    code, out, err = run_verify(capsys, bad, live)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"secure-audit verify: {bad}: cannot read: ")
 
@@ -174,6 +168,6 @@ def test_a_cut_tail_is_not_detectable_from_the_file_alone(capsys: pytest.Capture
     (path,) = write_segments(tmp_path, [5])
     kept_last_hash = json.loads(path.read_text().splitlines()[-1])["hash"]
     path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:3]))
-    code, out, _ = verify(capsys, path)
+    code, out, _ = run_verify(capsys, path)
     assert code == 0  # the file alone looks intact...
     assert kept_last_hash not in out  # ...but the last hash recorded elsewhere is no longer its last hash
