@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -53,6 +55,13 @@ def run_verify(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[i
     code = cli.main(["verify", *map(str, args)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_program(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The real ``secure-audit`` program (``python -m secure_audit``) in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "secure_audit", *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def edit(path: Path, change: Callable[[dict[str, Any]], None]) -> Path:

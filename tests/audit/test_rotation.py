@@ -7,8 +7,6 @@ import gzip
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from secure_agent.audit import GENESIS, AuditLog, parse_timestamp, verify_file
 from secure_agent.audit_rotation import RotationPolicy, shift_segments
 from secure_audit import cli
 from secure_audit.segments import rotated_segments, verify_segments
-from tests.audit.helpers import run_verify
+from tests.audit.helpers import run_program, run_verify
 from tests.plugins.agent import StartAgent, rpc_call
 from tests.plugins.pki import TestPKI
 
@@ -162,13 +160,7 @@ def test_a_running_agent_rotates_its_audit_log(start_agent: StartAgent, test_pki
     agent.stop()
     live = records(agent.audit_log)
     assert [r["event"] for r in live] == ["rotate", "call", "stop"]
-    result = subprocess.run(
-        [sys.executable, "-m", "secure_audit", "verify", "--rotated", str(agent.audit_log)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_program("verify", "--rotated", agent.audit_log)
     assert result.returncode == 0, result.stderr
     assert "chain intact: 2 segments" in result.stdout
 

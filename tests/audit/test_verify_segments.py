@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secure_agent.audit import GENESIS, AuditLog, seal
-from tests.audit.helpers import run_verify
+from tests.audit.helpers import run_program, run_verify
 
 
 def sealed(count: int, prev: str = GENESIS, *, rotate: bool = False) -> tuple[list[str], str]:
@@ -136,13 +134,7 @@ def test_unreadable_segments_are_one_line_exit_2(
 
 def test_the_program_verifies_segments(tmp_path: Path) -> None:
     paths = write_segments(tmp_path, [2, 2])
-    result = subprocess.run(
-        [sys.executable, "-m", "secure_audit", "verify", *map(str, paths)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_program("verify", *paths)
     assert result.returncode == 0, result.stderr
     assert "chain intact: 2 segments, 4 records" in result.stdout
 
