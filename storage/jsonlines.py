@@ -9,8 +9,9 @@ quoting stays balanced; nested findings and extras at the end of a line are simp
 
 The fast path is only trusted where it is exact, and checked:
 
-* a line holding a backslash (a JSON escape, which the CSV reader would not decode) or the string
-  ``"null"`` (which it could not tell from ``null``) is parsed with :mod:`json` instead;
+* a line holding a backslash (a JSON escape, which the CSV reader would not decode), the string
+  ``"null"`` (which it could not tell from ``null``) or a string value beginning with ``:`` (whose
+  opening ``":`` the rewrite would take for a key's end) is parsed with :mod:`json` instead;
 * every row must carry the expected key tokens at the first and last column, the row count must equal
   the line count, and every number must parse; any line failing that goes to :mod:`json`;
 * lines :mod:`json` cannot read either (damaged by hand or by a disk) are skipped and counted in a warning.
@@ -32,6 +33,12 @@ from storage.frames import FrameSpec
 
 log = logging.getLogger(__name__)
 
+_NEEDS_JSON = (b"\\", b'"null"', b':":')
+"""A JSON escape; the string "null"; a string value that begins with a colon (its opening quote and
+that colon would be taken for the end of a key)."""
+_TAILS = {"samples": b',"findings":'}
+"""Where the nested details begin: past it, markers are harmless (never read, quoting stays balanced)."""
+
 # Before pandas 3 the default float parser is not exact; "round_trip" is (and is deprecated from 3 on).
 _FLOAT_OPTIONS: dict[str, Any] = (
     {"float_precision": "round_trip"} if int(pd.__version__.split(".", 1)[0]) < 3 else {}
@@ -42,15 +49,19 @@ def parse(data: bytes, spec: FrameSpec) -> pd.DataFrame:
     """Frame (unfiltered, unsorted) of the whole lines in ``data``; see the module docstring."""
     if not data:
         return frames.empty(spec)
-    if b"\\" not in data and b'"null"' not in data:
+    if not _needs_json(data):
         fast = _fast(data, spec)
         if fast is not None:
             return fast
     lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
-    clean = [line for line in lines if b"\\" not in line and b'"null"' not in line]
-    slow_lines = [line for line in lines if b"\\" in line or b'"null"' in line]
+    clean: list[bytes] = []
+    slow_lines: list[bytes] = []
+    tail = _TAILS.get(spec.name)
+    for line in lines:
+        end = line.find(tail) if tail is not None else -1
+        (slow_lines if _needs_json(line if end < 0 else line[:end]) else clean).append(line)
     parts: list[pd.DataFrame] = []
     if clean:
         fast = _fast(b"\n".join(clean) + b"\n", spec)
@@ -63,6 +74,11 @@ def parse(data: bytes, spec: FrameSpec) -> pd.DataFrame:
     if len(parts) == 1:
         return parts[0]
     return pd.concat(parts, ignore_index=True)
+
+
+def _needs_json(data: bytes) -> bool:
+    """Whether ``data`` holds something the fast path would misread (see the module docstring)."""
+    return any(marker in data for marker in _NEEDS_JSON)
 
 
 def _fast(data: bytes, spec: FrameSpec) -> pd.DataFrame | None:

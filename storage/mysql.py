@@ -33,7 +33,7 @@ from storage.config import StorageConfig
 from storage.errors import StorageConfigError, StorageError
 from storage.frames import FrameSpec
 from storage.models import Sample
-from storage.mysql_conn import connect_kwargs, translate
+from storage.mysql_conn import connect_kwargs, probe_unix_socket, translate
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ class MySQLStore:
         if self._closed:
             raise StorageError(f"mysql {self.where}: store is closed")
         try:
+            if "unix_socket" in self._kwargs:
+                probe_unix_socket(self._kwargs["unix_socket"])
             conn = pymysql.connect(**self._kwargs)
         except (pymysql.MySQLError, OSError) as exc:
             raise translate(exc, f"connect to {self.where}") from exc

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import ssl
 import stat
 from typing import Any
@@ -157,6 +158,17 @@ def connect_kwargs(config: StorageConfig) -> dict[str, Any]:
     else:
         kwargs["ssl"] = context
     return kwargs
+
+
+def probe_unix_socket(path: str) -> None:
+    """Connect and close, raising OSError when nothing listens at ``path``.
+
+    pymysql leaks its socket when connecting to a Unix socket fails; probing first with a socket we
+    close ourselves keeps a store that retries against a stopped server from leaking descriptors.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(CONNECT_TIMEOUT)
+        probe.connect(path)
 
 
 def translate(exc: BaseException, where: str) -> StorageError:

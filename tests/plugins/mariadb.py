@@ -140,7 +140,7 @@ class MariaDBServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise MariaDBError(f"mariadbd exited with {self._proc.returncode}:\n{self._log_tail()}")
-            if self.socket.exists():
+            if self._accepting():
                 try:
                     self.root_connection(connect_timeout=1).close()
                     return
@@ -150,6 +150,16 @@ class MariaDBServer:
                 self._proc.wait(timeout=_POLL)  # a bounded poll interval, not a synchronisation sleep
         self.stop()
         raise MariaDBError(f"mariadbd did not answer within {timeout:.0f} s ({last}):\n{self._log_tail()}")
+
+    def _accepting(self) -> bool:
+        """Whether something listens on the socket (probed with a socket we close: pymysql leaks its own)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1)
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM and wait (a clean InnoDB shutdown); SIGKILL if it hangs past ``timeout``."""

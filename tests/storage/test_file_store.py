@@ -297,3 +297,19 @@ def test_file_store_round_trips_like_memory(
         pd.testing.assert_frame_equal(
             FileStore(path, readonly=True).query_samples(0, 4e9, agent=s.agent), memory.query_samples(0, 4e9, s.agent)
         )
+
+
+@pytest.mark.parametrize(
+    "reason", [":", ":x", '":"', "null", "a\\b", "x,y", '{"agent":"db-1",', "\u2028", " ", "NaN", "NA", ""]
+)
+def test_awkward_strings_survive_the_fast_reader(tmp_path: Path, reason: str) -> None:
+    store = FileStore(tmp_path / "m.json", fsync=False)
+    plain = [sample(ts=T0 + i, findings=(), extra={"path": "C:\\tmp", "k": ":x"}) for i in range(3)]
+    odd = sample(ts=T0 + 3, temperature_reason=reason)
+    status = AgentStatus(agent="web-1", timestamp=T0, state="bad_response", detail=reason)
+    store.write(Batch(samples=[*plain, odd], statuses=[status]))
+    frame = store.query_samples(0, T0 + 10)
+    assert frame["temperature_reason"].tolist() == [None, None, None, reason]
+    assert frame["cpu_usage"].tolist() == [12.5] * 4
+    assert store.query_statuses(0, T0)["detail"].tolist() == [reason]
+    store.close()
