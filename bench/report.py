@@ -155,7 +155,9 @@ def goals_section(goals: Sequence[Mapping[str, Any]]) -> list[str]:
 def profile_section(profile: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     for phase, data in profile.items():
-        if not isinstance(data, Mapping):
+        if not isinstance(data, Mapping) or not ({"self", "total", "error"} & set(data)):
+            text = json.dumps(data, indent=1, default=str)[:4000]
+            lines += [f"Profile ({phase}):", "", "```json", text, "```", ""]
             continue
         if "error" in data:
             lines += [f"Profile ({phase}): not taken: {data['error']}", ""]

@@ -49,9 +49,11 @@ def goal(name: str, value: float | None, op: str, target: float, unit: str, deta
     miss = None
     if not met:
         if op in ("<", "<="):
-            miss = f"{value - target:.3g} {unit} over ({value / target:.2f}x the goal)"
+            ratio = f" ({value / target:.2f}x the goal)" if target else ""
+            miss = f"{value - target:.3g} {unit} over{ratio}"
         else:
-            miss = f"{target - value:.3g} {unit} short ({value / target:.0%} of the goal)"
+            ratio = f" ({value / target:.0%} of the goal)" if target else ""
+            miss = f"{target - value:.3g} {unit} short{ratio}"
     return Goal(name=name, value=value, op=op, target=target, unit=unit, met=met, miss=miss, detail=detail)
 
 

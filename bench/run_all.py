@@ -1,16 +1,17 @@
 """Run every benchmark, side by side with Glances and node_exporter, and write docs/benchmarks.md.
 
-    .venv/bin/python -m bench [--budget 570] [--only NAME]... [--quick] [--serial] [--output FILE]
+    .venv/bin/python -m bench [--budget 570] [--only NAME]... [--quick] [--overlap-idle] [--output FILE]
 
 Each benchmark is its own program (``python -m bench.bench_NAME``), run as a subprocess in its own
 process group with a time limit taken from the overall budget, so that one that is missing, fails
 or hangs is reported as such and the others still run. A benchmark's figures are read from the
 ``BENCH_RESULT {json}`` line it prints last; without one, its output goes into the report verbatim.
 
-The idle benchmark (two minutes of mostly waiting) runs alongside the others after the agent latency
-benchmark: it measures per-process CPU time and memory, which other load does not change much, and
-its own servers and polls add nothing measurable to the others. ``--serial`` runs it alone instead.
-The report is written atomically (temp file + ``os.replace``).
+The benchmarks run one after the other, so that none disturbs another. ``--overlap-idle`` runs the
+idle benchmark (two minutes of mostly waiting) alongside the others instead, saving those two
+minutes: it measures per-process CPU time and memory, which other load changes little, and its own
+servers and polls add nothing measurable to the others. The report is written atomically (temp file
++ ``os.replace``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Bench(NamedTuple):
     timeout: float  # seconds, at most
     args: tuple[str, ...] = ()
     quick_args: tuple[str, ...] = ()
-    background: bool = False
+    may_overlap: bool = False  # may run alongside the others (--overlap-idle)
     limits: str = ""  # what bounds these figures (mechanisms, not numbers); shown in the report
 
     @property
@@ -74,7 +75,7 @@ BENCHES = (
         200,
         args=("--window", "120"),
         quick_args=("--window", "30"),
-        background=True,
+        may_overlap=True,
         limits=(
             "the background security scan every check_interval (30 s: /proc processes, sockets, auth log "
             "tail), a poll per 30 s on a new TLS connection, and whatever timers the agent keeps (the "
@@ -95,7 +96,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds for everything (default 570)")
     parser.add_argument("--only", action="append", choices=[b.name for b in BENCHES], help="run only these")
     parser.add_argument("--quick", action="store_true", help="short runs of our benchmarks, to check the command")
-    parser.add_argument("--serial", action="store_true", help="run the idle benchmark alone, not alongside")
+    parser.add_argument("--overlap-idle", action="store_true", help="run the idle benchmark alongside the others")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="report file")
     return parser.parse_args(argv)
 
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> list[Outcome]:
             continue
         print(f"bench: {bench.name}: running (at most {min(bench.timeout, left):.0f} s)", file=sys.stderr, flush=True)
         running = _start(bench, args.quick, min(bench.timeout, left))
-        if bench.background and not args.serial:
+        if bench.may_overlap and args.overlap_idle:
             background.append(running)
         else:
             outcomes.append(_finish(running))
