@@ -70,7 +70,7 @@ FIELDS = frozenset(
     {
         "time", "event", "outcome", "reason", "agent", "peer", "subject", "common_name", "fingerprint",
         "serial", "method", "http_method", "path", "status", "request_id", "key_id", "address",
-        "version", "detail", "connections",
+        "version", "detail", "connections", "suppressed",
     }
 )
 _SYNCED_EVENTS = frozenset({"start", "stop", "reload", ROTATE_EVENT})

@@ -63,6 +63,7 @@ class Connection:
     def __init__(self, server: AgentServer, raw: socket.socket, client_address: Any) -> None:
         self.server = server
         self.peer = format_peer(client_address)
+        self.host = str(client_address[0])
         self.idle = False
         self._raw = raw
         self._sock: socket.socket = raw
@@ -101,7 +102,7 @@ class Connection:
             # many reads it takes, so a peer that trickles its handshake is cut off as well.
             sock.do_handshake()
         except OSError as exc:
-            self._audit("handshake_failed", "refused", reason=_handshake_reason(exc))
+            self.server.pre_auth.record(self.host, "handshake_failed", peer=self.peer, reason=_handshake_reason(exc))
             return
         der = sock.getpeercert(binary_form=True)
         if der is None:

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 128
 POLL_INTERVAL = 0.1  # seconds between checks of the stop flag and audit syncs in the accept loop
+PRE_AUTH_RECORD_BURST = 100  # audit records of pre-authentication refusals per address at once...
+PRE_AUTH_RECORDS_PER_SECOND = 5.0  # ...and per second after that (the rest are counted)
+MAX_SUPPRESSED_ADDRESSES = 10_000
 
 
 class Slots:
@@ -64,6 +67,49 @@ class Slots:
             self._counts[address] -= 1
             if self._counts[address] <= 0:
                 del self._counts[address]
+
+
+class PreAuthAudit:
+    """Audit records of refusals before a client is identified, bounded per source address.
+
+    Anyone who can reach the port can cause these (a denied address, a failed handshake), so one
+    record each would let an unauthenticated peer write to our disk at line rate and push real
+    history out of the rotated segments. Each address gets :data:`PRE_AUTH_RECORD_BURST` records at
+    once and :data:`PRE_AUTH_RECORDS_PER_SECOND` after that; what is left out is counted and the
+    count goes into that address's next record (``suppressed``), or into one record per address
+    at stop. Nothing goes unrecorded; floods are recorded in sum.
+    """
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+        self._limiter = RateLimiter(PRE_AUTH_RECORDS_PER_SECOND, PRE_AUTH_RECORD_BURST)
+        self._suppressed: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def record(self, host: str, event: str, **fields: object) -> None:
+        if not self._limiter.take(host).allowed:
+            with self._lock:
+                if host in self._suppressed or len(self._suppressed) < MAX_SUPPRESSED_ADDRESSES:
+                    self._suppressed[host] += 1
+                    return
+            # beyond that many flooding addresses, record rather than forget
+        with self._lock:
+            suppressed = self._suppressed.pop(host, 0)
+        try:
+            self._audit.record(event, "refused", suppressed=suppressed or None, **fields)
+        except AuditError as exc:
+            logger.error("%s", exc)
+
+    def flush(self) -> None:
+        """One record per address whose refusals were counted but not yet recorded."""
+        with self._lock:
+            pending, self._suppressed = self._suppressed, Counter()
+        for host, count in pending.items():
+            try:
+                self._audit.record("refusals_suppressed", "refused", peer=host, suppressed=count)
+            except AuditError as exc:
+                logger.error("%s", exc)
+                return
 
 
 class AgentServer(SimpleXMLRPCServer):
@@ -98,6 +144,7 @@ class AgentServer(SimpleXMLRPCServer):
         self.limits = limits
         self.stopping = False
         self.slots = Slots(limits.max_connections, limits.max_connections_per_ip)
+        self.pre_auth = PreAuthAudit(audit)
         self._connections: set[Connection] = set()
         self._idle = threading.Condition()
         register_contract(self, metrics)
@@ -129,10 +176,9 @@ class AgentServer(SimpleXMLRPCServer):
         return True
 
     def _deny(self, client_address: Any, reason: str) -> None:
-        try:
-            self.audit.record("connection_denied", "refused", peer=format_peer(client_address), reason=reason)
-        except AuditError as exc:
-            logger.error("%s", exc)
+        self.pre_auth.record(
+            str(client_address[0]), "connection_denied", peer=format_peer(client_address), reason=reason
+        )
 
     def process_request(self, request: Any, client_address: Any) -> None:
         worker = threading.Thread(
@@ -182,6 +228,7 @@ class AgentServer(SimpleXMLRPCServer):
             for connection in list(self._connections):
                 connection.cut()
         self.server_close()
+        self.pre_auth.flush()
 
     def connection_count(self) -> int:
         with self._idle:

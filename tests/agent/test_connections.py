@@ -161,3 +161,24 @@ def test_plain_http_on_the_tls_port(start_agent: StartAgent, test_pki: TestPKI) 
     record = wire.wait_for_record(agent, wire.event("handshake_failed"))
     assert "HTTP" in record["reason"].upper() or "VERSION" in record["reason"].upper()
     wire.assert_nothing_served(agent)
+
+
+def test_flood_of_denied_connections_is_recorded_in_sum(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    """An unauthenticated peer cannot write to the audit log at line rate: records are bounded, counts kept."""
+    from secure_agent.server import PRE_AUTH_RECORD_BURST
+
+    agent = start_agent(test_pki, security={"allowed_ips": ["127.0.0.2"]})
+    attempts = PRE_AUTH_RECORD_BURST + 150
+    for _ in range(attempts):
+        with wire.tcp(agent) as sock:
+            assert wire.is_closed(sock)
+    assert rpc_call(agent, test_pki, "ping", source="127.0.0.2") == "pong"  # others still served
+    agent.stop()
+    records = wire.records(agent)
+    denied = [r for r in records if r["event"] == "connection_denied"]
+    assert PRE_AUTH_RECORD_BURST <= len(denied) < attempts
+    summary = [r for r in records if r["event"] == "refusals_suppressed"]
+    assert len(summary) == 1 and summary[0]["peer"] == "127.0.0.1"
+    suppressed = sum(r.get("suppressed", 0) for r in denied) + summary[0]["suppressed"]
+    assert len(denied) + suppressed == attempts  # every refusal accounted for
+    wire.assert_chain_intact(agent)

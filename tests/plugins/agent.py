@@ -167,11 +167,13 @@ def rpc_call(
     key_id: str = "collector",
     collector: str = "collector",
     connection: http.client.HTTPSConnection | None = None,
+    source: str | None = None,
 ) -> Any:
     """Call ``method`` on ``agent`` as collector ``collector``; return the result.
 
     Raises :class:`xmlrpc.client.Fault` for a fault and :class:`RPCStatusError` for a refusal.
-    Pass ``connection`` (from :func:`connect`) to send several calls on one kept-alive connection.
+    Pass ``connection`` (from :func:`connect`) to send several calls on one kept-alive connection,
+    ``source`` to call from another loopback address (e.g. ``"127.0.0.2"``).
     """
     body = rpc_body(method, *params)
     key = tokens.load_key(pki.collector_files(collector)[2])
@@ -180,7 +182,7 @@ def rpc_call(
         "Authorization": tokens.sign(key_id, key, agent.name, body),
     }
     own = connection is None
-    conn = connection or connect(agent, pki, collector)
+    conn = connection or connect(agent, pki, collector, source=source)
     try:
         conn.request("POST", "/RPC2", body=body, headers=headers)
         response = conn.getresponse()
@@ -193,8 +195,14 @@ def rpc_call(
             conn.close()
 
 
-def connect(agent: Endpoint, pki: TestPKI, collector: str = "collector") -> http.client.HTTPSConnection:
+def connect(
+    agent: Endpoint, pki: TestPKI, collector: str = "collector", *, source: str | None = None
+) -> http.client.HTTPSConnection:
     """An HTTPS connection to ``agent`` with ``collector``'s certificate (not yet opened)."""
     return http.client.HTTPSConnection(
-        agent.host, agent.port, context=client_context(pki, collector), timeout=CLIENT_TIMEOUT
+        agent.host,
+        agent.port,
+        context=client_context(pki, collector),
+        timeout=CLIENT_TIMEOUT,
+        source_address=(source, 0) if source else None,
     )
