@@ -2,6 +2,8 @@
 
 1. TLS handshake (mutual; our CA, CRL, TLS floor) within ``handshake_timeout``.
 2. Client identity: certificate common name against ``security.allowed_clients`` (403).
+   A kept-alive connection made before a reload is closed when its next request arrives, so a
+   revocation or a narrower allowlist applies to every client at its next request.
 3. Then for every request on the kept-alive connection, each within ``request_timeout``:
    strict head (400) -> rate limit by certificate fingerprint (429 + Retry-After) -> path (404) and
    method (405) -> framing: Content-Length required and capped (411/400/413), no Transfer-Encoding,
@@ -108,7 +110,11 @@ class Connection:
         if der is None:
             self._audit("identity_refused", "refused", reason="no_certificate")
             return
-        self._identity = peer_identity(der)
+        try:
+            self._identity = peer_identity(der)
+        except ValueError:  # verified by OpenSSL, yet not parseable by cryptography: refuse, do not guess
+            self._audit("identity_refused", "refused", reason="unparseable_certificate")
+            return
         reader = Reader(sock)
         if not client_allowed(self._policy.allowed_clients, self._identity.common_name):
             self._audit("identity_refused", "refused", reason="common_name_not_allowed", status=403)
@@ -134,6 +140,12 @@ class Connection:
             started = reader.wait_for_request(time.monotonic() + wait)
             self.idle = False
             if not started or self.server.stopping:
+                return
+            if self.server.policy is not self._policy:
+                # Reloaded since this connection's handshake (a revocation, a new allowlist): the
+                # client must prove itself again. Closing a kept-alive connection is what an idle
+                # timeout does too; clients retry on a new connection.
+                logger.info("closing a connection from %s made before the last reload", self.peer)
                 return
             if not self._one_request(reader, time.monotonic() + limits.request_timeout):
                 return

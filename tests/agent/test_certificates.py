@@ -189,3 +189,20 @@ def test_reload_replaces_certificates_and_crl(
     _refused_at_tls(agent, pki, wire.collector_context(pki, "second"))  # still revoked: old CRL in force
     pki.crl.write_bytes(good_crl)
     wire.assert_chain_intact(agent)
+
+
+def test_kept_alive_connection_from_before_a_reload_must_reconnect(
+    start_agent: StartAgent, make_pki: Callable[..., TestPKI], tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki", agents=[LOCAL_AGENT], collectors=["collector", "second"])
+    agent = start_agent(pki, server={"idle_timeout": 10.0})
+    with wire.tls(agent, wire.collector_context(pki, "second")) as sock:
+        request = wire.signed_request(agent, pki, "ping", key_id="second")
+        assert wire.exchange(sock, request).status == 200
+        pki.revoke("second")
+        assert agent.reload()
+        # the same connection is not served again: closed, as an idle timeout would
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+            wire.exchange(sock, wire.signed_request(agent, pki, "ping", key_id="second"))
+    _refused_at_tls(agent, pki, wire.collector_context(pki, "second"))  # and a new one meets the new CRL
+    assert [r["common_name"] for r in wire.records(agent) if r["event"] == "call"] == ["second"]
