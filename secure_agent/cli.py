@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(agent)
     except (PKIError, AgentError) as exc:
         return _fail(str(exc))
+    except OSError as exc:  # anything of the host's left untranslated below: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
 
 
 if __name__ == "__main__":
