@@ -9,7 +9,9 @@ from storage.models import AgentStatus, Alert, Finding, Sample
 agents = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,12}", fullmatch=True) | st.sampled_from(["null", "NaN", "NA"])
 timestamps = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
 # text that stresses the JSON-lines reader: quotes, backslashes, commas, colons, newlines, "null", unicode
-texts = st.text(max_size=40) | st.sampled_from(["", "null", '"', "\\", 'a":b', "x,y", "\n", "ünï"])
+texts = st.text(max_size=40) | st.sampled_from(
+    ["", "null", '"', "\\", 'a":b', ":", "x,y", "\n", "ünï", "'", "\x00", "\x1a", "%s", "'); DROP TABLE metrics; --"]
+)
 
 
 def _percent() -> st.SearchStrategy[float | None]:
