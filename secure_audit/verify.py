@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rotated",
         action="store_true",
-        help="verify each FILE together with its rotated segments FILE.N ... FILE.1 (oldest first)",
+        help="verify FILE (one) together with its rotated segments FILE.N ... FILE.1 (oldest first)",
     )
 
 
@@ -54,9 +54,12 @@ def _report(verdict: ChainVerdict) -> int:
 
 def run(args: argparse.Namespace) -> int:
     files: list[Path] = list(args.files)
+    if args.rotated and len(files) != 1:
+        print(f"{PROG}: --rotated takes one FILE (the live log); its segments are found beside it", file=sys.stderr)
+        return EXIT_UNUSABLE
     try:
         if args.rotated:
-            files = [segment for path in files for segment in rotated_segments(path)]
+            files = rotated_segments(files[0])
         verdict = verify_segments(files)
     except UnreadableSegment as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

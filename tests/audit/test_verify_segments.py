@@ -132,6 +132,12 @@ def test_unreadable_segments_are_one_line_exit_2(
     assert err.count("\n") == 1 and err.startswith(f"secure-audit verify: {bad}: cannot read: ")
 
 
+def test_rotated_takes_one_live_log(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    paths = write_segments(tmp_path, [2, 2])
+    code, out, err = run_verify(capsys, "--rotated", *paths)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--rotated takes one FILE" in err
+
+
 def test_the_program_verifies_segments(tmp_path: Path) -> None:
     paths = write_segments(tmp_path, [2, 2])
     result = run_program("verify", *paths)
