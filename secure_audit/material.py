@@ -226,8 +226,11 @@ def check_crl(where: Where, path: Path | None, ca: x509.Certificate | None, *, n
         return [_unusable(where, path, "is not a PEM CRL", "PEM CRL")]
     if ca is not None:
         public_key = ca.public_key()
-        signed = crl.issuer == ca.subject and isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
-        if not signed or not crl.is_signature_valid(public_key):  # type: ignore[arg-type]
+        if (
+            not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+            or crl.issuer != ca.subject
+            or not crl.is_signature_valid(public_key)
+        ):
             return [
                 where.finding(
                     "crl-foreign",
