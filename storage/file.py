@@ -44,7 +44,7 @@ import pandas as pd
 from storage import frames, jsonlines
 from storage.base import Batch
 from storage.config import StorageConfig
-from storage.errors import StorageConfigError, StorageUnavailable
+from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.frames import FrameSpec
 from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, Sample
 from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
@@ -212,7 +212,11 @@ class FileStore:
         self._writers_open = False
 
     def write(self, batch: Batch) -> None:
-        """Append the batch's new records; raises StorageUnavailable when the disk refuses."""
+        """Append the batch's new records.
+
+        Raises StorageUnavailable when the disk refuses (spool and retry), StorageError when a record
+        cannot be serialised (nothing of the batch is written).
+        """
         if self.readonly:
             raise StorageConfigError(f"storage.json_file: {self.json_file} was opened read-only")
         with self._lock:
@@ -232,12 +236,18 @@ class FileStore:
         samples = _new(batch.samples, self._sample_keys, lambda s: (s.agent, s.timestamp))
         alerts = _new(batch.alerts, self._alert_keys, lambda a: (a.agent, a.timestamp, a.metric, a.state))
         statuses = _new(batch.statuses, self._status_keys, lambda s: (s.agent, s.timestamp))
-        if samples:
-            self._samples.append([_json_line(s) for s in samples])
-        if alerts:
-            self._alerts.append([_json_line(a) for a in alerts])
-        if statuses:
-            self._statuses.append([_json_line(s) for s in statuses])
+        try:
+            sample_lines = [_json_line(s) for s in samples]
+            alert_lines = [_json_line(a) for a in alerts]
+            status_lines = [_json_line(s) for s in statuses]
+        except ValueError as exc:  # a detail pydantic cannot put into JSON: storing it again cannot help
+            raise StorageError(f"cannot serialise a record for {self.json_file}: {exc}") from exc
+        if sample_lines:
+            self._samples.append(sample_lines)
+        if alert_lines:
+            self._alerts.append(alert_lines)
+        if status_lines:
+            self._statuses.append(status_lines)
         if self._human is not None and (samples or alerts):
             human = [human_sample_line(s).encode() for s in samples]
             human.extend(human_alert_line(a).encode() for a in alerts)

@@ -228,16 +228,23 @@ class MySQLStore:
     # -- writing -------------------------------------------------------------------------------------
 
     def write(self, batch: Batch) -> None:
-        """Store ``batch`` in one transaction; replays are no-ops. Raises StorageUnavailable when down."""
+        """Store ``batch`` in one transaction; replays are no-ops.
+
+        Raises StorageUnavailable when the server is down (spool and retry), StorageConfigError when it
+        refuses the credentials or database, StorageError when it refuses the data (a bug: do not retry).
+        """
         if self.readonly:
             raise StorageConfigError(f"mysql {self.where}: opened read-only")
         if not batch:
             return
-        work_items = [
-            (_SAMPLE_INSERT, [sample_params(s) for s in batch.samples]),
-            (_ALERT_INSERT, [_alert_values(a) for a in batch.alerts]),
-            (_STATUS_INSERT, [_status_values(s) for s in batch.statuses]),
-        ]
+        try:
+            work_items = [
+                (_SAMPLE_INSERT, [sample_params(s) for s in batch.samples]),
+                (_ALERT_INSERT, [_alert_values(a) for a in batch.alerts]),
+                (_STATUS_INSERT, [_status_values(s) for s in batch.statuses]),
+            ]
+        except ValueError as exc:  # details pydantic cannot put into JSON: retrying cannot help
+            raise StorageError(f"mysql write on {self.where}: cannot serialise details: {exc}") from exc
 
         def work(conn: pymysql.connections.Connection[Any]) -> None:
             escape = _escaper(conn)

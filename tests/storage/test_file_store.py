@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from storage import ALERT_COLUMNS, SAMPLE_COLUMNS, STATUS_COLUMNS, AgentStatus, Alert, Batch, Sample
 from storage.config import StorageConfig
-from storage.errors import StorageConfigError, StorageUnavailable
+from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.factory import open_store
 from storage.file import FileStore, human_alert_line
 from storage.memory import MemoryStore
@@ -313,3 +313,13 @@ def test_awkward_strings_survive_the_fast_reader(tmp_path: Path, reason: str) ->
     assert frame["cpu_usage"].tolist() == [12.5] * 4
     assert store.query_statuses(0, T0)["detail"].tolist() == [reason]
     store.close()
+
+
+def test_a_detail_that_is_not_json_is_refused_and_nothing_is_written(store: FileStore) -> None:
+    good = sample(ts=T0)
+    bad = Sample(agent="web-1", timestamp=T0 + 1, extra={"blob": object()})
+    with pytest.raises(StorageError, match="cannot serialise"):
+        store.write(Batch(samples=[good, bad]))
+    assert store.json_file.read_bytes() == b""
+    store.write(Batch(samples=[good]))  # the store is still usable, and good was not marked as stored
+    assert len(store.query_samples(0, T0)) == 1

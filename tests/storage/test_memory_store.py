@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+
 import pytest
 
 from storage import SAMPLE_COLUMNS, AgentStatus, Alert, Batch, Sample, StorageUnavailable
+from storage.base import Store
 from storage.memory import MemoryStore
 
 T0 = 1_700_000_000.0
@@ -37,3 +41,15 @@ def test_an_outage_refuses_writes_and_reads_until_it_ends() -> None:
     store.close()
     with pytest.raises(StorageUnavailable, match="closed"):
         store.write(Batch())
+
+
+
+@pytest.mark.parametrize(
+    "backend", ["storage.memory.MemoryStore", "storage.file.FileStore", "storage.mysql.MySQLStore"]
+)
+def test_every_backend_has_the_store_methods_with_their_signatures(backend: str) -> None:
+    module, name = backend.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    for method in ("write", "query_samples", "query_alerts", "query_statuses", "close"):
+        expected = inspect.signature(getattr(Store, method))
+        assert inspect.signature(getattr(cls, method)) == expected, method
