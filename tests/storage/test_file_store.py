@@ -23,6 +23,7 @@ from storage.factory import open_store
 from storage.file import FileStore, human_alert_line
 from storage.memory import MemoryStore
 from tests.storage import strategies
+from tests.storage.helpers import assert_same_frames
 
 T0 = 1_700_000_000.0
 
@@ -51,12 +52,6 @@ def store(tmp_path: Path) -> Iterator[FileStore]:
 
 def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def assert_same_frames(a: FileStore | MemoryStore, b: FileStore | MemoryStore, start: float, end: float) -> None:
-    pd.testing.assert_frame_equal(a.query_samples(start, end), b.query_samples(start, end))
-    pd.testing.assert_frame_equal(a.query_alerts(start, end), b.query_alerts(start, end))
-    pd.testing.assert_frame_equal(a.query_statuses(start, end), b.query_statuses(start, end))
 
 
 def test_round_trip_of_every_kind(store: FileStore) -> None:

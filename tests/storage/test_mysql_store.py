@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +23,7 @@ from storage.models import Finding
 from storage.mysql import MySQLStore
 from tests.plugins.mariadb import MariaDBServer, free_port
 from tests.storage import strategies
+from tests.storage.helpers import assert_same_frames
 
 pytestmark = pytest.mark.mysql
 
@@ -77,9 +77,7 @@ def test_round_trip_of_samples_alerts_and_statuses(store: MySQLStore, server: Ma
     memory = MemoryStore()
     store.write(batch)
     memory.write(batch)
-    pd.testing.assert_frame_equal(store.query_samples(0, T0 + 10), memory.query_samples(0, T0 + 10))
-    pd.testing.assert_frame_equal(store.query_alerts(0, T0 + 10), memory.query_alerts(0, T0 + 10))
-    pd.testing.assert_frame_equal(store.query_statuses(0, T0 + 10), memory.query_statuses(0, T0 + 10))
+    assert_same_frames(store, memory, 0, T0 + 10)
     with server.root_connection(database=server.database) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT `details` FROM `metrics` WHERE `agent` = 'web-1'")
         row = cursor.fetchone()
@@ -282,6 +280,4 @@ def test_mysql_round_trips_like_memory(
     memory = MemoryStore()
     store.write(batch)
     memory.write(batch)
-    pd.testing.assert_frame_equal(store.query_samples(0, 4e9), memory.query_samples(0, 4e9))
-    pd.testing.assert_frame_equal(store.query_alerts(0, 4e9), memory.query_alerts(0, 4e9))
-    pd.testing.assert_frame_equal(store.query_statuses(0, 4e9), memory.query_statuses(0, 4e9))
+    assert_same_frames(store, memory, 0, 4e9)
