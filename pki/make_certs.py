@@ -7,7 +7,8 @@
 
 Re-running with the same ``--out`` keeps the CA and every existing key and certificate, adds what is
 new, and touches no existing file (configs only gain entries for new agents or collectors). ``--force``
-re-issues the named agents' and collectors' keys and certificates (never the CA).
+re-issues the named agents' and collectors' keys and certificates (never the CA, never an HMAC key:
+``--rotate-hmac`` writes new HMAC keys for the named collectors).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Plan:
     allow: tuple[str, ...] = DEFAULT_ALLOW
     port: int = DEFAULT_PORT
     force: bool = False
+    rotate_hmac: bool = False
 
 
 def _name(value: str, what: str) -> str:
@@ -283,7 +285,9 @@ def bootstrap(plan: Plan) -> list[str]:
         notes += _ensure_leaf(authority, plan.out / "agents", name, "server", hosts, plan)
     for name in plan.collectors:
         notes += _ensure_leaf(authority, plan.out / "collectors", name, "client", (), plan)
-        _write_private(plan.out / "collectors" / f"{name}.hmac", new_key_text(), force=plan.force)
+        # --force renews certificates only: a new HMAC key under the same id would lock the collector out
+        # of every agent until each has the new file, so that takes its own flag
+        _write_private(plan.out / "collectors" / f"{name}.hmac", new_key_text(), force=plan.rotate_hmac)
     if not (plan.out / "crl.pem").exists():
         _write_crl(plan.out, authority, [])
     collectors = _existing_names(plan.out / "collectors")
@@ -377,6 +381,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port written into configs")
     parser.add_argument("--force", action="store_true", help="re-issue keys and certificates of the named entities")
+    parser.add_argument(
+        "--rotate-hmac",
+        action="store_true",
+        help="write a new HMAC key for each named collector, same key id (agents need the new file)",
+    )
     parser.add_argument("--revoke", metavar="NAME", help="revoke this collector's (or agent's) certificate")
     parser.add_argument("--refresh-crl", action="store_true", help="re-sign crl.pem with a new nextUpdate")
     return parser
@@ -399,7 +408,14 @@ def _plan(args: argparse.Namespace) -> Plan:
         if network.prefixlen == 0:
             raise UsageError(f"--allow {value!r} allows every address")
     return Plan(
-        args.out.resolve(), agents, collectors, args.days, tuple(args.allow) or DEFAULT_ALLOW, args.port, args.force
+        args.out.resolve(),
+        agents,
+        collectors,
+        args.days,
+        tuple(args.allow) or DEFAULT_ALLOW,
+        args.port,
+        args.force,
+        args.rotate_hmac,
     )
 
 

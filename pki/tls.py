@@ -212,8 +212,10 @@ def server_context(
     return context
 
 
-def client_context(cert: Path, key: Path, ca: Path, min_version: TLSVersionName = "TLSv1.2") -> ssl.SSLContext:
-    """The collector's context: verifies the agent against our CA and its host, presents our certificate.
+def client_context(
+    cert: Path, key: Path, ca: Path, crl: Path | None = None, min_version: TLSVersionName = "TLSv1.2"
+) -> ssl.SSLContext:
+    """The collector's context: verifies the agent against our CA (and CRL) and its host, presents our certificate.
 
     The floor is TLS 1.2 so that agents configured with ``tls.min_version = "TLSv1.2"`` stay reachable;
     TLS 1.3 is negotiated whenever the agent offers it. Wrap sockets with ``server_hostname=<agent host>``.
@@ -223,6 +225,8 @@ def client_context(cert: Path, key: Path, ca: Path, min_version: TLSVersionName 
     context.check_hostname = True  # the agent's certificate must name the host we dialled (DNS or IP SAN)
     _check_leaf(cert, _load_pem_cert(cert), ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth")
     _load_chain(context, cert, key)
-    _load_ca(context, ca)
+    ca_cert = _load_ca(context, ca)
+    if crl is not None:  # a revoked agent certificate is refused by the collector too
+        _load_crl(context, crl, ca_cert)
     _restrict_groups(context)
     return context

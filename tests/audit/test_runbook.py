@@ -5,7 +5,6 @@ revoking a collector, renewing certificates. Each step is the one the runbook te
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import ssl
 import xmlrpc.client
@@ -112,13 +111,9 @@ def test_renewing_an_agent_certificate_takes_effect_at_reload(start_agent: Start
 def test_renewing_a_collector_certificate_keeping_its_hmac_key(start_agent: StartAgent, pki: TestPKI) -> None:
     agent = start_agent(pki)
     cert_path, _, hmac_path = pki.collector_files()
-    kept = pki.root / "collector.hmac.keep"
     before_cert, before_key = cert_path.read_bytes(), hmac_path.read_bytes()
-    # the runbook's three commands: keep the HMAC key aside, --force, put it back
-    os.link(hmac_path, kept)
+    # the runbook's command: --force renews the certificate and keeps the HMAC key
     assert make_certs.main(["--out", str(pki.root), "--force", "--collector", "collector"]) == 0
-    assert hmac_path.read_bytes() != before_key  # why the runbook keeps it aside
-    os.replace(kept, hmac_path)
     assert hmac_path.read_bytes() == before_key and cert_path.read_bytes() != before_cert
     # the agent needs nothing: the new certificate is trusted through the CA, the key is unchanged
     assert rpc_call(agent, pki, "ping") == "pong"

@@ -163,6 +163,9 @@ def test_force_reissues_named_leaves_but_never_the_ca(tmp_path: Path) -> None:
     after = snapshot(root)
     assert after["ca.key"] == before["ca.key"]
     assert after["collectors/collector.key"] != before["collectors/collector.key"]
+    assert after["collectors/collector.hmac"] == before["collectors/collector.hmac"]
+    assert run("--out", str(root), "--collector", "collector", "--rotate-hmac").returncode == 0
+    assert snapshot(root)["collectors/collector.hmac"] != before["collectors/collector.hmac"]
 
 
 def test_revoke_lists_the_serial(tmp_path: Path) -> None:

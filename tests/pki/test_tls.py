@@ -194,3 +194,14 @@ def test_group_readable_private_key_is_refused(pki: TestPKI, tmp_path: Path) -> 
     os.chmod(loose, 0o640)
     with pytest.raises(InsecurePermissions, match=r"loose\.key.*chmod 600"):
         tls.server_context(cert, loose, pki.ca)
+
+
+def test_collector_with_a_crl_refuses_a_revoked_agent(tmp_path: Path) -> None:
+    pki = build_pki(tmp_path / "pki", agents=["localhost=localhost,127.0.0.1"], collectors=["collector"])
+    cert, key, _ = pki.collector_files()
+    client = tls.client_context(cert, key, pki.ca, pki.crl)
+    assert handshake(server_ctx(pki), client).ok
+    pki.revoke("localhost")
+    outcome = handshake(server_ctx(pki), tls.client_context(cert, key, pki.ca, pki.crl))
+    assert isinstance(outcome.client_error, ssl.SSLCertVerificationError)
+    assert "revoked" in str(outcome.client_error)
