@@ -281,3 +281,10 @@ def test_mysql_round_trips_like_memory(
     store.write(batch)
     memory.write(batch)
     assert_same_frames(store, memory, 0, 4e9)
+
+
+def test_a_unix_socket_connection_needs_no_tls(server: MariaDBServer) -> None:
+    store = MySQLStore(config(server, mysql_host="db.example.net", mysql_socket=str(server.socket)))
+    store.write(Batch(samples=[sample()]))
+    assert len(store.query_samples(0, T0)) == 1
+    store.close()
