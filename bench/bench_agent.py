@@ -97,6 +97,14 @@ def _measure(callers: list[tuple[str, Caller]], args: argparse.Namespace, notes:
             finally:
                 caller.close()
             results.setdefault(label, Series(caller.server.name, mode)).extend(series)
+    for label, series in results.items():
+        if series.errors:
+            notes.append(f"{label}: {series.errors} call(s) failed and were not timed; the first: {series.first_error}")
+        if series.retries:
+            notes.append(
+                f"{label}: {series.retries} call(s) found their kept-alive connection closed by the server without "
+                "'Connection: close' and were sent again on a new connection (timed, handshake included)"
+            )
     return results
 
 
@@ -213,7 +221,7 @@ def _profile(server: Server, pki: Pki, work: Path, modes: list[str]) -> dict[str
             profiles[mode] = {"error": str(exc)}
         finally:
             caller.close()
-        profiles.setdefault(mode, pyspy.finish(recorder, output, timeout=PROFILE_SECONDS + 20))
+        profiles.setdefault(mode, pyspy.finish(recorder, output, PROFILE_SECONDS))
     return profiles
 
 

@@ -79,6 +79,7 @@ class Series:
     connections: int = 0
     retries: int = 0
     errors: int = 0
+    first_error: str = ""
 
     def extend(self, other: Series) -> None:
         self.samples_ns.extend(other.samples_ns)
@@ -88,6 +89,7 @@ class Series:
         self.connections += other.connections
         self.retries += other.retries
         self.errors += other.errors
+        self.first_error = self.first_error or other.first_error
 
 
 class _StaleConnection(Exception):
@@ -186,7 +188,8 @@ def run_series(caller: Caller, mode: str, *, calls: int, seconds: float, warmup:
         begin = time.perf_counter_ns()
         try:
             size = caller.call()
-        except CallFailed:
+        except CallFailed as exc:
+            series.first_error = series.first_error or str(exc)
             series.errors += 1
             if series.errors >= MAX_ERRORS:
                 raise

@@ -3,8 +3,15 @@
 ``py-spy record --format raw`` writes collapsed stacks (``frame;frame;...;leaf COUNT``); from them we
 count, per function (``name (file)``, line numbers dropped), the samples where it is the leaf
 (*self*: the time spent in its own code) and the samples where it is anywhere on the stack
-(*total*). Idle threads (blocked in ``select``/``accept``) are not sampled, so the shares are of the
-CPU-busy samples. ``--nonblocking`` keeps py-spy from pausing the server while it reads the stacks.
+(*total*).
+
+Which samples: ``--gil``, only the thread that holds the GIL, i.e. the one running Python code.
+Without it, py-spy cannot tell here a thread blocked in ``SSLSocket.read``, ``select`` or
+``Condition.wait`` from a busy one (its idle heuristics need to pause the process, and even then
+missed most waits), so waits filled the profile. The price: C work that releases the GIL (OpenSSL's
+handshake and record crypto, system calls) is not in these profiles; ``bench/components.py``
+measures it. ``--nonblocking`` keeps py-spy from pausing the server, so sampling does not change
+what is measured (nor wake idle threads).
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else which("py-spy")
 
 
-def start(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes] | None:
-    """Start sampling ``pid`` for ``seconds``; None when py-spy is not installed."""
+def start(pid: int, output: Path, seconds: float, rate: int = RATE) -> subprocess.Popen[bytes] | None:
+    """Start sampling ``pid`` for ``seconds``, ``rate`` times a second; None when py-spy is not installed."""
     binary = py_spy()
     if binary is None:
         return None
@@ -43,9 +50,10 @@ def start(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes] | N
         "--duration",
         str(max(1, round(seconds))),
         "--rate",
-        str(RATE),
+        str(rate),
         "--format",
         "raw",
+        "--gil",
         "--nonblocking",
         "--output",
         str(output),
@@ -97,8 +105,12 @@ def summarize(lines: Iterable[str], top: int = 12) -> dict[str, Any]:
     return {"samples": samples, "self": share(own), "total": share(total)}
 
 
-def finish(process: subprocess.Popen[bytes] | None, output: Path, timeout: float) -> dict[str, Any]:
-    """Wait for a recording started by :func:`start` and summarize it (or say why there is none)."""
+def finish(process: subprocess.Popen[bytes] | None, output: Path, seconds: float, rate: int = RATE) -> dict[str, Any]:
+    """Wait for a recording of ``seconds`` started by :func:`start` and summarize it (or say why not).
+
+    ``gil_busy_percent``: the share of the recording during which some thread ran Python code.
+    """
+    timeout = seconds + 30
     if process is None:
         return {"error": "py-spy is not installed (bench/setup.sh installs it into .venv)"}
     try:
@@ -109,7 +121,9 @@ def finish(process: subprocess.Popen[bytes] | None, output: Path, timeout: float
         return {"error": "py-spy did not finish in time"}
     if not output.exists():
         return {"error": f"py-spy failed: {stderr.decode(errors='replace').strip()[-300:]}"}
-    return summarize(output.read_text(errors="replace").splitlines())
+    summary = summarize(output.read_text(errors="replace").splitlines())
+    summary["gil_busy_percent"] = round(100 * summary["samples"] / (rate * max(1.0, round(seconds))), 1)
+    return summary
 
 
 _THREAD = re.compile(r'^Thread (\d+) \((\w+)\): "(.*)"$')

@@ -162,8 +162,10 @@ def profile_section(profile: Mapping[str, Any]) -> list[str]:
         if "error" in data:
             lines += [f"Profile ({phase}): not taken: {data['error']}", ""]
             continue
+        busy = f", Python running {data['gil_busy_percent']}% of the time" if "gil_busy_percent" in data else ""
         lines += [
-            f"Profile of our agent, {phase} (py-spy, {data.get('samples', 0)} CPU-busy samples; "
+            f"Profile of our agent, {phase} (py-spy --gil: {data.get('samples', 0)} samples of the thread "
+            f"running Python code{busy}; C work that releases the GIL, OpenSSL and system calls, is not sampled; "
             "*self* = in the function's own code, *total* = anywhere on the stack):",
             "",
             "| self % | function | | total % | function |",
