@@ -62,7 +62,6 @@ class FakeAgent:
             except (TimeoutError, OSError):
                 continue
             self.connections += 1
-            self._sockets.append(raw)
             thread = threading.Thread(target=self._handle, args=(raw,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -71,6 +70,7 @@ class FakeAgent:
         raw.settimeout(SOCKET_TIMEOUT)
         try:
             with self._context.wrap_socket(raw, server_side=True) as conn:
+                self._sockets.append(conn)  # after wrapping, only this object owns the descriptor
                 while not self._stop.is_set():
                     body = _read_request(conn)
                     if body is None:
@@ -83,6 +83,14 @@ class FakeAgent:
                     conn.sendall(answer)
         except (OSError, ssl.SSLError, ValueError):
             return
+
+    def drop_connections(self) -> None:
+        """Close every open connection from the agent's side (as an idle timeout would)."""
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(SOCKET_TIMEOUT)
 
     def stop(self) -> None:
         self._stop.set()
