@@ -1,0 +1,128 @@
+"""Scheduling: shards, timestamps, backoff and recovery, and a dead agent that delays no one."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pki import tokens
+from secure_collector.alerts import AlertEngine
+from secure_collector.config import AgentEntry, Thresholds
+from secure_collector.engine import Stamper
+from secure_collector.poller import Poller, parse_shard, select_shard, shard_of
+from secure_collector.sink import Delivery, Recorder
+from secure_collector.spool import Spool
+from secure_collector.transport import AgentConnection
+from storage.memory import MemoryStore
+from tests.collector.answers import good_answer
+from tests.collector.fakeagent import FakeAgent, http, xmlrpc_answer
+from tests.plugins.agent import client_context
+from tests.plugins.pki import TestPKI
+
+
+def _agents(count: int) -> list[AgentEntry]:
+    return [AgentEntry(name=f"host-{i:04d}", host="127.0.0.1", port=8000) for i in range(count)]
+
+
+def test_shards_partition_the_fleet_deterministically_and_evenly() -> None:
+    agents = _agents(600)
+    shards = [select_shard(agents, index, 3) for index in (1, 2, 3)]
+    names = [a.name for shard in shards for a in shard]
+    assert sorted(names) == sorted(a.name for a in agents)  # each agent exactly once
+    assert all(150 <= len(shard) <= 250 for shard in shards)
+    assert select_shard(agents, 2, 3) == shards[1]  # another collector computes the same split
+
+
+def test_growing_the_fleet_of_collectors_moves_few_agents() -> None:
+    names = [a.name for a in _agents(1000)]
+    before = {name: shard_of(name, 4) for name in names}
+    after = {name: shard_of(name, 5) for name in names}
+    moved = [name for name in names if before[name] != after[name]]
+    assert all(after[name] == 5 for name in moved)  # only to the new collector
+    assert 100 <= len(moved) <= 300  # about a fifth
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "1", "a/b", "1/0", "-1/2", "1/5000"])
+def test_bad_shard(text: str) -> None:
+    with pytest.raises(ValueError, match="--shard"):
+        parse_shard(text)
+
+
+def test_stamps_are_milliseconds_and_strictly_increasing_per_agent() -> None:
+    ticks: Iterator[float] = iter([100.0004, 100.0001, 99.0, 100.5, 100.5])
+    stamp = Stamper(clock=lambda: next(ticks))
+    assert [stamp("a") for _ in range(4)] == [100.0, 100.001, 100.002, 100.5]
+    assert stamp("b") == 100.5  # another agent has its own sequence
+
+
+def _poller(
+    pki: TestPKI, peers: dict[str, FakeAgent], interval: float, workers: int, timeout: float = 2.0
+) -> tuple[Poller, MemoryStore]:
+    key = tokens.load_key(pki.collector_files()[2])
+    context = client_context(pki)
+    connections = [
+        AgentConnection(name, "127.0.0.1", peer.port, context, "collector", key, timeout=timeout)
+        for name, peer in peers.items()
+    ]
+    store = MemoryStore()
+    spool = Spool(pki.root.parent / f"spool-{next(_spools)}", 8 * 1024 * 1024)
+    recorder = Recorder(Delivery(store, spool), AlertEngine(Thresholds()))
+    return Poller(connections, recorder, poll_interval=interval, max_workers=workers), store
+
+
+_spools = itertools.count()
+
+
+def _run(poller: Poller, sweeps: int) -> None:
+    runner = threading.Thread(target=poller.run, kwargs={"max_sweeps": sweeps})
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+    poller.close()
+
+
+def test_failing_agent_backs_off_and_recovers_on_first_good_poll(test_pki: TestPKI) -> None:
+    calls = itertools.count()
+
+    def flaky(body: bytes) -> bytes:
+        if next(calls) < 3:
+            return http(b"<garbage", status="200 OK")
+        return xmlrpc_answer(good_answer("flaky"))
+
+    peer = FakeAgent(test_pki, flaky)
+    try:
+        poller, store = _poller(test_pki, {"flaky": peer}, interval=0.05, workers=2)
+        _run(poller, 40)
+    finally:
+        peer.stop()
+    states = [s.state for s in sorted(store.statuses, key=lambda s: s.timestamp)]
+    assert states[:3] == ["bad_response"] * 3
+    assert set(states[3:]) == {"up"}
+    # backoff: 3 failures cost 1 + 2 + 4 intervals (plus ticks), so fewer attempts than sweeps
+    assert len(states) < 40
+    samples = sorted(s.timestamp for s in store.samples)
+    assert len(samples) == len(states) - 3
+    gaps = [b - a for a, b in itertools.pairwise(samples)]
+    assert max(gaps) < 0.05 * 3  # once up, polled every tick again
+    assert poller.states == {"flaky": "up"}
+
+
+def test_a_silent_agent_does_not_delay_the_others(test_pki: TestPKI) -> None:
+    silent = FakeAgent(test_pki, lambda body: None)
+    good = [FakeAgent(test_pki, lambda body, n=n: xmlrpc_answer(good_answer(f"good{n}"))) for n in range(3)]
+    try:
+        peers = {"silent": silent} | {f"good{n}": peer for n, peer in enumerate(good)}
+        poller, store = _poller(test_pki, peers, interval=0.1, workers=2, timeout=1.0)
+        _run(poller, 8)
+    finally:
+        for peer in [silent, *good]:
+            peer.stop()
+    for n in range(3):
+        stamps = sorted(s.timestamp for s in store.samples if s.agent == f"good{n}")
+        assert len(stamps) == 8
+        assert max(b - a for a, b in itertools.pairwise(stamps)) < 0.1 * 2.5
+    silent_states = [s.state for s in store.statuses if s.agent == "silent"]
+    assert silent_states and set(silent_states) == {"timeout"}
