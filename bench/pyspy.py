@@ -29,6 +29,7 @@ from bench.measure import which
 
 RATE = 250  # samples per second
 _LINE = re.compile(r"^(.*) (\d+)$")
+_ON_EVERY_STACK = ("Thread._bootstrap", "Thread.run (", "<module> (")  # left out of *total*: they say nothing
 _FRAME = re.compile(r"^(.*?) \((.*?)(?::\d+)?\)$")
 
 
@@ -95,7 +96,8 @@ def summarize(lines: Iterable[str], top: int = 12) -> dict[str, Any]:
         samples += count
         own[frames[-1]] += count
         for name in set(frames):
-            total[name] += count
+            if not name.startswith(_ON_EVERY_STACK):
+                total[name] += count
 
     def share(counter: Counter[str]) -> list[list[Any]]:
         return [[name, round(100 * count / samples, 1)] for name, count in counter.most_common(top)]
