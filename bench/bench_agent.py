@@ -154,8 +154,9 @@ def _explain(steps: list[dict[str, Any]], kept: dict[str, Any], new: dict[str, A
     if agent_hs is not None and client_hs is not None:
         floor = round(agent_hs + client_hs + kept["p50_ms"], 2)
         handshake = (
-            f"a full mutual TLS 1.3 handshake costs {agent_hs} ms of CPU on the agent and {client_hs} ms on the client, "
-            f"one after the other, before a call that kept-alive takes {kept['p50_ms']} ms: a floor of about {floor} ms "
+            f"a full mutual TLS 1.3 handshake costs {agent_hs} ms of CPU on the agent and {client_hs} ms on the "
+            f"client, one after the other, before a call that kept-alive takes {kept['p50_ms']} ms: a floor of "
+            f"about {floor} ms "
             "without session resumption (disabled by design in pki.tls: OP_NO_TICKET, num_tickets = 0); agent CPU "
             f"per new-connection call {new['server_cpu_ms_per_call']} ms ({new['of_which_kernel_ms']} ms in the kernel)"
         )
