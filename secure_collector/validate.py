@@ -149,14 +149,31 @@ def validate_answer(value: Any, expected_agent: str) -> MetricsAnswer:
     return answer
 
 
+_FINDINGS: dict[tuple[object, ...], Finding] = {}
+_FINDINGS_CACHE = 4096
+
+
+def _finding(section: FindingSection) -> Finding:
+    """The stored finding of a validated one; an agent reports the same findings poll after poll, and a
+    frozen record can be shared, so they are built once (a bounded cache, emptied when full)."""
+    key = (section.kind, section.severity, section.technique, section.summary, *section.evidence.items())
+    finding = _FINDINGS.get(key)
+    if finding is None:
+        if len(_FINDINGS) >= _FINDINGS_CACHE:
+            _FINDINGS.clear()
+        finding = _FINDINGS[key] = Finding.model_construct(
+            kind=section.kind,
+            severity=section.severity,
+            technique=section.technique,
+            summary=section.summary,
+            evidence=dict(section.evidence),
+        )
+    return finding
+
+
 def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
     """The stored sample of a valid answer, stamped with the collector's ``timestamp``."""
-    findings = tuple(
-        Finding.model_construct(
-            kind=f.kind, severity=f.severity, technique=f.technique, summary=f.summary, evidence=dict(f.evidence)
-        )
-        for f in answer.security.findings
-    )
+    findings = tuple(_finding(f) for f in answer.security.findings)
     disks = sorted((d for d in answer.disks if d.percent is not None), key=lambda d: d.percent or 0.0, reverse=True)[
         :STORED_DISKS
     ]

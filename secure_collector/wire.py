@@ -105,24 +105,24 @@ def _number_text(element: Element) -> str:
 
 
 def _value(element: Element, depth: int) -> Any:
-    """The value of a ``<value>`` element (the hot path of every poll: leaves are handled inline)."""
+    """The value of a ``<value>`` element (the hot path of every poll: common leaves are handled inline)."""
     if element.tag != "value":
         raise WireError(f"expected <value>, found <{_tag(element)}>")
-    count = len(element)
-    if count == 0:
+    if not len(element):
         return _text(element)  # <value>text</value> is a string
-    if count != 1:
-        raise WireError("a value holds one type")
     typed = element[0]
+    if len(element) != 1 or len(typed):
+        return _container(element, typed, depth)
     tag = typed.tag
+    text = typed.text
     if tag == "string":
-        text = typed.text
-        if text is None and not len(typed):
+        if text is None:
             return ""
-        return _text(typed)
+        if len(text) > MAX_STRING:
+            raise WireError("string too long")
+        return text
     if tag == "double":
-        text = typed.text
-        if text is None or len(text) > MAX_NUMBER_TEXT or len(typed):
+        if text is None or len(text) > MAX_NUMBER_TEXT:
             raise WireError("not a number")
         try:
             number = float(text)
@@ -131,29 +131,10 @@ def _value(element: Element, depth: int) -> Any:
         if number - number != 0.0:  # inf - inf and nan - nan are nan
             raise WireError("not a finite number")
         return number
-    if tag == "struct":
-        if depth > MAX_DEPTH:
-            raise WireError("nested too deeply")
-        result: dict[str, Any] = {}
-        inner = depth + 2
-        for member in typed:
-            if member.tag != "member" or len(member) != 2:
-                raise WireError("malformed struct member")
-            name_element, value_element = member
-            if name_element.tag != "name":
-                raise WireError("malformed struct member")
-            name = _text(name_element)
-            if name in result:
-                raise WireError("duplicate struct member")
-            result[name] = _value(value_element, inner)
-        return result
-    if tag == "array":
-        if depth > MAX_DEPTH:
-            raise WireError("nested too deeply")
-        if len(typed) != 1 or typed[0].tag != "data":
-            raise WireError("malformed array")
-        inner = depth + 3
-        return [_value(item, inner) for item in typed[0]]
+    if tag == "nil":
+        if text is not None and text.strip():
+            raise WireError("text inside <nil/>")
+        return None
     if tag == "int" or tag == "i4" or tag == "i8":
         digits = _number_text(typed)
         try:
@@ -161,14 +142,44 @@ def _value(element: Element, depth: int) -> Any:
         except ValueError:
             raise WireError("not an integer") from None
     if tag == "boolean":
-        text = _number_text(typed)
-        if text not in ("0", "1"):
+        flag = _number_text(typed)
+        if flag not in ("0", "1"):
             raise WireError("not a boolean")
-        return text == "1"
-    if tag == "nil":
-        _text(typed)
-        return None
+        return flag == "1"
+    if tag == "struct":
+        return {}
     raise WireError(f"unsupported type <{_tag(typed)}>")
+
+
+def _container(element: Element, typed: Element, depth: int) -> Any:
+    """A ``<value>`` holding a ``struct`` or an ``array`` (or something malformed)."""
+    if len(element) != 1:
+        raise WireError("a value holds one type")
+    if depth > MAX_DEPTH:
+        raise WireError("nested too deeply")
+    tag = typed.tag
+    if tag == "struct":
+        result: dict[str, Any] = {}
+        inner = depth + 2
+        for member in typed:
+            if member.tag != "member" or len(member) != 2:
+                raise WireError("malformed struct member")
+            name_element, value_element = member
+            if name_element.tag != "name" or len(name_element):
+                raise WireError("malformed struct member")
+            name = name_element.text or ""
+            if name in result:
+                raise WireError("duplicate struct member")
+            if len(name) > MAX_STRING:
+                raise WireError("string too long")
+            result[name] = _value(value_element, inner)
+        return result
+    if tag == "array":
+        if len(typed) != 1 or typed[0].tag != "data":
+            raise WireError("malformed array")
+        inner = depth + 3
+        return [_value(item, inner) for item in typed[0]]
+    raise WireError(f"unexpected element inside <{_tag(typed)}>")
 
 
 def _tag(element: Element) -> str:
