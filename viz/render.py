@@ -7,6 +7,7 @@ depends on or changes a global backend, and no display or network is ever touche
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import multiprocessing
@@ -139,12 +140,18 @@ def helpers_drawing(shares: Sequence[Sequence[str]], data: PlotInput, directory:
     context = multiprocessing.get_context("fork")
     helpers: list[tuple[BaseProcess, Connection]] = []
     try:
-        for share in shares:
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(list(share), data, directory, send), daemon=True)
-            process.start()
-            send.close()
-            helpers.append((process, receive))
+        # Frozen objects are left alone by the helper's garbage collector, which would otherwise touch
+        # (and so copy, page by page) the whole inherited heap.
+        gc.freeze()
+        try:
+            for share in shares:
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(list(share), data, directory, send), daemon=True)
+                process.start()
+                send.close()
+                helpers.append((process, receive))
+        finally:
+            gc.unfreeze()
         yield
     except (KeyboardInterrupt, SystemExit):
         for helper, pipe in helpers:
