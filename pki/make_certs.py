@@ -230,6 +230,7 @@ def _collector_config(
             "cert": str(out / "collectors" / f"{collector}.crt"),
             "key": str(out / "collectors" / f"{collector}.key"),
             "ca": str(out / "ca.crt"),
+            "crl": str(out / "crl.pem"),
         },
         "hmac": {"key_id": collector, "key_file": str(out / "collectors" / f"{collector}.hmac")},
         "storage": {

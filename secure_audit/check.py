@@ -215,9 +215,11 @@ def check_collector(config: CollectorConfig, config_path: str, *, now: dt.dateti
     where = Where("collector", config_path, "")
     findings: list[Finding] = []
     _, cert_findings = material.check_certificate(where.at("tls.cert"), config.tls.cert, leaf=True, now=now)
-    _, ca_findings = material.check_certificate(where.at("tls.ca"), config.tls.ca, leaf=False, now=now)
+    ca, ca_findings = material.check_certificate(where.at("tls.ca"), config.tls.ca, leaf=False, now=now)
     findings += cert_findings + ca_findings
     findings += material.check_private_file(where.at("tls.key"), config.tls.key, "TLS private key")
+    if config.tls.crl is not None:  # optional on the collector: the same expiry and signature checks
+        findings += material.check_crl(where.at("tls.crl"), config.tls.crl, ca, now=now)
     findings += material.check_hmac_key(where.at("hmac.key_file"), config.hmac.key_file)
     findings += check_storage(where, config.storage, Path(config_path))
     return findings

@@ -112,7 +112,7 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         agents = select_shard(agents, index, count)
     _setup_logging(config, handlers)
     try:
-        context = client_context(config.tls.cert, config.tls.key, config.tls.ca)
+        context = client_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
         key = tokens.load_key(config.hmac.key_file)
     except PKIError as exc:
         raise _Fatal(f"{args.config}: {exc}") from exc

@@ -27,6 +27,7 @@ class TLSConfig(_Section):
     cert: Path
     key: Path
     ca: Path
+    crl: Path | None = None  # when set, an agent whose certificate it revokes is refused
 
 
 class HMACConfig(_Section):
