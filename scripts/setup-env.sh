@@ -14,6 +14,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e "$REPO${PIP_EXTRAS:-}"
+# pip's and setuptools' chatter goes to a log, shown only when the install fails
+install_log="$VENV/install.log"
+if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip \
+       && "$VENV/bin/python" -m pip install --quiet -e "$REPO${PIP_EXTRAS:-}"; } >"$install_log" 2>&1; then
+    cat "$install_log" >&2
+    echo "installing secure-monitor into $VENV failed (log above)" >&2
+    exit 2
+fi
 export PATH="$VENV/bin:$PATH"
