@@ -33,6 +33,7 @@ from bench.result import emit, goal
 
 GOAL_CPU_PERCENT = 0.1
 GOAL_RSS_MB = 60.0
+IDLE_PROFILE = "idle window"
 IDLE_RATE = 1000  # samples/s: Python runs ~0.1% of the time when idle; py-spy's CPU is its own, not the agent's
 
 
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 threads_before, threads(ours.pid), names, rows[OURS]["cpu_s"], rows[OURS]["window_s"]
             )
         if recorder is not None:
-            profile = {"idle window": pyspy.finish(recorder, work / "pyspy-idle.txt", args.window, rate=IDLE_RATE)}
+            profile = {IDLE_PROFILE: pyspy.finish(recorder, work / "pyspy-idle.txt", args.window, rate=IDLE_RATE)}
     ours_row = rows.get(OURS)
     why = "" if ours_row else "our agent was not measured"
     resolution = 100 * CLOCK_TICK / args.window
@@ -166,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             GOAL_CPU_PERCENT,
             "% of a core",
             why or _idle_detail(by_thread, resolution),
+            profile=IDLE_PROFILE,
         ),
         goal("agent idle resident memory", ours_row["rss_mb"] if ours_row else None, "<", GOAL_RSS_MB, "MB", why),
     ]

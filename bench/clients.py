@@ -92,6 +92,17 @@ class Series:
         self.first_error = self.first_error or other.first_error
 
 
+# How a server's close of a kept-alive connection shows on the next request: no answer, a reset, or
+# (TLS) an EOF without close_notify.
+_CLOSED_UNDER_US = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
 class _StaleConnection(Exception):
     """The server closed the connection before answering (a kept-alive connection it had ended)."""
 
@@ -153,7 +164,7 @@ class Caller:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+        except _CLOSED_UNDER_US as exc:
             connection.close()
             raise _StaleConnection from exc
         except (OSError, http.client.HTTPException) as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 PREFIX = "BENCH_RESULT "
 
@@ -27,6 +27,7 @@ class Goal(TypedDict):
     met: bool | None  # None: not measured
     miss: str | None  # by how much it is missed, in words
     detail: str
+    profile: NotRequired[str]  # the key in the result's "profile" that explains this goal
 
 
 def _met(value: float, op: str, target: float) -> bool:
@@ -41,8 +42,27 @@ def _met(value: float, op: str, target: float) -> bool:
     raise ValueError(f"unknown comparison {op!r}")
 
 
-def goal(name: str, value: float | None, op: str, target: float, unit: str, detail: str = "") -> Goal:
-    """A goal and whether ``value`` meets it; ``miss`` says by how much it does not."""
+def goal(
+    name: str,
+    value: float | None,
+    op: str,
+    target: float,
+    unit: str,
+    detail: str = "",
+    *,
+    profile: str | None = None,
+) -> Goal:
+    """A goal and whether ``value`` meets it; ``miss`` says by how much it does not.
+
+    ``profile`` names the entry of the result's ``profile`` that shows where the time went.
+    """
+    made = _judge(name, value, op, target, unit, detail)
+    if profile is not None:
+        made["profile"] = profile
+    return made
+
+
+def _judge(name: str, value: float | None, op: str, target: float, unit: str, detail: str) -> Goal:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return Goal(name=name, value=None, op=op, target=target, unit=unit, met=None, miss=None, detail=detail)
     met = _met(value, op, target)

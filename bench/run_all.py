@@ -199,7 +199,7 @@ def _why_missed(goals: Sequence[dict[str, Any]], outcomes: Sequence[Outcome]) ->
         for phase, data in profiles.get(str(row.get("bench")), {}).items():
             if not isinstance(data, dict) or not data.get("self"):
                 continue
-            if row.get("bench") == "agent" and phase.split()[0] not in str(row["name"]):
+            if row.get("profile", phase) != phase:  # a goal that names its profile gets only that one
                 continue
             own = ", ".join(f"{name} {share}%" for name, share in data["self"][:6])
             ours = [f"{name} {share}%" for name, share in data.get("total", []) if _is_ours(name)][:6]
