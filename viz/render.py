@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import secrets
 import signal
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -137,21 +138,9 @@ def helpers_drawing(shares: Sequence[Sequence[str]], data: PlotInput, directory:
     On leaving, it waits (bounded) for every helper, so none is cut off mid-write, and raises the
     first failure, the body's own error first. Only an interrupt stops the helpers at once.
     """
-    context = multiprocessing.get_context("fork")
     helpers: list[tuple[BaseProcess, Connection]] = []
     try:
-        # Frozen objects are left alone by the helper's garbage collector, which would otherwise touch
-        # (and so copy, page by page) the whole inherited heap.
-        gc.freeze()
-        try:
-            for share in shares:
-                receive, send = context.Pipe(duplex=False)
-                process = context.Process(target=_child, args=(list(share), data, directory, send), daemon=True)
-                process.start()
-                send.close()
-                helpers.append((process, receive))
-        finally:
-            gc.unfreeze()
+        _start_helpers(shares, data, directory, helpers)
         yield
     except (KeyboardInterrupt, SystemExit):
         for helper, pipe in helpers:
@@ -169,6 +158,28 @@ def helpers_drawing(shares: Sequence[Sequence[str]], data: PlotInput, directory:
             if problem.startswith("BUG:"):
                 raise RuntimeError(problem)
             raise OutputError(problem)
+
+
+def _start_helpers(shares: Sequence[Sequence[str]], data: PlotInput, directory: Path,
+                   helpers: list[tuple[BaseProcess, Connection]]) -> None:
+    """Fork one helper per share, appending each (process, report pipe) to ``helpers`` as it starts."""
+    context = multiprocessing.get_context("fork")
+    # Frozen objects are left alone by the helper's garbage collector, which would otherwise touch
+    # (and so copy, page by page) the whole inherited heap.
+    gc.freeze()
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns on fork when the process has other threads. The one ours has is
+            # numpy's idle OpenBLAS pool, which resets itself in a forked child (pthread_atfork).
+            warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
+            for share in shares:
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(list(share), data, directory, send), daemon=True)
+                process.start()
+                send.close()
+                helpers.append((process, receive))
+    finally:
+        gc.unfreeze()
 
 
 def render_plots(names: Iterable[str], data: PlotInput, directory: Path, workers: int | None = None) -> list[Path]:
