@@ -5,7 +5,12 @@ Record format
     record has ``time`` (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), ``event``, ``outcome``, ``agent``,
     ``seq`` (0, 1, 2 ... within one file), ``prev`` and ``hash``; the other fields are those of
     :data:`FIELDS` that apply (peer address, certificate subject/fingerprint/serial, method, request
-    id, key id, reason, HTTP status ...).
+    id, key id, reason, HTTP status ...). A ``call`` record (a request whose token passed
+    verification) also carries the token's ``ts`` (integer Unix seconds) and ``nonce`` (32 hex
+    digits): the agent reads them back at start to refuse replays across a restart
+    (:mod:`secure_agent.audit_replay`). The token's signature and the keys are never recorded.
+    Record times never decrease from one record to the next (the clock is read under the lock that
+    orders the writes) unless the system clock is stepped back.
 
 Canonical form
     ``canonical(r) = json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``.
@@ -36,8 +41,11 @@ Durability (fsync policy)
     Each record is one ``write(2)`` on an ``O_APPEND`` descriptor: it is in the kernel when the
     call returns (a crash of the agent loses nothing, and threads never interleave lines).
     ``fdatasync`` runs for start, stop and reload records, after any record when the last sync is
-    older than ``sync_interval`` (1 s by default), and from :meth:`sync`, which the server calls
-    twice a second while records are pending: a power loss costs at most about a second of records.
+    older than ``sync_interval`` (1 s by default), and from :meth:`sync`, which the server's accept
+    loop calls at every tick (0.1 s) while records are pending: a power loss costs at most about a
+    second of records, and with ``sync_interval`` 0 none that was answered. The agent reads the
+    nonces of accepted tokens back from these records at start (:mod:`secure_agent.audit_replay`):
+    a token whose record a power loss took, and dated after the next start, can be replayed once.
     A failed write marks the log broken; the agent then refuses calls until :meth:`reopen` works.
 """
 
@@ -70,7 +78,7 @@ FIELDS = frozenset(
     {
         "time", "event", "outcome", "reason", "agent", "peer", "subject", "common_name", "fingerprint",
         "serial", "method", "http_method", "path", "status", "request_id", "key_id", "address",
-        "version", "detail", "connections", "suppressed",
+        "version", "detail", "connections", "suppressed", "ts", "nonce",
     }
 )
 _SYNCED_EVENTS = frozenset({"start", "stop", "reload", ROTATE_EVENT})
@@ -380,9 +388,8 @@ class AuditLog:
 
     def record(self, event: str, outcome: str, **fields: object) -> str:
         """Write one record; return its hash. Raises :class:`AuditError` if it cannot be written."""
-        now = self._clock()
         with self._lock:
-            digest = self._write_locked(now, event, outcome, fields)
+            digest = self._write_locked(self._clock(), event, outcome, fields)
             self._rotate_if_due_locked()
             return digest
 

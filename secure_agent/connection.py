@@ -11,7 +11,10 @@
    dispatch -> audit record -> response. A refusal ends the connection.
 
 Every step that refuses writes one audit record. A served call is answered only once its audit
-record is written; when the audit log fails, the call is refused with 503 (fail closed).
+record is written; when the audit log fails, the call is refused with 503 (fail closed). The record
+of every call whose token passed (served, faulted, or refused for want of the record) carries the
+token's key id, ``ts`` and ``nonce``: the audit log is the replay cache that survives a restart
+(:mod:`secure_agent.audit_replay`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pki.errors import TokenError
 from pki.tls import PeerIdentity, peer_identity
+from pki.tokens import parse as parse_token
 from secure_agent import httpframe
 from secure_agent.dispatch import handle_call
 from secure_agent.errors import AuditError
@@ -194,21 +198,19 @@ class Connection:
         claimed = server.verifier.peek_key_id(authorization)
         try:
             key_id = server.verifier.verify(authorization, body)
+            token = parse_token(authorization)  # verified just now: its ts and nonce go into the call record
         except TokenError as refused:
             event = "replay" if refused.reason == "replay" else "token_refused"
             headers = {"WWW-Authenticate": "SMON1-HMAC-SHA256"}
             fields = {**request_fields, "key_id": claimed}
             return self._refuse(401, event, refused.reason, headers=headers, fields=fields)
+        # The nonce is in the replay cache now; the call record carries it (with ts) so that the
+        # next start can load it again (secure_agent.audit_replay), and it is written before the answer.
+        accepted = {"key_id": key_id, "ts": token.ts, "nonce": token.nonce}
         outcome = handle_call(server, body)
-        if not self._audit(
-            "call",
-            "served" if outcome.fault is None else "faulted",
-            method=outcome.method,
-            key_id=key_id,
-            reason=outcome.fault,
-            status=200,
-        ):
-            return self._refuse(503, "call", "audit_unavailable", fields={"method": outcome.method, "key_id": key_id})
+        served = "served" if outcome.fault is None else "faulted"
+        if not self._audit("call", served, method=outcome.method, reason=outcome.fault, status=200, **accepted):
+            return self._refuse(503, "call", "audit_unavailable", fields={"method": outcome.method, **accepted})
         keep_alive = head.keep_alive and not server.stopping
         data = httpframe.response(
             200, outcome.body, content_type=XML_TYPE, keep_alive=keep_alive, headers={"X-Request-Id": self._request_id}
