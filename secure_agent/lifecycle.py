@@ -3,8 +3,13 @@
 :class:`Agent` is what both ``secure-agent`` and the tests run. Start-up refuses (``StartupError``,
 one line naming the file or key) on missing or unusable TLS material, key files readable by group
 or others, an unusable audit log or an address that cannot be bound; open or empty allowlists are
-already refused by the config model. Tokens older than the start are refused, so a restart, which
-empties the replay cache, does not reopen a replay window.
+already refused by the config model.
+
+A restart does not reopen a replay window. The replay cache is loaded at start with the nonces of
+the tokens accepted within the clock window, read back from the audit log, which records each one
+before its call is answered (:mod:`secure_agent.audit_replay`); and tokens dated before the start
+are refused as well (:func:`_token_floor`), which covers what the log cannot: records a power loss
+took before they reached the disk, or a log moved aside.
 
 A reload re-reads the config file and rebuilds the whole policy (certificates, CRL, HMAC keys,
 allowlists) before swapping it in; if anything is wrong the old policy stays in force and the
@@ -27,6 +32,7 @@ from pki.errors import PKIError
 from pki.tokens import Verifier
 from secure_agent import __version__
 from secure_agent.audit import AuditLog, check_audit_path
+from secure_agent.audit_replay import recorded_tokens
 from secure_agent.audit_rotation import RotationPolicy
 from secure_agent.config import AgentConfig
 from secure_agent.dispatch import MetricsSource
@@ -72,6 +78,11 @@ def _token_floor(started_at: float, last_record: float | None) -> float:
     Tokens older than the start are refused. Timestamps are whole seconds, so after a restart
     within the second of the last record of the previous run (which may have accepted a token
     of that second), that second is refused too.
+
+    The replay cache loaded from the audit log makes this redundant for every token whose record
+    reached the disk, but not for the rest: a power loss may take the records of the last
+    ``server.audit_sync_interval`` (their tokens, dated before this start, are refused here), and
+    an operator may move a damaged log aside. Kept as the second, independent layer.
     """
     floor = math.floor(started_at)
     if last_record is not None and math.floor(last_record) >= floor:
@@ -107,13 +118,7 @@ class Agent:
             self.audit.open()
         except AuditError as exc:
             raise StartupError(str(exc)) from exc
-        self._verifier = Verifier(
-            policy.keys,
-            config.name,
-            max_clock_skew=security.max_clock_skew,
-            not_before=_token_floor(self.started_at, self.audit.last_time),
-            clock=clock,
-        )
+        self._verifier = self._verifier_with_recorded_tokens(config, policy, clock)
         self._limiter = RateLimiter(security.rate_limit.per_second, security.rate_limit.burst)
         try:
             self._metrics = metrics(config)
@@ -133,6 +138,30 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._reload_lock = threading.Lock()
         self._stopped = False
+
+    def _verifier_with_recorded_tokens(
+        self, config: AgentConfig, policy: Policy, clock: Callable[[], float]
+    ) -> Verifier:
+        """A verifier whose replay cache holds the tokens the audit log shows accepted within the window."""
+        window = config.security.max_clock_skew
+        preload = recorded_tokens(
+            config.audit_log, now=self.started_at, window=window, backup_count=config.audit_rotation.backup_count
+        )
+        floor = _token_floor(self.started_at, self.audit.last_time)
+        raised = preload.floor(window, self.started_at)
+        if raised is not None and raised > floor:
+            logger.warning(
+                "the audit log could not be read back over the whole clock window (%s); tokens dated "
+                "before %d are refused so that none accepted before this start can be replayed",
+                preload.stopped_by,
+                raised,
+            )
+            floor = raised
+        verifier = Verifier(policy.keys, config.name, max_clock_skew=window, not_before=floor, clock=clock)
+        for token in preload.tokens:
+            verifier.cache.add(token.key_id, token.nonce, token.ts, self.started_at)
+        logger.info("replay cache: %d tokens loaded from the audit log", len(preload.tokens))
+        return verifier
 
     @property
     def address(self) -> tuple[str, int]:
