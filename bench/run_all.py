@@ -17,6 +17,7 @@ servers and polls add nothing measurable to the others. The report is written at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -126,16 +127,35 @@ def _start(bench: Bench, quick: bool, timeout: float) -> Running:
 
 
 def _stop_group(process: subprocess.Popen[str]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGTERM the benchmark's process group (it and the servers it started), SIGKILL what is left."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(KILL_GRACE)
+    _wait_group(process.pid, KILL_GRACE)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    _wait_group(process.pid, KILL_GRACE)
+
+
+def _wait_group(group: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _group_alive(group):
+        time.sleep(0.05)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting for their reaper do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(KILL_GRACE)
-            return
-        except subprocess.TimeoutExpired:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 def _finish(running: Running) -> Outcome:
