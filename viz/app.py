@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 ALL = "all"
 PLOT_CHOICES: tuple[str, ...] = (ALL, *PLOTS)
 INDEX_NAME = "index.html"
-STATES_PER_PLOT_UNIT = 60_000
+STATES_PER_PLOT_UNIT = 80_000
 """Agent states the file backend reads in about the time one one-panel plot takes to draw (bench)."""
 
 
