@@ -17,12 +17,15 @@ Metrics and thresholds (names of the predecessor's ``thresholds.*``):
   fires when it appears and clears when the agent stops reporting it, carrying its ATT&CK technique;
 - ``agent_state``: an agent that stops answering fires (critical for a rejected certificate, which is what
   an impostor looks like: ATT&CK T1557, Adversary-in-the-Middle) and clears on its first good poll.
+
+What is firing outlives the process: :meth:`AlertEngine.export` and :meth:`AlertEngine.restore` hand it to
+and from :mod:`.alertstate`, and :attr:`AlertEngine.revision` says when it changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from secure_collector.config import Thresholds
@@ -41,7 +44,11 @@ _IDENTITY_KEYS = ("pid", "path", "address", "user", "port", "exe", "process", "l
 
 class _Active(NamedTuple):
     severity: Severity
-    clear_below: float | None
+    clear_below: float | None  # None: below the threshold in force then, times (1 - hysteresis)
+
+
+FiringState = dict[str, dict[str, Severity]]
+"""What is firing: agent -> metric -> severity (what :mod:`.alertstate` keeps across restarts)."""
 
 
 def printable(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -85,6 +92,38 @@ class AlertEngine:
         self._thresholds = thresholds
         self._keep = 1.0 - thresholds.hysteresis
         self._active: dict[str, dict[str, _Active]] = {}
+        self._revision = 0
+
+    @property
+    def revision(self) -> int:
+        """Counts the changes to what is firing; equal revisions mean equal :meth:`export` output."""
+        return self._revision
+
+    def _put(self, active: dict[str, _Active], metric: str, entry: _Active) -> None:
+        if active.get(metric) != entry:
+            active[metric] = entry
+            self._revision += 1
+
+    def _drop(self, active: dict[str, _Active], metric: str) -> None:
+        del active[metric]
+        self._revision += 1
+
+    def export(self) -> FiringState:
+        """A copy of what is firing, for every agent with something firing."""
+        return {
+            agent: {metric: entry.severity for metric, entry in active.items()}
+            for agent, active in self._active.items()
+            if active
+        }
+
+    def restore(self, state: Mapping[str, Mapping[str, Severity]]) -> None:
+        """Take over what an earlier run left firing, so it does not fire a second time.
+
+        A restored alert clears below its threshold *now* times (1 - hysteresis): a threshold changed in
+        the configuration between the runs applies to the alerts already firing too.
+        """
+        self._active = {agent: {m: _Active(s, None) for m, s in metrics.items()} for agent, metrics in state.items()}
+        self._revision += 1
 
     def firing(self, agent: str) -> dict[str, Severity]:
         """The metrics of ``agent`` that are firing now, with their severity."""
@@ -144,11 +183,11 @@ class AlertEngine:
             if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
                 message = f"{metric} {value:g}{unit} at or above {threshold:g}{unit}"
                 alerts.append(_alert(sample.agent, sample.timestamp, metric, value, threshold, severity, message))
-                active[metric] = _Active(severity, threshold * self._keep)
+                self._put(active, metric, _Active(severity, threshold * self._keep))
         elif current is not None:
             clear_below = current.clear_below if current.clear_below is not None else threshold * self._keep
             if value < clear_below:
-                del active[metric]
+                self._drop(active, metric)
                 message = f"{metric} {value:g}{unit} back below {clear_below:g}{unit}"
                 alerts.append(
                     _alert(sample.agent, sample.timestamp, metric, value, threshold, "info", message, "cleared")
@@ -163,9 +202,9 @@ class AlertEngine:
             if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
                 message = f"threat level {sample.threat_level} ({sample.security_issues} findings)"
                 alerts.append(_alert(sample.agent, sample.timestamp, "threat_level", rank, limit, severity, message))
-            active["threat_level"] = _Active(severity, None)
+            self._put(active, "threat_level", _Active(severity, None))
         elif current is not None:
-            del active["threat_level"]
+            self._drop(active, "threat_level")
             message = f"threat level back to {sample.threat_level}"
             alerts.append(
                 _alert(sample.agent, sample.timestamp, "threat_level", rank, limit, "info", message, "cleared")
@@ -180,7 +219,7 @@ class AlertEngine:
             seen.add(metric)
             if metric not in active:
                 severity = _FINDING_SEVERITY[finding.severity]
-                active[metric] = _Active(severity, None)
+                self._put(active, metric, _Active(severity, None))
                 count = finding.evidence.get("count")
                 value = float(count) if isinstance(count, int | float) and not isinstance(count, bool) else None
                 alerts.append(
@@ -196,7 +235,7 @@ class AlertEngine:
                     )
                 )
         for metric in [m for m in active if m.startswith("security.") and m not in seen]:
-            del active[metric]
+            self._drop(active, metric)
             alerts.append(
                 _alert(
                     sample.agent, sample.timestamp, metric, None, None, "info", "finding no longer reported", "cleared"
@@ -211,12 +250,12 @@ class AlertEngine:
         if state == "up":
             if current is None:
                 return []
-            del active["agent_state"]
+            self._drop(active, "agent_state")
             return [_alert(agent, timestamp, "agent_state", None, None, "info", "agent answers again", "cleared")]
         severity: Severity = "critical" if state in ("tls_failure", "auth_refused") else "warning"
         if current is not None and _SEVERITY_RANK[severity] <= _SEVERITY_RANK[current.severity]:
             return []
-        active["agent_state"] = _Active(severity, None)
+        self._put(active, "agent_state", _Active(severity, None))
         technique = IMPOSTOR_TECHNIQUE if state == "tls_failure" else None
         return [
             _alert(
@@ -233,7 +272,8 @@ class AlertEngine:
 
     def forget(self, agents: Iterable[str]) -> None:
         for agent in agents:
-            self._active.pop(agent, None)
+            if self._active.pop(agent, None):
+                self._revision += 1
 
 
 def _alert(

@@ -23,6 +23,7 @@ from pki.configfile import load_config
 from pki.errors import PKIError
 from pki.tls import client_context
 from secure_collector.alerts import AlertEngine
+from secure_collector.alertstate import AlertState, state_path
 from secure_collector.config import CollectorConfig
 from secure_collector.errors import CollectorError
 from secure_collector.hook import AlertHook
@@ -104,12 +105,13 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
     except PKIError as exc:
         raise _Fatal(str(exc)) from exc
     agents = config.agents
+    shard: tuple[int, int] | None = None
     if args.shard is not None:
         try:
-            index, count = parse_shard(args.shard)
+            shard = parse_shard(args.shard)
         except ValueError as exc:
             raise _Fatal(str(exc)) from exc
-        agents = select_shard(agents, index, count)
+        agents = select_shard(agents, *shard)
     _setup_logging(config, handlers)
     try:
         context = client_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
@@ -134,7 +136,10 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         for a in agents
     ]
     delivery = Delivery(writer, spool)
-    recorder = Recorder(delivery, AlertEngine(config.thresholds), hook)
+    engine = AlertEngine(config.thresholds)
+    state = AlertState(state_path(config.spool_dir, shard))
+    state.load(engine, {a.name for a in agents})
+    recorder = Recorder(delivery, engine, hook, state)
     poller = Poller(
         connections,
         recorder,

@@ -5,7 +5,8 @@ replay has emptied the spool, so storage always receives batches in the order th
 are retried with a capped exponential delay, not on every sweep, so a dead database is not hammered.
 
 :class:`Recorder` turns :class:`PollResult` records into samples, statuses and alerts (one
-:class:`~secure_collector.alerts.AlertEngine`, used by one thread), batches them per sweep and delivers.
+:class:`~secure_collector.alerts.AlertEngine`, used by one thread), batches them per sweep and delivers;
+then it saves what is firing (:mod:`.alertstate`) if that changed, so a restart does not fire it again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 from secure_collector.alerts import AlertEngine
+from secure_collector.alertstate import AlertState
 from secure_collector.errors import SpoolError
 from secure_collector.hook import AlertHook
 from secure_collector.spool import Spool
@@ -161,10 +163,17 @@ class Recorder:
     Not thread-safe: the poller calls it from one thread.
     """
 
-    def __init__(self, delivery: Delivery, engine: AlertEngine, hook: AlertHook | None = None) -> None:
+    def __init__(
+        self,
+        delivery: Delivery,
+        engine: AlertEngine,
+        hook: AlertHook | None = None,
+        state: AlertState | None = None,
+    ) -> None:
         self.delivery = delivery
         self.engine = engine
         self.hook = hook
+        self.state = state
         self._samples: list[Sample] = []
         self._alerts: list[Alert] = []
         self._statuses: list[AgentStatus] = []
@@ -206,3 +215,6 @@ class Recorder:
         batch = Batch(tuple(self._samples), tuple(self._alerts), tuple(self._statuses))
         self._samples, self._alerts, self._statuses = [], [], []
         self.delivery.deliver(batch)
+        if self.state is not None:
+            # after the alerts are stored or spooled: a crash in between repeats an alert, never loses one
+            self.state.save(self.engine)

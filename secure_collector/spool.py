@@ -137,7 +137,7 @@ class Spool:
         path = self.directory / f"{number:012d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._current = path
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return self._fd
 
     def _close_segment(self) -> None:
@@ -183,7 +183,7 @@ class Spool:
                 except OSError as exc:
                     raise SpoolError(f"{path}: cannot remove a replayed segment: {exc.strerror or exc}") from exc
                 self._reset_cursor()
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         return written
 
     def _chunks(self, path: Path) -> Iterator[tuple[Batch, int, int]]:
@@ -241,7 +241,7 @@ def _count_lines(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
