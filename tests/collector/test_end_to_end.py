@@ -119,3 +119,39 @@ def test_long_running_keeps_polling_through_failures(fleet: Fleet, tmp_path: Pat
     counts = statuses["agent"].value_counts().to_dict()
     assert counts["good"] == 4
     assert all(1 <= counts[name] < 4 for name in EXPECTED if name != "good")
+
+
+def test_a_revoked_agent_is_refused_with_tls_crl_and_nothing_of_it_is_stored(
+    make_pki: Callable[..., TestPKI], start_agent: StartAgent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = make_pki(
+        tmp_path / "pki", agents=["good=localhost,127.0.0.1", "revoked=localhost,127.0.0.1"], collectors=["collector"]
+    )
+    good = start_agent(pki, "good")
+    revoked = start_agent(pki, "revoked")
+    polled = [("good", good.host, good.port), ("revoked", revoked.host, revoked.port)]
+    # control: before the revocation the same collector config reaches both
+    before = collector_data(pki, tmp_path / "before", polled)
+    assert before["tls"]["crl"] == str(pki.crl)  # make_certs writes tls.crl into collector.json
+    (tmp_path / "before").mkdir()
+    assert cli.main(["--config", str(write_config(tmp_path, before, "before.json")), "--once"]) == 0
+
+    pki.revoke("revoked")
+    data = collector_data(pki, tmp_path, polled)
+    capsys.readouterr()
+    assert cli.main(["--config", str(write_config(tmp_path, data)), "--once"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert _states(lines) == {"good": "up", "revoked": "tls_failure"}
+    assert "agent certificate rejected: certificate revoked" in next(line for line in lines if "revoked" in line)
+    store = read_store(load(data))
+    assert set(store.query_samples(*WIDE)["agent"]) == {"good"}
+    statuses = store.query_statuses(*WIDE)
+    assert dict(zip(statuses["agent"], statuses["state"], strict=True)) == {"good": "up", "revoked": "tls_failure"}
+    alerts = store.query_alerts(*WIDE)
+    impostor = alerts[alerts["agent"] == "revoked"]
+    assert list(zip(impostor["metric"], impostor["severity"], impostor["technique"], strict=True)) == [
+        ("agent_state", "critical", "T1557")
+    ]
+    # the handshake failed before any request: the revoked agent never saw a token of this run
+    calls = [r for r in revoked.audit_records() if r.get("method") == "get_metrics"]
+    assert len(calls) == 1  # the control run's call only
