@@ -110,7 +110,8 @@ def collect_goals(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as a Markdown table cell: 4 significant digits, pipes escaped, one line."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -130,7 +131,7 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if not columns:
         return []
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(column)) for column in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
     return lines
 
 
@@ -144,10 +145,10 @@ def goals_section(goals: Sequence[Mapping[str, Any]]) -> list[str]:
     for row in goals:
         unit = row.get("unit", "")
         value = row.get("value")
-        measured = "" if value is None else f"{_cell(value)} {unit}"
+        measured = "" if value is None else f"{cell(value)} {unit}"
         lines.append(
-            f"| {_cell(row.get('name'))} | {row.get('op', '')} {_cell(row.get('target'))} {unit} | {measured} "
-            f"| {_status(row)} | {_cell(row.get('miss'))} | {_cell(row.get('detail'))} |"
+            f"| {cell(row.get('name'))} | {row.get('op', '')} {cell(row.get('target'))} {unit} | {measured} "
+            f"| {_status(row)} | {cell(row.get('miss'))} | {cell(row.get('detail'))} |"
         )
     return lines
 
@@ -175,7 +176,7 @@ def profile_section(profile: Mapping[str, Any]) -> list[str]:
         for index in range(max(len(own), len(total))):
             left = own[index] if index < len(own) else ["", ""]
             right = total[index] if index < len(total) else ["", ""]
-            lines.append(f"| {_cell(left[1])} | {_cell(left[0])} | | {_cell(right[1])} | {_cell(right[0])} |")
+            lines.append(f"| {cell(left[1])} | {cell(left[0])} | | {cell(right[1])} | {cell(right[0])} |")
         lines.append("")
     return lines
 
@@ -201,7 +202,7 @@ def bench_section(outcome: Outcome, limits: str) -> list[str]:
     goals = [g for g in result.get("goals", []) if isinstance(g, Mapping)]
     if goals:
         lines += [*goals_section(goals), ""]
-    lines += [f"- {_cell(note)}" for note in result.get("notes", [])]
+    lines += [f"- {cell(note)}" for note in result.get("notes", [])]
     if result.get("notes"):
         lines.append("")
     if isinstance(result.get("profile"), Mapping):

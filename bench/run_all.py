@@ -212,9 +212,10 @@ def _why_missed(goals: Sequence[dict[str, Any]], outcomes: Sequence[Outcome]) ->
     for row in goals:
         if row.get("met") is not False:
             continue
+        value, target, unit = report.cell(row.get("value")), report.cell(row.get("target")), row.get("unit", "")
+        detail = f" {row['detail']}" if row.get("detail") else ""
         lines.append(
-            f"- **{row['name']}**: {row.get('value')} {row.get('unit', '')} against {row.get('op')} "
-            f"{row.get('target')}; {row.get('miss')}. {row.get('detail') or ''}".rstrip()
+            f"- **{row['name']}**: {value} {unit} against {row.get('op')} {target}; {row.get('miss')}.{detail}"
         )
         for phase, data in profiles.get(str(row.get("bench")), {}).items():
             if not isinstance(data, dict) or not data.get("self"):
