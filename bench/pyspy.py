@@ -124,7 +124,7 @@ def finish(process: subprocess.Popen[bytes] | None, output: Path, seconds: float
     if not output.exists():
         return {"error": f"py-spy failed: {stderr.decode(errors='replace').strip()[-300:]}"}
     summary = summarize(output.read_text(errors="replace").splitlines())
-    summary["gil_busy_percent"] = round(100 * summary["samples"] / (rate * max(1.0, round(seconds))), 1)
+    summary["gil_busy_percent"] = round(100 * summary["samples"] / (rate * max(1.0, round(seconds))), 2)
     return summary
 
 
