@@ -188,11 +188,16 @@ def bench_section(outcome: Outcome, limits: str) -> list[str]:
     if limits:
         lines += [f"What limits these figures: {limits}", ""]
     if result is None:
-        output = (outcome.stdout.strip() or outcome.stderr.strip()).splitlines()
-        if output:
+        streams = [("Output", outcome.stdout)]
+        if outcome.status != "ok" or not outcome.stdout.strip():
+            streams.append(("stderr", outcome.stderr))
+        for label, text in streams:
+            output = text.strip().splitlines()
+            if not output:
+                continue
             shown = output[-MAX_VERBATIM_LINES:]
             cut = f" (last {MAX_VERBATIM_LINES} lines)" if len(output) > len(shown) else ""
-            lines += [f"Output, verbatim{cut}:", "", "```", *shown, "```", ""]
+            lines += [f"{label}, verbatim{cut}:", "", "```", *shown, "```", ""]
         return lines
     if result.get("params"):
         lines += [f"Parameters: `{json.dumps(result['params'], separators=(', ', ': '))}`", ""]

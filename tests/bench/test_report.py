@@ -105,9 +105,12 @@ def test_markdown_table_escapes_and_unions_columns() -> None:
 
 
 def test_a_benchmark_without_result_line_is_shown_verbatim() -> None:
-    lines = report.bench_section(_outcome("viz", None, "failed (exit 1)"), "")
+    lines = report.bench_section(_outcome("viz", None, "failed (exit 1)")._replace(stderr="KeyError: 'x'\n"), "")
     assert "plain output" in lines
+    assert "KeyError: 'x'" in lines  # why it failed, from stderr
     assert any("failed (exit 1)" in line for line in lines)
+    quiet = report.bench_section(_outcome("viz", None)._replace(stderr="progress\n"), "")
+    assert "progress" not in quiet
 
 
 def test_pyspy_summary_counts_self_and_total() -> None:
