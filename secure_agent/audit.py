@@ -41,9 +41,11 @@ Durability (fsync policy)
     Each record is one ``write(2)`` on an ``O_APPEND`` descriptor: it is in the kernel when the
     call returns (a crash of the agent loses nothing, and threads never interleave lines).
     ``fdatasync`` runs for start, stop and reload records, after any record when the last sync is
-    older than ``sync_interval`` (1 s by default), and from :meth:`sync`, which the server's accept
-    loop calls at every tick (0.1 s) while records are pending: a power loss costs at most about a
-    second of records, and with ``sync_interval`` 0 none that was answered. The agent reads the
+    older than ``sync_interval`` (1 s by default), and from :meth:`sync_if_due`, which the server's
+    accept loop calls when :meth:`sync_due` says so (``sync_interval`` after the last sync, only while
+    records are pending; the loop is woken through :meth:`set_waker` when the first one is written):
+    a power loss costs at most about ``sync_interval`` of records, and with ``sync_interval`` 0 none
+    that was answered. An idle log is never synced (nor woken for). The agent reads the
     nonces of accepted tokens back from these records at start (:mod:`secure_agent.audit_replay`):
     a token whose record a power loss took, and dated after the next start, can be replayed once.
     A failed write marks the log broken; the agent then refuses calls until :meth:`reopen` works.
@@ -295,6 +297,7 @@ class AuditLog:
         self._rotation = rotation
         self._size = 0  # bytes in the live segment
         self._rotate_at: int | None = None  # after a failed rotation: the size at which to try again
+        self._waker: Callable[[], None] | None = None
 
     @property
     def last_hash(self) -> str:
@@ -409,8 +412,10 @@ class AuditLog:
             if event in _SYNCED_EVENTS or now - self._last_sync >= self._sync_interval:
                 os.fdatasync(self._fd)
                 self._last_sync, self._dirty = now, False
-            else:
+            elif not self._dirty:
                 self._dirty = True
+                if self._waker is not None:
+                    self._waker()  # a sync is pending now: whoever runs sync_if_due should know when
         except OSError as exc:
             self._broken = f"write failed: {exc.strerror or exc}"
             raise AuditError(f"{self.path}: cannot write the audit log: {exc.strerror or exc}") from exc
@@ -439,6 +444,23 @@ class AuditLog:
             self._open_locked()
         except AuditError as exc:
             logger.error("%s", exc)
+
+    def set_waker(self, waker: Callable[[], None] | None) -> None:
+        """``waker()`` is called (under the log's lock; it must not block) when a sync becomes pending."""
+        with self._lock:
+            self._waker = waker
+
+    def sync_due(self) -> float | None:
+        """Seconds until pending records are due for their sync (0 if overdue); None if none is pending."""
+        if not self._dirty:
+            return None
+        left = self._last_sync + self._sync_interval - self._clock()
+        return left if 0.0 < left <= self._sync_interval else 0.0  # a clock set back: due now
+
+    def sync_if_due(self) -> None:
+        """:meth:`sync` if pending records are due for it (see :meth:`sync_due`)."""
+        if self.sync_due() == 0.0:
+            self.sync()
 
     def sync(self) -> None:
         """fdatasync if records are pending; errors mark the log broken (and are not raised)."""

@@ -39,7 +39,7 @@ from secure_agent.dispatch import MetricsSource
 from secure_agent.errors import AuditError, StartupError
 from secure_agent.guard import Policy, load_policy
 from secure_agent.ratelimit import RateLimiter
-from secure_agent.server import POLL_INTERVAL, AgentServer
+from secure_agent.server import AgentServer
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Agent:
             raise StartupError(str(exc)) from exc
         self._metrics.start()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(POLL_INTERVAL,), name="agent-accept", daemon=True
+            target=self._server.serve, name="agent-accept", daemon=True
         )
         self._thread.start()
         logger.info("agent %s listening on %s:%d", self.config.name, host, port)

@@ -9,11 +9,18 @@ one slot until its handshake timeout, never the accept loop.
 
 The methods are registered on this server's ``SimpleXMLRPCDispatcher`` (:mod:`secure_agent.dispatch`);
 the stdlib's HTTP request handler is not used: :mod:`secure_agent.httpframe` frames requests strictly.
+
+The accept loop (:meth:`AgentServer.serve`) sleeps in one ``select`` on the listening socket and a
+socketpair, with no periodic tick: an idle agent's accept thread does not wake at all. It wakes for a
+connection, for :meth:`AgentServer.stop` (a byte on the socketpair), and, while audit records wait for
+their ``fdatasync``, when that sync is due (:meth:`secure_agent.audit.AuditLog.sync_due`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -33,7 +40,6 @@ from secure_agent.ratelimit import RateLimiter
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 128
-POLL_INTERVAL = 0.1  # seconds between checks of the stop flag and audit syncs in the accept loop
 PRE_AUTH_RECORD_BURST = 100  # audit records of pre-authentication refusals per address at once...
 PRE_AUTH_RECORDS_PER_SECOND = 5.0  # ...and per second after that (the rest are counted)
 MAX_SUPPRESSED_ADDRESSES = 10_000
@@ -147,6 +153,13 @@ class AgentServer(SimpleXMLRPCServer):
         self.pre_auth = PreAuthAudit(audit)
         self._connections: set[Connection] = set()
         self._idle = threading.Condition()
+        # wakes the accept loop: a byte from stop(), or from the audit log when a sync becomes pending
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._served = threading.Event()
+        self._served.set()
+        audit.set_waker(self.wake)
         register_contract(self, metrics)
 
     def open(self) -> None:
@@ -163,6 +176,61 @@ class AgentServer(SimpleXMLRPCServer):
         return int(self.server_address[1])
 
     # -- the accept loop -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the accept loop look at its state (stop flag, pending audit sync) now; any thread."""
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed (stopped)
+            self._wake_w.send(b"\0")
+
+    def serve(self) -> None:
+        """The accept loop, until :meth:`stop`: blocks in select, with a timeout only while a sync is due."""
+        if self.stopping:
+            return
+        self._served.clear()
+        try:
+            with selectors.DefaultSelector() as selector:
+                try:
+                    selector.register(self.socket, selectors.EVENT_READ, "accept")
+                    selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+                except (OSError, ValueError):  # closed by a stop that came before the loop began
+                    if self.stopping:
+                        return
+                    raise
+                while not self.stopping:
+                    for key, _ in selector.select(self.audit.sync_due()):
+                        if key.data == "wake":
+                            with contextlib.suppress(OSError):
+                                self._wake_r.recv(4096)
+                        elif not self.stopping:
+                            self._accept_one()
+                    self.audit.sync_if_due()
+        finally:
+            self._served.set()
+
+    def _accept_one(self) -> None:
+        """socketserver's ``_handle_request_noblock``: accept, judge on the raw socket, hand off."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:  # the peer went away between select and accept
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:  # as socketserver does: log it, close this connection, keep accepting
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """socketserver's entry point, kept working: the same loop as :meth:`serve` (no polling)."""
+        self.serve()
+
+    def shutdown(self) -> None:
+        """Stop the accept loop and wait until it has returned (as socketserver's shutdown does)."""
+        self.stopping = True
+        self.wake()
+        self._served.wait()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Allowlist and slot, on the raw socket, before any TLS byte is read."""
@@ -206,9 +274,6 @@ class AgentServer(SimpleXMLRPCServer):
                 self._connections.discard(connection)
                 self._idle.notify_all()
 
-    def service_actions(self) -> None:
-        self.audit.sync()
-
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.exception("error while accepting %s", format_peer(client_address))
 
@@ -229,6 +294,12 @@ class AgentServer(SimpleXMLRPCServer):
                 connection.cut()
         self.server_close()
         self.pre_auth.flush()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.audit.set_waker(None)
+        self._wake_r.close()
+        self._wake_w.close()
 
     def connection_count(self) -> int:
         with self._idle:
