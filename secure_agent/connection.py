@@ -137,7 +137,7 @@ class Connection:
     def _serve(self, reader: Reader) -> None:
         limits = self.server.limits
         wait = limits.request_timeout  # the first request must come promptly after the handshake
-        for _ in range(limits.max_requests_per_connection):
+        for left in range(limits.max_requests_per_connection - 1, -1, -1):
             if self.server.stopping:
                 return
             self.idle = True
@@ -151,11 +151,13 @@ class Connection:
                 # timeout does too; clients retry on a new connection.
                 logger.info("closing a connection from %s made before the last reload", self.peer)
                 return
-            if not self._one_request(reader, time.monotonic() + limits.request_timeout):
+            # the last request this connection may carry is answered with "Connection: close", so
+            # the client knows not to send another on it (rather than finding it closed under it)
+            if not self._one_request(reader, time.monotonic() + limits.request_timeout, last=left == 0):
                 return
             wait = limits.idle_timeout
 
-    def _one_request(self, reader: Reader, deadline: float) -> bool:
+    def _one_request(self, reader: Reader, deadline: float, *, last: bool = False) -> bool:
         """Handle one request; True to keep the connection for another."""
         server = self.server
         self._request_id = secrets.token_hex(8)
@@ -211,7 +213,7 @@ class Connection:
         served = "served" if outcome.fault is None else "faulted"
         if not self._audit("call", served, method=outcome.method, reason=outcome.fault, status=200, **accepted):
             return self._refuse(503, "call", "audit_unavailable", fields={"method": outcome.method, **accepted})
-        keep_alive = head.keep_alive and not server.stopping
+        keep_alive = head.keep_alive and not last and not server.stopping
         data = httpframe.response(
             200, outcome.body, content_type=XML_TYPE, keep_alive=keep_alive, headers={"X-Request-Id": self._request_id}
         )

@@ -170,6 +170,19 @@ def test_keep_alive_requests_are_each_checked(start_agent: StartAgent, test_pki:
     wire.assert_chain_intact(agent)
 
 
+def test_last_request_of_a_connection_is_answered_with_connection_close(
+    start_agent: StartAgent, test_pki: TestPKI
+) -> None:
+    """A client must learn from the answer that the connection ends, not by finding it closed later."""
+    agent = start_agent(test_pki, server={"max_requests_per_connection": 3})
+    with wire.tls(agent, wire.collector_context(test_pki)) as sock:
+        replies = [wire.exchange(sock, wire.signed_request(agent, test_pki, "ping")) for _ in range(3)]
+        assert [reply.status for reply in replies] == [200, 200, 200]
+        assert [reply.headers["connection"] for reply in replies] == ["keep-alive", "keep-alive", "close"]
+        assert wire.is_closed(sock)
+    assert wire.served_calls(agent) == 3
+
+
 def test_rate_limit_per_client(start_agent: StartAgent, test_pki: TestPKI) -> None:
     test_pki.issue("second", folder="second-collector")
     agent = start_agent(
