@@ -11,6 +11,10 @@ rest, with their age, so it never waits on a scan. The background thread, starte
 - every ``check_interval`` seconds, the first time right away, runs the security scan (processes,
   sockets, auth logs).
 
+:meth:`~MetricsService.snapshot_response` is the same struct as the XML-RPC method response the agent
+sends, built without marshalling the parts only the background thread changes: the findings, disks
+and temperature are rendered to XML once when they are read (:mod:`secure_agent.xmlwire`) and spliced.
+
 Everything returned is XML-RPC-marshallable (str, 32-bit int, float, bool, None, list, dict with str keys)
 and freshly built, so callers may share nothing; all methods are thread-safe and ``snapshot()`` and
 ``info()`` never raise. A metric this host cannot provide, or that ``metrics.enable_*`` turns off, is
@@ -29,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from secure_agent import __version__
+from secure_agent import __version__, xmlwire
 from secure_agent.config import AgentConfig
 from secure_agent.probes._text import INT32_MAX
 from secure_agent.probes.cpu import CpuReading, CpuSampler
@@ -38,6 +42,7 @@ from secure_agent.probes.load import LoadReading, read_load
 from secure_agent.probes.memory import read_memory
 from secure_agent.probes.security import SECURITY_METRICS, SecurityReport, SecurityScanner
 from secure_agent.probes.temperature import TemperatureReading, read_temperature
+from secure_agent.xmlwire import Fragment
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,16 @@ class _Slow(NamedTuple):
     temperature: TemperatureReading
     disks: tuple[DiskReading, ...] | str
     read_at: float
+    temperature_xml: Fragment  # the wire struct of each, rendered once (snapshot_response splices them)
+    disks_xml: Fragment
+
+
+def _temperature_struct(temperature: TemperatureReading) -> dict[str, Any]:
+    return temperature._asdict()
+
+
+def _disks_struct(disks: tuple[DiskReading, ...] | str) -> list[dict[str, Any]]:
+    return [] if isinstance(disks, str) else [disk._asdict() for disk in disks]
 
 
 class _Unavailable:
@@ -100,6 +115,7 @@ class MetricsService:
         self._lock = threading.Lock()  # guards the fields below
         self._slow: _Slow | None = None
         self._security: SecurityReport | None = None
+        self._findings_xml: Fragment | None = None  # the wire list of self._security's findings
         self._scan_error: str | None = None
         self._thread: threading.Thread | None = None
         self._scan_lock = threading.Lock()  # one security scan at a time: it owns the log followers
@@ -169,11 +185,13 @@ class MetricsService:
                 else TemperatureReading(None, DISABLED, None, None, None)
             )
             disks = read_disks(self._proc_root, platform=self._platform) if enabled.enable_disk else DISABLED
+            temperature_xml = xmlwire.fragment(_temperature_struct(temperature))
+            disks_xml = xmlwire.fragment(_disks_struct(disks))
         except Exception:  # a probe bug must not kill the thread: logged with its traceback
             logger.exception("reading temperature/disks failed")
             return
         with self._lock:
-            self._slow = _Slow(temperature, disks, self._clock())
+            self._slow = _Slow(temperature, disks, self._clock(), temperature_xml, disks_xml)
 
     def _refresh_security(self) -> None:
         if not self._config.metrics.enable_security:
@@ -182,6 +200,7 @@ class MetricsService:
         with self._scan_lock:
             try:
                 report = self._scanner.scan()
+                findings_xml = xmlwire.fragment([finding.as_wire() for finding in report.findings])
             except Exception:  # a probe bug must not kill the thread: logged with its traceback
                 logger.exception("security scan failed")
                 with self._lock:
@@ -189,7 +208,7 @@ class MetricsService:
                 return
         logger.debug("security scan: %d findings in %.3f s", report.issues, report.duration)
         with self._lock:
-            self._security, self._scan_error = report, None
+            self._security, self._findings_xml, self._scan_error = report, findings_xml, None
         self._scanned.set()
 
     # ---- the wire structs ------------------------------------------------------------------------
@@ -201,6 +220,16 @@ class MetricsService:
         except Exception:  # the agent must keep answering; the bug is logged with its traceback
             logger.exception("building the metrics snapshot failed")
             return self._fallback()
+
+    def snapshot_response(self) -> bytes:
+        """The XML-RPC method response carrying :meth:`snapshot`'s struct, as ``xmlrpc.client.dumps``
+        writes it (encoded as UTF-8); never raises for the metrics' sake (the fallback is sent)."""
+        try:
+            struct = self._snapshot(wire=True)[0]
+        except Exception:  # as in snapshot()
+            logger.exception("building the metrics snapshot failed")
+            struct = self._fallback()
+        return xmlwire.method_response(struct)
 
     def info(self) -> dict[str, Any]:
         """The ``get_info()`` struct: which metrics this host can provide; never raises."""
@@ -221,12 +250,14 @@ class MetricsService:
             "unavailable": lasting,
         }
 
-    def _snapshot(self) -> tuple[dict[str, Any], _Unavailable]:
+    def _snapshot(self, *, wire: bool = False) -> tuple[dict[str, Any], _Unavailable]:
+        """The struct and what is unavailable; with ``wire``, the background parts are XML fragments."""
         enabled = self._config.metrics
         unavailable = _Unavailable()
         now = self._clock()
         with self._lock:
             slow, security, scan_error = self._slow, self._security, self._scan_error
+            findings_xml = self._findings_xml if wire else None
         if enabled.enable_cpu:
             cpu = self._cpu.sample()
             load = read_load(self._proc_root, platform=self._platform)
@@ -249,7 +280,13 @@ class MetricsService:
             unavailable.add("cpu_temperature", temperature.reason, transient=slow is None)
         if isinstance(disks, str):
             unavailable.add("disk_usage", disks, transient=slow is None)
-        security_struct = self._security_struct(security, scan_error, now, unavailable)
+        security_struct = self._security_struct(security, scan_error, now, unavailable, findings_xml)
+        temperature_struct: dict[str, Any] | Fragment
+        disks_struct: list[dict[str, Any]] | Fragment
+        if wire and slow is not None:
+            temperature_struct, disks_struct = slow.temperature_xml, slow.disks_xml
+        else:
+            temperature_struct, disks_struct = _temperature_struct(temperature), _disks_struct(disks)
         cores = cpu.cores or os.cpu_count() or 1
         struct: dict[str, Any] = {
             "agent": self._config.name,
@@ -264,14 +301,14 @@ class MetricsService:
             "disk_usage": None if isinstance(disks, str) else fullest(disks).percent,
             "security_issues": security_struct["issues"],
             "threat_level": security_struct["threat_level"],
-            "temperature": temperature._asdict(),
+            "temperature": temperature_struct,
             "cpu": {"percent": cpu.percent, "per_core": list(cpu.per_core[:MAX_PER_CORE]), "count": cores},
             "load": {
                 "load_1": load.load_1, "load_5": load.load_5, "load_15": load.load_15,
                 "per_core_1": None if load.load_1 is None else round(load.load_1 / cores, 3),
             },
             "memory": None if isinstance(memory, str) else memory._asdict(),
-            "disks": [] if isinstance(disks, str) else [disk._asdict() for disk in disks],
+            "disks": disks_struct,
             "security": security_struct,
             "unavailable": dict(unavailable.reasons),
         }
@@ -279,7 +316,12 @@ class MetricsService:
         return struct, unavailable
 
     def _security_struct(
-        self, report: SecurityReport | None, scan_error: str | None, now: float, unavailable: _Unavailable
+        self,
+        report: SecurityReport | None,
+        scan_error: str | None,
+        now: float,
+        unavailable: _Unavailable,
+        findings_xml: Fragment | None = None,
     ) -> dict[str, Any]:
         if not self._config.metrics.enable_security:
             for metric in SECURITY_METRICS:
@@ -299,7 +341,7 @@ class MetricsService:
             "age": max(0.0, round(now - report.scanned_at, 3)),
             "ssh_failures": min(report.ssh_failures, INT32_MAX),  # "message repeated N times" adds up
             "unknown_processes": report.unknown_processes,
-            "findings": [finding.as_wire() for finding in report.findings],
+            "findings": findings_xml or [finding.as_wire() for finding in report.findings],
         }
 
     def _fallback(self) -> dict[str, Any]:
