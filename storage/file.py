@@ -11,7 +11,9 @@ newest backup first, N = ``rotation.backup_count``; see :mod:`storage.rotating`)
     metrics_file (optional)        human-readable log: one line per new sample and per alert
 
 Every data line is a flat JSON object beginning with ``"agent"``; samples end with ``findings`` and
-``extra``. Readers (:meth:`FileStore.query_samples` and friends) read the live file and its backups,
+``extra``. Beside each data file the writer keeps a line index (``NAME.idx``, :mod:`storage.lineindex`)
+so a query for one agent reads only its lines. Readers (:meth:`FileStore.query_samples` and friends)
+read the live file and its backups,
 ignore anything after the last newline (a write in progress or a crash), and return frames built by
 :mod:`storage.frames`.
 
@@ -46,6 +48,7 @@ from storage.base import Batch
 from storage.config import StorageConfig
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.frames import FrameSpec
+from storage.lineindex import agent_key, agent_lines
 from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, Sample
 from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
 
@@ -142,9 +145,9 @@ class FileStore:
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._writers_open = False
-        self._samples = RotatingFile(self.json_file, max_bytes, backup_count, fsync=fsync)
-        self._alerts = RotatingFile(self.alerts_file, max_bytes, backup_count, fsync=fsync)
-        self._statuses = RotatingFile(self.status_file, max_bytes, backup_count, fsync=fsync)
+        self._samples = RotatingFile(self.json_file, max_bytes, backup_count, fsync=fsync, indexed=True)
+        self._alerts = RotatingFile(self.alerts_file, max_bytes, backup_count, fsync=fsync, indexed=True)
+        self._statuses = RotatingFile(self.status_file, max_bytes, backup_count, fsync=fsync, indexed=True)
         self._human = (
             RotatingFile(metrics_file, max_bytes, backup_count, fsync=fsync) if metrics_file is not None else None
         )
@@ -243,11 +246,11 @@ class FileStore:
         except ValueError as exc:  # a detail pydantic cannot put into JSON: storing it again cannot help
             raise StorageError(f"cannot serialise a record for {self.json_file}: {exc}") from exc
         if sample_lines:
-            self._samples.append(sample_lines)
+            self._samples.append(sample_lines, [agent_key(s.agent) for s in samples])
         if alert_lines:
-            self._alerts.append(alert_lines)
+            self._alerts.append(alert_lines, [agent_key(a.agent) for a in alerts])
         if status_lines:
-            self._statuses.append(status_lines)
+            self._statuses.append(status_lines, [agent_key(s.agent) for s in statuses])
         if self._human is not None and (samples or alerts):
             human = [human_sample_line(s).encode() for s in samples]
             human.extend(human_alert_line(a).encode() for a in alerts)
@@ -274,19 +277,24 @@ class FileStore:
         if agent is not None and _AGENT.fullmatch(agent) is None:
             return frames.empty(spec)
         try:
-            data = self._read_family(path)
+            data = self._read_family(path, agent)
         except OSError as exc:
             raise StorageUnavailable(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from exc
-        if agent is not None:
-            data = _lines_of(data, agent)
         return frames.finish(jsonlines.parse(data, spec), spec, start, end, agent)
 
-    def _read_family(self, path: Path) -> bytes:
-        """Whole lines of the backups (oldest first) then the live file, consistent across a rotation."""
+    def _read_family(self, path: Path, agent: str | None = None) -> bytes:
+        """Whole lines of the backups (oldest first) then the live file, consistent across a rotation.
+
+        With ``agent``, only that agent's lines, found through each file's line index when it checks out.
+        """
         data = b""
         for _attempt in range(_READ_ATTEMPTS):
             before = _identity(path, self.backup_count)
-            data = b"".join(whole_lines(p) for p in family(path, self.backup_count))
+            members = family(path, self.backup_count)
+            if agent is None:
+                data = b"".join(whole_lines(p) for p in members)
+            else:
+                data = b"".join(agent_lines(p, agent) for p in members)
             if _identity(path, self.backup_count) == before:
                 return data
         log.warning("%s kept rotating while being read; returning the last read", path)
@@ -309,27 +317,6 @@ def _identity(path: Path, backup_count: int) -> list[tuple[str, int]]:
         except FileNotFoundError:
             identity.append((member.name, -1))
     return identity
-
-
-def _lines_of(data: bytes, agent: str) -> bytes:
-    """The lines of ``data`` that belong to ``agent``: every stored line begins with its agent.
-
-    ``bytes.find`` from one line start of the agent to the next is ~15x faster than a regex or a split.
-    """
-    prefix = b'{"agent":"' + agent.encode() + b'",'
-    needle = b"\n" + prefix
-    parts: list[bytes] = []
-    if data.startswith(prefix):
-        start = 0
-    else:
-        found = data.find(needle)
-        start = found + 1 if found >= 0 else -1
-    while start >= 0:
-        end = data.index(b"\n", start) + 1
-        parts.append(data[start:end])
-        found = data.find(needle, end - 1)
-        start = found + 1 if found >= 0 else -1
-    return b"".join(parts)
 
 
 def _json_line(record: Sample | Alert | AgentStatus) -> bytes:

@@ -10,6 +10,8 @@ Guarantees:
   the last newline) before appending, and readers ignore anything after the last newline anyway.
 * Durability (``fsync=True``, the default): the live file is fsync'd once per :meth:`append` call (once
   per polling sweep), and before a rotation; the directory is fsync'd after the renames of a rotation.
+* ``indexed=True`` keeps a line index beside each file (``NAME.idx``, renamed with it on rotation;
+  :mod:`storage.lineindex`), given each line's agent key in :meth:`RotatingFile.append`.
 * Files are opened with ``O_NOFOLLOW`` (a symlink planted at the path is refused) and created 0640;
   missing directories are created 0750 (both further narrowed by the umask).
 """
@@ -20,6 +22,8 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+from storage.lineindex import IndexWriter, index_path
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +83,16 @@ def _fsync_dir(directory: Path) -> None:
 class RotatingFile:
     """The writer of one rotated line file. Not thread-safe: the owner serialises calls."""
 
-    def __init__(self, path: Path, max_bytes: int, backup_count: int, *, fsync: bool = True) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, backup_count: int, *, fsync: bool = True, indexed: bool = False
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backup_count = backup_count
         self.fsync = fsync
         self._fd: int | None = None
         self._size = 0
+        self._index = IndexWriter(path) if indexed else None
 
     def open(self) -> None:
         """Create the directory and file if needed and cut a torn last line. Raises OSError."""
@@ -93,6 +100,8 @@ class RotatingFile:
         self._fd = os.open(self.path, _OPEN_FLAGS, FILE_MODE)
         self._size = os.fstat(self._fd).st_size
         self._cut_torn_tail()
+        if self._index is not None:
+            self._index.open(self._fd)
 
     def _cut_torn_tail(self) -> None:
         if self._fd is None or self._size == 0:
@@ -133,20 +142,26 @@ class RotatingFile:
             raise OSError(f"{self.path} is not open")
         return self._fd
 
-    def append(self, lines: Sequence[bytes]) -> None:
-        """Append ``lines`` (each ending in a newline), rotating between lines as needed. Raises OSError."""
+    def append(self, lines: Sequence[bytes], keys: Sequence[int] = ()) -> None:
+        """Append ``lines`` (each ending in a newline), rotating between lines as needed. Raises OSError.
+
+        ``keys``: each line's agent key (:func:`storage.lineindex.agent_key`), for an indexed file.
+        """
         self._require_fd()
         index = 0
         while index < len(lines):
             room = self.max_bytes - self._size
-            chunk: list[bytes] = []
+            first = index
+            ends: list[int] = []
             used = 0
-            while index < len(lines) and (used + len(lines[index]) <= room or (not chunk and self._size == 0)):
-                chunk.append(lines[index])
+            while index < len(lines) and (used + len(lines[index]) <= room or (not ends and self._size == 0)):
                 used += len(lines[index])
+                ends.append(self._size + used)
                 index += 1
-            if chunk:
-                self._write(b"".join(chunk))
+            if ends:
+                self._write(b"".join(lines[first:index]))
+                if self._index is not None:
+                    self._index.append(ends, keys[first:index] if keys else [0] * len(ends))
             if index < len(lines):
                 self._rotate()
         if self.fsync:
@@ -174,20 +189,31 @@ class RotatingFile:
             os.fsync(fd)
         os.close(fd)
         self._fd = None
+        if self._index is not None:
+            self._index.close()
         oldest = backup_path(self.path, self.backup_count)
         oldest.unlink(missing_ok=True)
+        index_path(oldest).unlink(missing_ok=True)
         for i in range(self.backup_count - 1, 0, -1):
             source = backup_path(self.path, i)
             if source.exists():
                 os.replace(source, backup_path(self.path, i + 1))
+            if index_path(source).exists():
+                os.replace(index_path(source), index_path(backup_path(self.path, i + 1)))
         os.replace(self.path, backup_path(self.path, 1))
+        if self._index is not None and index_path(self.path).exists():
+            os.replace(index_path(self.path), index_path(backup_path(self.path, 1)))
         self._fd = os.open(self.path, _OPEN_FLAGS, FILE_MODE)
         self._size = 0
+        if self._index is not None:
+            self._index.open(self._fd)
         if self.fsync:
             _fsync_dir(self.path.parent)
         log.info("rotated %s", self.path)
 
     def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
