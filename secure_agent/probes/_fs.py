@@ -17,7 +17,7 @@ LARGE_FILE = 4 * 1024 * 1024
 """Upper bound for files that grow with the host (/proc/stat, /proc/net/tcp, /proc/mounts)."""
 
 
-def read_bytes(path: Path, limit: int = SMALL_FILE) -> bytes:
+def read_bytes(path: str | Path, limit: int = SMALL_FILE) -> bytes:
     """Read at most ``limit`` bytes of ``path`` (raises ``OSError``)."""
     # O_NONBLOCK: a FIFO planted where a sysfs/procfs file is expected must not block the probe.
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
@@ -36,12 +36,12 @@ def read_bytes(path: Path, limit: int = SMALL_FILE) -> bytes:
         os.close(fd)
 
 
-def read_text(path: Path, limit: int = SMALL_FILE) -> str:
+def read_text(path: str | Path, limit: int = SMALL_FILE) -> str:
     """Read at most ``limit`` bytes of ``path`` as text; undecodable bytes are kept as surrogates."""
     return read_bytes(path, limit).decode("utf-8", "surrogateescape")
 
 
-def read_optional(path: Path, limit: int = SMALL_FILE) -> str | None:
+def read_optional(path: str | Path, limit: int = SMALL_FILE) -> str | None:
     """The stripped text of ``path``, or ``None`` when it cannot be read."""
     try:
         return read_text(path, limit).strip()

@@ -2,7 +2,10 @@
 
 Linux: the socket tables ``<proc_root>/net/{tcp,tcp6,udp,udp6}`` are parsed directly; the process owning a
 socket is found by matching its inode against the ``socket:[inode]`` links under ``<proc_root>/<pid>/fd``
-(only for the few sockets that matter, and stopping once all are found). Other platforms: psutil's
+(only for the few sockets that matter, and stopping once all are found). The tables are read with
+raw fields first (state, then hex ports): only the sockets that can give rise to a finding have their
+addresses decoded, so the scan costs little more than splitting the lines, however many sockets in
+TIME_WAIT or on ordinary ports the host holds. Other platforms: psutil's
 ``net_connections()``, which macOS allows only to root (otherwise the reason says so).
 
 - ``suspicious_port_listener``: a TCP listener, or a bound unconnected UDP socket, on a suspicious port;
@@ -154,6 +157,51 @@ def socket_owners(proc_root: Path, inodes: set[int]) -> dict[int, int]:
     return owners
 
 
+def _scan_table(
+    text: str, protocol: str, suspicious: frozenset[int], want_listeners: bool, budget: int
+) -> tuple[list[Socket], int, int, int]:
+    """(interesting sockets, listeners, active connections, lines used) of one /proc/net table.
+
+    What :func:`parse_net_table` followed by :func:`_interesting` gives, without decoding the
+    addresses of sockets that cannot matter (most of them); malformed lines are skipped as there.
+    """
+    found: list[Socket] = []
+    listeners = active = used = 0
+    is_tcp = protocol.startswith("tcp")
+    listen_state = LISTEN if is_tcp else UNCONNECTED
+    for line in text.splitlines()[1:]:
+        if used >= budget:
+            break
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        used += 1
+        state = fields[3].upper()
+        if state != listen_state and state not in ACTIVE:
+            continue  # neither counted nor ever a finding (TIME_WAIT, CLOSE_WAIT, ...)
+        local, _, local_hex = fields[1].partition(":")
+        remote, _, remote_hex = fields[2].partition(":")
+        try:
+            local_port, remote_port, inode = int(local_hex, 16), int(remote_hex, 16), int(fields[9])
+            if len(bytes.fromhex(local)) not in (4, 16) or len(bytes.fromhex(remote)) not in (4, 16):
+                continue
+        except ValueError:
+            continue
+        if state == listen_state and (is_tcp or remote_port == 0):
+            listeners += 1
+            wanted = want_listeners or local_port in suspicious
+        elif state in ACTIVE:
+            active += 1
+            wanted = local_port in suspicious or remote_port in suspicious
+        else:
+            continue  # a connected UDP socket in state 07: neither counted nor a finding
+        if wanted:
+            uid = int(fields[7]) if fields[7].isdigit() else None
+            local, remote = decode_address(local), decode_address(remote)
+            found.append(Socket(protocol, local, local_port, remote, remote_port, state, uid, inode))
+    return found, listeners, active, used
+
+
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -252,26 +300,29 @@ def _interesting(sock: Socket, suspicious_ports: frozenset[int], want_listeners:
 
 
 def _scan_linux(proc_root: Path, suspicious: frozenset[int], expected: frozenset[str]) -> NetworkScan:
-    sockets: list[Socket] = []
-    readable = 0
+    sockets: list[Socket] = []  # only those that may give rise to a finding
+    readable = listeners = active = 0
+    budget = MAX_SOCKETS  # lines of the tables looked at, in all
     for table in TABLES:
         try:
             text = read_text(proc_root / "net" / table, LARGE_FILE * 16)
         except OSError:
             continue  # no IPv6, or no UDP table in this namespace
         readable += 1
-        sockets.extend(parse_net_table(text, table))
+        found, table_listeners, table_active, used = _scan_table(text, table, suspicious, bool(expected), budget)
+        sockets.extend(found)
+        listeners, active, budget = listeners + table_listeners, active + table_active, budget - used
     if not readable:
         return NetworkScan((), 0, 0, f"no socket table readable under {proc_root / 'net'}")
-    sockets = sockets[:MAX_SOCKETS]
-    wanted = {sock.inode for sock in sockets if sock.inode and _interesting(sock, suspicious, bool(expected))}
+    wanted = {sock.inode for sock in sockets if sock.inode}
     users: dict[int, str] = {}
     owners: dict[int, Owner] = {}
     by_inode = {sock.inode: sock for sock in sockets}
     pids = socket_owners(proc_root, wanted) if wanted else {}
     for inode in wanted:
         owners[inode] = _owner_linux(proc_root, pids.get(inode), by_inode[inode].uid, users)
-    return evaluate(sockets, owners, suspicious, expected, ephemeral_low(proc_root))
+    scan = evaluate(sockets, owners, suspicious, expected, ephemeral_low(proc_root))
+    return scan._replace(listeners=listeners, connections=active)
 
 
 def _psutil_state(status: str, is_tcp: bool, has_remote: bool) -> str:

@@ -201,6 +201,31 @@ def _scan_psutil() -> list[ProcessInfo]:
     return infos
 
 
+def _at_a_glance(root: str, pid: int, tmp_dirs: tuple[str, ...]) -> ProcessInfo | None:
+    """What :func:`inspect` would conclude, for the two common cases that give rise to no finding.
+
+    An executable that exists outside the temporary directories (one readlink) is ``ok``; a process
+    without one whose stat flags say kernel thread is ``unknown``. Neither is ever reported, so the
+    scan need not read their status or comm (name and user stay None); anything else is inspected
+    in full. None means: inspect it.
+    """
+    try:
+        target = os.readlink(f"{root}/{pid}/exe")
+    except OSError:
+        text = read_optional(f"{root}/{pid}/stat")
+        if text is None or ")" not in text:
+            return None
+        rest = text[text.rindex(")") + 1 :].split()
+        try:
+            kernel_thread = bool(int(rest[6]) & PF_KTHREAD)
+        except (IndexError, ValueError):
+            return None
+        return ProcessInfo(pid, None, None, None, "unknown", "kernel thread") if kernel_thread else None
+    if target.endswith(DELETED_SUFFIX) or under(target, tmp_dirs) is not None:
+        return None
+    return ProcessInfo(pid, None, None, target, "ok", None)
+
+
 def scan_processes(proc_root: Path = Path("/proc"), *, platform: str = sys.platform) -> ProcessScan:
     """Inspect every process; never raises."""
     tmp_dirs = tmp_dirs_for(platform)
@@ -213,5 +238,10 @@ def scan_processes(proc_root: Path = Path("/proc"), *, platform: str = sys.platf
     if not pids:
         return ProcessScan((), 0, 0, (), f"no processes under {proc_root}")
     users: dict[int, str] = {}
-    infos = [info for pid in pids[:MAX_PROCESSES] if (info := inspect(proc_root, pid, users)) is not None]
+    root = str(proc_root)
+    infos: list[ProcessInfo] = []
+    for pid in pids[:MAX_PROCESSES]:
+        info = _at_a_glance(root, pid, tmp_dirs) or inspect(proc_root, pid, users)
+        if info is not None:
+            infos.append(info)
     return _summarise(infos, tmp_dirs)

@@ -114,3 +114,37 @@ def test_live_connection_on_a_suspicious_port(connected_pair: tuple[socket.socke
 def test_no_tables_is_a_reason(tmp_path: Path) -> None:
     scan = scan_network(tmp_path, suspicious_ports=SUSPICIOUS, platform="linux")
     assert scan.findings == () and scan.reason == f"no socket table readable under {tmp_path / 'net'}"
+
+
+def _reference(proc_root: Path, suspicious: frozenset[int], expected: frozenset[str]) -> tuple[object, ...]:
+    """The scan as it was before the raw-field fast path: every address decoded, then judged."""
+    from secure_agent.probes import network
+
+    sockets = []
+    for table in network.TABLES:
+        path = proc_root / "net" / table
+        if path.exists():
+            sockets.extend(parse_net_table(path.read_text(), table))
+    wanted = {s.inode for s in sockets if s.inode and network._interesting(s, suspicious, bool(expected))}
+    by_inode = {s.inode: s for s in sockets}
+    pids = socket_owners(proc_root, wanted) if wanted else {}
+    owners = {i: network._owner_linux(proc_root, pids.get(i), by_inode[i].uid, {}) for i in wanted}
+    return tuple(network.evaluate(sockets, owners, suspicious, expected, network.ephemeral_low(proc_root)))
+
+
+@pytest.mark.parametrize("expected", [(), ("sshd",)])
+@pytest.mark.parametrize("root", ["fixture", "live"])
+def test_fast_scan_finds_what_decoding_every_socket_finds(
+    fixtures: Path, connected_pair: tuple[socket.socket, socket.socket, int], root: str, expected: tuple[str, ...]
+) -> None:
+    proc_root = fixtures / "proc" / "host" if root == "fixture" else Path("/proc")
+    port = connected_pair[2]
+    suspicious = frozenset((*SUSPICIOUS, port))
+    scan = scan_network(proc_root, suspicious_ports=suspicious, expected_listeners=expected)
+    reference = _reference(proc_root, suspicious, frozenset(expected))
+    if root == "fixture":
+        assert tuple(scan) == reference
+    else:  # other processes open and close sockets between the two reads: compare what is ours
+        ours = [f for f in scan.findings if dict(f.evidence).get("port") == port]
+        assert ours and all(finding in reference[0] for finding in ours)  # type: ignore[operator]
+    assert scan.findings and scan.listeners >= 1
