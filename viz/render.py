@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import io
 import logging
 import multiprocessing
 import os
@@ -20,9 +19,11 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from viz import png
 from viz.errors import OutputError
 from viz.plots import DPI, PLOTS, PlotInput
 
@@ -38,12 +39,10 @@ def render_png(name: str, data: PlotInput) -> bytes:
     """The PNG of plot ``name`` (a key of :data:`viz.plots.PLOTS`)."""
     spec = PLOTS[name]
     fig = Figure(figsize=spec.size, dpi=DPI, facecolor="white")
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     spec.draw(fig, data)
-    buffer = io.BytesIO()
-    # zlib level 1: a third of the encoding time of the default for a few percent more bytes.
-    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white", pil_kwargs={"compress_level": 1})
-    return buffer.getvalue()
+    canvas.draw()  # type: ignore[no-untyped-call]  # untyped upstream
+    return png.encode(np.asarray(canvas.buffer_rgba()))  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
