@@ -20,12 +20,23 @@ The tree is then read strictly: ``methodResponse`` with one ``param`` or a ``fau
 ``dateTime``, ``base64``, extension types and unknown tags are refused, as are duplicate struct keys,
 non-finite numbers, more than :data:`MAX_ELEMENTS` elements, nesting deeper than :data:`MAX_DEPTH` and
 strings longer than :data:`MAX_STRING` characters. The size cap is the transport's.
+
+**The fast path.** An agent's answer is what ``xmlrpc.client.dumps`` writes, byte for byte the same layout
+every time. :func:`_fast_value` reads exactly that layout (after the same checks on the raw bytes) with two
+regular-expression passes in C -- one proving the whole document is a sequence of the layout's tokens, one
+collecting them -- and a loop over about 130 tokens instead of about 350 elements, at about half the cost
+of the tree. It is a strict subset of the tree reader, never a second opinion: it accepts only the layout's
+literal markup, text without markup characters, entity or character references, carriage returns,
+characters XML forbids or ``]]>``, at most :data:`_FAST_CONTAINERS` nested containers, no fault; it turns
+text into values with the same function as the tree reader (:func:`_scalar`); and on anything else, or
+anything the tree reader would refuse, it gives up and the tree reader decides (tests compare the two).
 """
 
 from __future__ import annotations
 
+import re
 import xmlrpc.client
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from xml.etree.ElementTree import Element, ParseError, XMLParser
 
 MAX_ELEMENTS = 100_000
@@ -60,6 +71,14 @@ def parse_response(body: bytes) -> Answer:
         raise WireError("DTDs, entities, comments and CDATA are not accepted")
     if body.count(b"<") > 2 * MAX_ELEMENTS:
         raise WireError("too many elements")
+    value = _fast_value(body)
+    if value is not _GIVE_UP:
+        return Answer(value, False)
+    return _tree_answer(body)
+
+
+def _tree_answer(body: bytes) -> Answer:
+    """The reference reader, for any document that passed :func:`parse_response`'s checks of the bytes."""
     # S314: no "<!" and a forced encoding mean no DTD and so no entity declaration (module docstring)
     parser = XMLParser(encoding="utf-8")  # noqa: S314 - also overrides any encoding the document declares
     try:
@@ -97,15 +116,8 @@ def _text(element: Element) -> str:
     return text
 
 
-def _number_text(element: Element) -> str:
-    text = _text(element).strip()
-    if len(text) > MAX_NUMBER_TEXT:
-        raise WireError("number too long")
-    return text
-
-
 def _value(element: Element, depth: int) -> Any:
-    """The value of a ``<value>`` element (the hot path of every poll: common leaves are handled inline)."""
+    """The value of a ``<value>`` element."""
     if element.tag != "value":
         raise WireError(f"expected <value>, found <{_tag(element)}>")
     if not len(element):
@@ -114,15 +126,24 @@ def _value(element: Element, depth: int) -> Any:
     if len(element) != 1 or len(typed):
         return _container(element, typed, depth)
     tag = typed.tag
-    text = typed.text
+    if tag == "nil":
+        text = typed.text
+        if text is not None and text.strip():
+            raise WireError("text inside <nil/>")
+        return None
+    if tag == "struct":
+        return {}
+    return _scalar(tag, typed.text or "", typed)
+
+
+def _scalar(tag: str, text: str, element: Element | None = None) -> Any:
+    """The value of a leaf ``<tag>text</tag>``: one definition for the tree reader and the fast path."""
     if tag == "string":
-        if text is None:
-            return ""
         if len(text) > MAX_STRING:
             raise WireError("string too long")
         return text
     if tag == "double":
-        if text is None or len(text) > MAX_NUMBER_TEXT:
+        if not text or len(text) > MAX_NUMBER_TEXT:
             raise WireError("not a number")
         try:
             number = float(text)
@@ -131,24 +152,21 @@ def _value(element: Element, depth: int) -> Any:
         if number - number != 0.0:  # inf - inf and nan - nan are nan
             raise WireError("not a finite number")
         return number
-    if tag == "nil":
-        if text is not None and text.strip():
-            raise WireError("text inside <nil/>")
-        return None
-    if tag == "int" or tag == "i4" or tag == "i8":
-        digits = _number_text(typed)
+    if tag == "int" or tag == "i4" or tag == "i8" or tag == "boolean":
+        if len(text) > MAX_STRING:
+            raise WireError("string too long")
+        text = text.strip()
+        if len(text) > MAX_NUMBER_TEXT:
+            raise WireError("number too long")
+        if tag == "boolean":
+            if text not in ("0", "1"):
+                raise WireError("not a boolean")
+            return text == "1"
         try:
-            return int(digits)
+            return int(text)
         except ValueError:
             raise WireError("not an integer") from None
-    if tag == "boolean":
-        flag = _number_text(typed)
-        if flag not in ("0", "1"):
-            raise WireError("not a boolean")
-        return flag == "1"
-    if tag == "struct":
-        return {}
-    raise WireError(f"unsupported type <{_tag(typed)}>")
+    raise WireError(f"unsupported type <{_tag(element) if element is not None else '?'}>")
 
 
 def _container(element: Element, typed: Element, depth: int) -> Any:
@@ -184,3 +202,113 @@ def _container(element: Element, typed: Element, depth: int) -> Any:
 
 def _tag(element: Element) -> str:
     return "".join(ch if ch.isalnum() or ch in ".:-_" else "?" for ch in str(element.tag)[:32])
+
+
+# -- the fast path: the layout xmlrpc.client.dumps writes (module docstring) -------------------------
+_FAST_PROLOG: Final = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n"
+_FAST_EPILOG: Final = b"</param>\n</params>\n</methodResponse>\n"
+_FAST_CONTAINERS: Final = (MAX_DEPTH - 4) // 3 + 1
+"""Open structs and arrays at most: even as nested arrays (3 levels each) the tree reader allows them."""
+_MEMBER_END: Final = "</member>\n"
+_STRUCT: Final = "<value><struct>\n"
+_STRUCT_END: Final = "</struct></value>\n"
+_ARRAY: Final = "<value><array><data>\n"
+_ARRAY_END: Final = "</data></array></value>\n"
+_TEXT = r"[^<&\r\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*"
+"""Character data without markup, references, carriage returns or characters XML 1.0 forbids."""
+_TYPES = ("string", "int", "i4", "i8", "double", "boolean")
+_TYPE = "(" + "|".join(_TYPES) + ")"
+_MARKS = "|".join(re.escape(mark) for mark in (_MEMBER_END, _STRUCT, _STRUCT_END, _ARRAY, _ARRAY_END))
+# The tokens, alternatives factored by their common prefixes (sre tries them in order). Groups:
+#  1 name, 2 type, 3 text   <member><name>N</name><value><T>X</T></value></member>
+#  1 name, 4 marker         <member><name>N</name><value><nil/></value></member>
+#  1 name, nothing else     <member><name>N</name>   (a struct or array follows)
+#  5 type, 6 text           <value><T>X</T></value>  (an array item)
+#  7 marker                 <value><nil/></value>    (an array item)
+#  8 mark                   <value><struct>  <value><array><data>
+#  9 mark                   </member>  </struct></value>  </data></array></value>
+_FAST_TOKEN = re.compile(
+    rf"<(?:member>\n<name>({_TEXT})</name>\n"
+    rf"(?:<value><{_TYPE}>({_TEXT})</\2></value>\n</member>\n|<value><nil/></value>(</member>)\n|)"
+    rf"|value>(?:<{_TYPE}>({_TEXT})</\5></value>\n|(<nil/>)</value>|(<struct>\n|<array><data>\n))"
+    r"|(/member>\n|/struct></value>\n|/data></array></value>\n))"
+)
+_LEAF = "(?:" + "|".join(f"<{tag}>{_TEXT}</{tag}>" for tag in _TYPES) + ")"
+# The same tokens without groups, in a row from the first byte to the last: what makes findall's
+# tokens the whole document (findall alone would skip what matches no token).
+_FAST_WHOLE = re.compile(
+    rf"(?:<member>\n<name>{_TEXT}</name>\n(?:<value>{_LEAF}</value>\n</member>\n|<value><nil/></value></member>\n|)"
+    rf"|<value>{_LEAF}</value>\n"
+    r"|<value><nil/></value>"
+    rf"|{_MARKS})*+"
+)
+_GIVE_UP: Final = object()
+_DONE: Final = object()
+
+
+def _fast_value(body: bytes) -> Any:
+    """The answer's value if ``body`` is in the layout of ``xmlrpc.client.dumps``; else :data:`_GIVE_UP`."""
+    if not body.startswith(_FAST_PROLOG) or not body.endswith(_FAST_EPILOG):
+        return _GIVE_UP
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _GIVE_UP
+    if "]]>" in text:
+        return _GIVE_UP
+    start, end = len(_FAST_PROLOG), len(text) - len(_FAST_EPILOG)  # ASCII: as many characters as bytes
+    if _FAST_WHOLE.fullmatch(text, start, end) is None:
+        return _GIVE_UP  # something other than the layout's tokens, in a row
+    stack: list[tuple[Any, Any]] = []
+    container: Any = None  # the innermost open struct (dict) or array (list); None outside both
+    key: Any = None  # in a struct: the pending member's name, _DONE once its value is in, None between
+    result: Any = _GIVE_UP
+    try:
+        for name, type_, leaf, nil_member, item_type, item, nil_item, opening, closing in _FAST_TOKEN.findall(
+            text, start, end
+        ):
+            if type_ or nil_member or not (item_type or nil_item or opening or closing):  # a member
+                if key is not None or type(container) is not dict or name in container or len(name) > MAX_STRING:
+                    return _GIVE_UP
+                if type_:
+                    container[name] = _scalar(type_, leaf)
+                elif nil_member:
+                    container[name] = None
+                else:
+                    key = name  # its value follows
+                continue
+            if item_type:
+                value = _scalar(item_type, item)
+            elif nil_item:
+                value = None
+            elif opening:
+                if len(stack) >= _FAST_CONTAINERS:
+                    return _GIVE_UP
+                stack.append((container, key))
+                container = {} if opening == "<struct>\n" else []
+                key = None
+                continue
+            elif closing == "/member>\n":
+                if key is not _DONE:
+                    return _GIVE_UP
+                key = None
+                continue
+            else:  # the end of a struct or an array
+                if key is not None or type(container) is not (dict if closing == "/struct></value>\n" else list):
+                    return _GIVE_UP
+                value = container
+                container, key = stack.pop()
+            if type(container) is dict:
+                if key is None or key is _DONE:
+                    return _GIVE_UP
+                container[key] = value
+                key = _DONE
+            elif type(container) is list:
+                container.append(value)
+            elif result is _GIVE_UP:
+                result = value
+            else:
+                return _GIVE_UP
+    except WireError:
+        return _GIVE_UP  # the tree reader says why
+    return _GIVE_UP if stack else result

@@ -10,8 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pki import tokens
+from secure_collector import wire
 from secure_collector.wire import MAX_DEPTH, WireError, parse_response, request_body
 from tests.collector.answers import good_answer
+from tests.plugins.agent import StartAgent, connect
+from tests.plugins.pki import TestPKI
 
 
 def _response(value: Any) -> bytes:
@@ -158,3 +162,156 @@ def test_arbitrary_bytes_never_escape_as_another_exception(data: bytes) -> None:
         assert str(exc)  # refused, with a reason
     else:
         assert isinstance(answer.fault, bool)
+
+
+# -- the fast path: a strict subset of the tree reader --------------------------------------------
+def _layout(value_xml: str) -> bytes:
+    """A response in the exact layout of xmlrpc.client.dumps around hand-written value markup."""
+    head = "<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n"
+    return (head + value_xml + "</param>\n</params>\n</methodResponse>\n").encode("utf-8")
+
+
+def _tree_or_refusal(body: bytes) -> Any:
+    try:
+        return wire._tree_answer(body).value
+    except WireError:
+        return _REFUSED
+
+
+_REFUSED = object()
+
+
+def _agrees(body: bytes) -> Any:
+    """The fast path gives up or reads what the tree reader reads (never accepts what it refuses)."""
+    fast = wire._fast_value(body)
+    if fast is not wire._GIVE_UP:
+        tree = _tree_or_refusal(body)
+        assert tree is not _REFUSED, body[:200]
+        assert fast == tree and type(fast) is type(tree)
+    return fast
+
+
+def test_a_real_agents_answer_takes_the_fast_path(test_pki: TestPKI, start_agent: StartAgent) -> None:
+    agent = start_agent(test_pki)
+    body = request_body("get_metrics")
+    key = tokens.load_key(test_pki.collector_files()[2])
+    connection = connect(agent, test_pki)
+    try:
+        connection.request("POST", "/RPC2", body, {"Authorization": tokens.sign("collector", key, agent.name, body)})
+        response = connection.getresponse()
+        answer = response.read()
+    finally:
+        connection.close()
+    assert response.status == 200
+    fast = _agrees(answer)
+    if b"&" not in answer:  # host text with markup characters is escaped: the tree reader's case
+        assert fast is not wire._GIVE_UP and fast["agent"] == agent.name
+
+
+def test_an_answer_in_the_agents_layout_takes_the_fast_path() -> None:
+    answer = good_answer(unavailable={"cpu_temperature": None, "processes": "disabled by configuration"})
+    body = _response(answer)
+    assert _agrees(body) == answer
+    assert parse_response(body).value == answer
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (_response("x" * 5000), "too long"),
+        (_response(float("nan")), "finite"),
+        (_response([1] * 3).replace(b"<int>1</int>", b"<int>1.5</int>", 1), "integer"),
+        (_layout("<value><int>" + " " * 5000 + "7</int></value>\n"), "too long"),
+        (_layout("<value><boolean>2</boolean></value>\n"), "boolean"),
+        (_layout("<value><double></double></value>\n"), "number"),
+        (_layout(f"<value><double>{'1' * 50}</double></value>\n"), "number"),
+        (_layout("<value><string>a]]>b</string></value>\n"), "malformed"),
+        (_layout("<value><string>a\x01b</string></value>\n"), "malformed"),
+        (_layout("<value><string>a\ufffeb</string></value>\n"), "malformed"),
+        (_layout("<value><string>x</int></value>\n"), "malformed"),
+        (_layout("<value><struct>\n</array></value>\n"), "malformed"),
+        (_layout("<value><struct>\n<member>\n<name>a</name>\n</member>\n</struct></value>\n"), "member"),
+        (
+            _layout(
+                "<value><struct>\n<member>\n<name>a</name>\n<value><int>1</int></value>\n</member>\n"
+                "<member>\n<name>a</name>\n<value><int>2</int></value>\n</member>\n</struct></value>\n"
+            ),
+            "duplicate",
+        ),
+        (
+            _layout(
+                f"<value><struct>\n<member>\n<name>{'k' * 5000}</name>\n<value><nil/></value></member>\n"
+                "</struct></value>\n"
+            ),
+            "too long",
+        ),
+        (_layout("<value><array><data>\n<value><int>1</int></value>\n</data></array></value>\n" * 2), "one"),
+        (_layout(""), "one param"),
+        (_layout("<value><dateTime.iso8601>20240101T00:00:00</dateTime.iso8601></value>\n"), "unsupported"),
+    ],
+)
+def test_hostile_answers_in_the_agents_layout_are_refused(body: bytes, reason: str) -> None:
+    assert wire._fast_value(body) is wire._GIVE_UP
+    with pytest.raises(WireError) as refused:
+        parse_response(body)
+    assert reason in str(refused.value)
+
+
+def test_fast_path_nesting_stays_within_the_tree_readers_limit() -> None:
+    for depth in range(1, MAX_DEPTH):
+        for shape in ("array", "struct"):
+            value: Any = 1
+            for _ in range(depth):
+                value = [value] if shape == "array" else {"k": value}
+            fast = _agrees(_response(value))
+            assert (fast is wire._GIVE_UP) == (depth > wire._FAST_CONTAINERS)
+    deep = _response(json_nested(60))
+    assert _agrees(deep) is wire._GIVE_UP
+    with pytest.raises(WireError, match="deep"):
+        parse_response(deep)
+
+
+def json_nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+_any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_values)
+def test_fast_path_reads_what_the_tree_reads(value: Any) -> None:
+    body = _response(value)
+    fast = _agrees(body)
+    if b"&" not in body and b"\r" not in body and "\ufffe" not in body.decode() and "\uffff" not in body.decode():
+        assert fast is not wire._GIVE_UP  # the layout is covered: no answer falls back without a reason
+
+
+@settings(max_examples=150, deadline=None)
+@given(_any_text, _any_text, st.sampled_from(["string", "int", "double", "boolean", "i8"]))
+def test_fast_path_text_rules_match_expat(name: str, text: str, tag: str) -> None:
+    body = _layout(
+        f"<value><struct>\n<member>\n<name>{name}</name>\n<value><{tag}>{text}</{tag}></value>\n</member>\n"
+        "</struct></value>\n"
+    )
+    _agrees(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_answers_never_make_the_fast_path_disagree(data: st.DataObject) -> None:
+    body = bytearray(_response(good_answer()))
+    for _ in range(data.draw(st.integers(1, 3))):
+        position = data.draw(st.integers(0, len(body) - 1))
+        action = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+        byte = data.draw(st.sampled_from(list(b"<>/&;!\r\n\x00\x01 ]0a.-")) | st.integers(0, 255))
+        if action == "replace":
+            body[position] = byte
+        elif action == "insert":
+            body.insert(position, byte)
+        else:
+            del body[position]
+    _agrees(bytes(body))
