@@ -186,13 +186,16 @@ class Recorder:
         if result.sample is not None:
             self._samples.append(result.sample)
             alerts += self.engine.evaluate(result.sample)
+        # validated (in pydantic-core, cheaper than model_construct's Python loop); every value is ours
         self._statuses.append(
-            AgentStatus.model_construct(
-                agent=result.agent,
-                timestamp=result.timestamp,
-                state=result.state,
-                detail=result.detail[:256],
-                latency_ms=round(result.latency_ms, 3),
+            AgentStatus.model_validate(
+                {
+                    "agent": result.agent,
+                    "timestamp": result.timestamp,
+                    "state": result.state,
+                    "detail": result.detail[:256],
+                    "latency_ms": max(0.0, round(result.latency_ms, 3)),
+                }
             )
         )
         if alerts:

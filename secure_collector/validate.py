@@ -28,6 +28,8 @@ MAX_CORES = 1024
 MAX_EVIDENCE = 32
 MAX_UNAVAILABLE = 64
 MAX_BYTES = 2.0**64
+MAX_REASON = 256
+"""Sample.temperature_reason's length; a longer reason (the wire allows 512) is cut short."""
 STORED_DISKS = 16
 """The fullest disks kept in a sample's ``extra["disks"]`` (mount and percent)."""
 
@@ -185,27 +187,35 @@ def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
     }
     if answer.unavailable:
         extra["unavailable"] = sorted(answer.unavailable)
-    # Every field below went through MetricsAnswer's ranges, which are those of Sample or narrower, so the
-    # sample is built without validating it a second time (tests check that the two models agree).
-    return Sample.model_construct(
-        agent=answer.agent,
-        timestamp=timestamp,
-        cpu_usage=answer.cpu_usage,
-        cpu_temperature=answer.cpu_temperature,
-        load_1=answer.load_1,
-        load_5=answer.load_5,
-        load_15=answer.load_15,
-        memory_usage=answer.memory_usage,
-        disk_usage=answer.disk_usage,
-        security_issues=answer.security_issues,
-        threat_level=answer.threat_level,
-        temperature_reason=answer.temperature.reason,
-        temperature_high=answer.temperature.high,
-        temperature_critical=answer.temperature.critical,
-        swap_usage=answer.memory.swap_percent,
-        cpu_count=answer.cpu.count,
-        ssh_failures=answer.security.ssh_failures,
-        security_age=answer.security.age,
-        findings=findings,
-        extra=extra,
-    )
+    reason = answer.temperature.reason
+    values = {
+        "agent": answer.agent,
+        "timestamp": timestamp,
+        "cpu_usage": answer.cpu_usage,
+        "cpu_temperature": answer.cpu_temperature,
+        "load_1": answer.load_1,
+        "load_5": answer.load_5,
+        "load_15": answer.load_15,
+        "memory_usage": answer.memory_usage,
+        "disk_usage": answer.disk_usage,
+        "security_issues": answer.security_issues,
+        "threat_level": answer.threat_level,
+        "temperature_reason": None if reason is None else reason[:MAX_REASON],
+        "temperature_high": answer.temperature.high,
+        "temperature_critical": answer.temperature.critical,
+        "swap_usage": answer.memory.swap_percent,
+        "cpu_count": answer.cpu.count,
+        "ssh_failures": answer.security.ssh_failures,
+        "security_age": answer.security.age,
+        "findings": findings,
+        "extra": extra,
+    }
+    # Every field went through MetricsAnswer's ranges, which are those of Sample or narrower (tests check
+    # that the two models agree); Sample's own validator, in pydantic-core, still costs less than
+    # model_construct's Python loop, so the stored record is checked once more, for free.
+    try:
+        return Sample.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(sample)"
+        raise AnswerInvalid(f"invalid sample field {where[:120]}: {first['type']}") from None

@@ -141,5 +141,13 @@ def test_every_valid_answer_gives_a_sample_storage_accepts(
     answer["temperature"]["high"] = high
     answer["security"]["findings"][0]["summary"] = summary
     sample = to_sample(validate_answer(answer, "localhost"), stamp)
-    # to_sample builds without validating: Sample's own checks must agree
+    # the answer model must be as strict as Sample: to_sample refuses what Sample refuses
+    assert Sample.model_validate(sample.model_dump()) == sample
+
+
+def test_a_long_temperature_reason_is_cut_to_what_storage_keeps() -> None:
+    answer = good_answer()
+    answer["temperature"]["reason"] = "r" * 512  # the wire allows 512, a stored sample 256
+    sample = to_sample(validate_answer(answer, "localhost"), 1.0)
+    assert sample.temperature_reason == "r" * 256
     assert Sample.model_validate(sample.model_dump()) == sample
