@@ -4,8 +4,8 @@ Each step is repeated for up to :data:`STEP_SECONDS` seconds and timed with ``ti
 (CPU of this thread only), so the figures hold on a busy machine as well: waiting for a core costs
 no CPU time. The steps are the agent's own building blocks, called as the agent calls them:
 
-* ``MetricsService.snapshot()`` (secure_agent.metrics): the probes read /proc and build the struct;
-* ``xmlrpc.client.dumps`` of that struct as a method response (secure_agent.dispatch.handle_call);
+* ``MetricsService.snapshot_response()`` (secure_agent.metrics): the probes read /proc and the answer's
+  XML is written (or, for an agent without it, ``snapshot()`` and ``xmlrpc.client.dumps`` of its struct);
 * ``parse_call`` of the request body (secure_agent.xmlsafe, defusedxml);
 * ``Verifier.verify`` of a fresh token (pki.tokens: HMAC-SHA256 + replay cache);
 * ``AuditLog.record`` of a served call (secure_agent.audit: SHA-256 chain + write(2), fdatasync at most 1/s);
@@ -139,7 +139,7 @@ def measure(pki: Pki, response_body: bytes) -> list[dict[str, Any]]:
     answer = xmlrpc.client.loads(response_body, use_builtin_types=True)[0][0]
     key = load_key(pki.hmac_key_file)
 
-    def snapshot() -> dict[str, Any]:
+    def service_steps() -> None:
         from secure_agent.config import AgentConfig
         from secure_agent.metrics import MetricsService
 
@@ -147,18 +147,25 @@ def measure(pki: Pki, response_body: bytes) -> list[dict[str, Any]]:
         service = MetricsService(config)
         service.start()
         try:
-            return _cpu_ms(service.snapshot)
+            respond = getattr(service, "snapshot_response", None)
+            if respond is not None:  # the agent's path since it writes its own XML (secure_agent.xmlwire)
+                add("metrics snapshot and its XML", "MetricsService.snapshot_response", lambda: _cpu_ms(respond))
+                return
+            add("metrics snapshot", "MetricsService.snapshot", lambda: _cpu_ms(service.snapshot))
         finally:
             service.stop()
+        add(
+            "marshal the answer",
+            "xmlrpc.client.dumps(methodresponse=True), as secure_agent.dispatch.handle_call",
+            lambda: _cpu_ms(
+                lambda: xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True, encoding="utf-8").encode()
+            ),
+        )
 
-    add("metrics snapshot", "secure_agent.metrics MetricsService.snapshot", snapshot)
-    add(
-        "marshal the answer",
-        "xmlrpc.client.dumps(methodresponse=True), as secure_agent.dispatch.handle_call",
-        lambda: _cpu_ms(
-            lambda: xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True, encoding="utf-8").encode()
-        ),
-    )
+    try:
+        service_steps()
+    except Exception as exc:  # as in add()
+        rows.append({"step": "metrics snapshot", "where": "secure_agent.metrics", "not_measured": str(exc)[:160]})
 
     def parse() -> dict[str, Any]:
         from secure_agent.xmlsafe import parse_call
