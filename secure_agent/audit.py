@@ -57,6 +57,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
 import threading
@@ -88,8 +89,12 @@ _SYNCED_EVENTS = frozenset({"start", "stop", "reload", ROTATE_EVENT})
 Scalar = str | int | float | bool | None
 
 
+# one encoder for every record: json.dumps with options builds a new one per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def canonical(record: Mapping[str, Scalar]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _CANONICAL.encode(record)
 
 
 def record_hash(record: Mapping[str, Scalar]) -> str:
@@ -110,8 +115,24 @@ def clip(value: object) -> Scalar:
     return text
 
 
+_second_text: tuple[float, str] = (math.nan, "")  # the last whole second formatted, shared by threads
+
+
 def utc_timestamp(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-03-10T03:22:00.123456Z``: what ``datetime.fromtimestamp(seconds, UTC).strftime(...%fZ)``
+    writes (microseconds rounded half to even, as datetime does), the date part formatted once a second."""
+    global _second_text
+    fraction, whole = math.modf(seconds)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1.0, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1.0, micro + 1_000_000
+    cached_second, text = _second_text
+    if cached_second != whole:
+        text = dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_text = (whole, text)
+    return f"{text}.{micro:06d}Z"
 
 
 class Sealed(NamedTuple):
@@ -127,7 +148,7 @@ def seal(fields: Mapping[str, object], prev: str, seq: int) -> Sealed:
     record: dict[str, Scalar] = {key: clip(value) for key, value in fields.items() if value is not None}
     record["prev"] = prev
     record["seq"] = seq
-    digest = record_hash(record)
+    digest = hashlib.sha256(canonical(record).encode("ascii")).hexdigest()  # record_hash: no "hash" yet
     record["hash"] = digest
     return Sealed(canonical(record), digest)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import stat
@@ -13,7 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secure_agent.audit import GENESIS, MAX_LINE, MAX_TEXT, AuditLog, check_audit_path, verify_file, verify_lines
+from secure_agent.audit import (
+    GENESIS,
+    MAX_LINE,
+    MAX_TEXT,
+    AuditLog,
+    check_audit_path,
+    record_hash,
+    seal,
+    utc_timestamp,
+    verify_file,
+    verify_lines,
+)
 from secure_agent.errors import AuditError
 from tests.agent import wire
 from tests.plugins.agent import StartAgent, rpc_call
@@ -183,3 +195,21 @@ def test_every_record_of_a_session_names_who_and_what(start_agent: StartAgent, t
             assert record[key], key
     assert records[1]["method"] == "ping" and records[1]["key_id"] == "collector"
     assert _verify_cli(agent.audit_log).returncode == 0
+
+
+def _datetime_text(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9) | st.integers(0, 4_000_000).map(lambda half_micros: half_micros / 2e6 + 1.7e9))
+def test_record_times_are_what_datetime_writes(seconds: float) -> None:
+    """The cached-second formatter agrees with datetime, rounding of microseconds and carries included."""
+    assert utc_timestamp(seconds) == _datetime_text(seconds)
+    assert utc_timestamp(seconds + 1e-7) == _datetime_text(seconds + 1e-7)  # the same second again: from the cache
+
+
+def test_sealed_records_hash_as_record_hash_says() -> None:
+    sealed = seal({"time": utc_timestamp(1.7e9), "event": "call", "outcome": "served", "agent": "a"}, GENESIS, 0)
+    record = json.loads(sealed.line)
+    assert record["hash"] == sealed.hash == record_hash(record)
