@@ -64,7 +64,7 @@ def read_memory(proc_root: Path = Path("/proc"), *, platform: str = sys.platform
     """The reading, or the reason it is unavailable."""
     if platform.startswith("linux"):
         try:
-            return parse_meminfo(read_text(proc_root / "meminfo"))
+            return parse_meminfo(read_text(f"{proc_root}/meminfo"))  # no Path join per call
         except (OSError, ValueError) as exc:
             return f"{proc_root / 'meminfo'} unreadable: {type(exc).__name__}"
     try:
