@@ -42,10 +42,10 @@ Durability (fsync policy)
     call returns (a crash of the agent loses nothing, and threads never interleave lines).
     ``fdatasync`` runs for start, stop and reload records, after any record when the last sync is
     older than ``sync_interval`` (1 s by default), and from :meth:`sync_if_due`, which the server's
-    accept loop calls when :meth:`sync_due` says so (``sync_interval`` after the last sync, only while
-    records are pending; the loop is woken through :meth:`set_waker` when the first one is written):
-    a power loss costs at most about ``sync_interval`` of records, and with ``sync_interval`` 0 none
-    that was answered. An idle log is never synced (nor woken for). The agent reads the
+    accept loop calls when :meth:`sync_due` says so: :data:`PENDING_SYNC_DELAY` (0.1 s) after the first
+    record still pending (the loop is woken through :meth:`set_waker` when it is written). A power loss
+    costs at most about 0.1 s of records, and with ``sync_interval`` 0 none that was answered. An idle
+    log is never synced (nor woken for). The agent reads the
     nonces of accepted tokens back from these records at start (:mod:`secure_agent.audit_replay`):
     a token whose record a power loss took, and dated after the next start, can be replayed once.
     A failed write marks the log broken; the agent then refuses calls until :meth:`reopen` works.
@@ -75,6 +75,7 @@ GENESIS = "0" * 64
 MAX_TEXT = 128  # characters kept of any one string field
 MAX_LINE = 16_384  # bytes: no record we write comes close (fields x MAX_TEXT x 6 for \\uXXXX escapes)
 DEFAULT_SYNC_INTERVAL = 1.0
+PENDING_SYNC_DELAY = 0.1  # seconds a written record waits at most for its fdatasync (sync_due)
 _TAIL_BYTES = MAX_LINE + 1
 
 FIELDS = frozenset(
@@ -312,6 +313,7 @@ class AuditLog:
         self._seq = 0
         self._dirty = False
         self._last_sync = 0.0
+        self._pending_since = 0.0  # when the oldest record not yet synced was written
         self._broken: str | None = "not open"
         self._opened = False
         self.last_time: float | None = None  # time of the last record found in the file when opened
@@ -434,7 +436,7 @@ class AuditLog:
                 os.fdatasync(self._fd)
                 self._last_sync, self._dirty = now, False
             elif not self._dirty:
-                self._dirty = True
+                self._dirty, self._pending_since = True, now
                 if self._waker is not None:
                     self._waker()  # a sync is pending now: whoever runs sync_if_due should know when
         except OSError as exc:
@@ -472,11 +474,17 @@ class AuditLog:
             self._waker = waker
 
     def sync_due(self) -> float | None:
-        """Seconds until pending records are due for their sync (0 if overdue); None if none is pending."""
+        """Seconds until pending records are due for their sync (0 if overdue); None if none is pending.
+
+        Due :data:`PENDING_SYNC_DELAY` after the first pending record, or ``sync_interval`` after the
+        last sync if that comes first.
+        """
         if not self._dirty:
             return None
-        left = self._last_sync + self._sync_interval - self._clock()
-        return left if 0.0 < left <= self._sync_interval else 0.0  # a clock set back: due now
+        delay = min(PENDING_SYNC_DELAY, self._sync_interval)
+        due = min(self._pending_since + delay, self._last_sync + self._sync_interval)
+        left = due - self._clock()
+        return left if 0.0 < left <= delay else 0.0  # overdue, or a clock set back: due now
 
     def sync_if_due(self) -> None:
         """:meth:`sync` if pending records are due for it (see :meth:`sync_due`)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from secure_agent.audit import PENDING_SYNC_DELAY
 from tests.plugins.agent import StartAgent, connect, rpc_call
 from tests.plugins.pki import TestPKI
 
@@ -38,7 +39,8 @@ def test_idle_accept_thread_does_not_wake(start_agent: StartAgent, test_pki: Tes
 def test_pending_records_are_synced_when_due(
     start_agent: StartAgent, test_pki: TestPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    agent = start_agent(test_pki, server={"audit_sync_interval": 0.2})
+    # a long sync interval: pending records are still synced PENDING_SYNC_DELAY after they were written
+    agent = start_agent(test_pki, server={"audit_sync_interval": 30})
     audit = agent.agent.audit
     synced = threading.Event()
     real_sync = audit.sync
@@ -53,7 +55,7 @@ def test_pending_records_are_synced_when_due(
         for _ in range(3):
             assert rpc_call(agent, test_pki, "ping", connection=connection) == "pong"
         due = audit.sync_due()
-        assert due is None or due <= 0.2
+        assert due is None or due <= PENDING_SYNC_DELAY
         # the accept loop wakes for the pending sync by itself: no new connection arrives meanwhile
         assert synced.wait(5.0)
         assert audit.sync_due() is None
