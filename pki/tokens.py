@@ -185,7 +185,11 @@ class Verifier:
 
     def verify(self, header: str | bytes | None, body: bytes, *, method: str = "POST", path: str = "/RPC2") -> str:
         """Return the verified key id, or raise :class:`TokenError` with the reason."""
-        token = parse(header)
+        return self.verify_parsed(parse(header), body, method=method, path=path)
+
+    def verify_parsed(self, token: Token, body: bytes, *, method: str = "POST", path: str = "/RPC2") -> str:
+        """:meth:`verify` for a header already parsed with :func:`parse` (so a caller that also
+        needs the token's fields parses it once); the same checks in the same order."""
         key = self._keys.get(token.key_id)
         if key is None:
             raise TokenError("unknown_key")

@@ -201,3 +201,20 @@ def test_replace_keys_keeps_the_replay_cache() -> None:
     with pytest.raises(TokenError) as refused:
         check.verify(value, BODY)
     assert refused.value.reason == "replay"
+
+
+@pytest.mark.parametrize("field", sorted(BOUND_FIELDS))
+def test_verify_parsed_gives_the_same_verdicts_as_verify(field: str) -> None:
+    reason, change = BOUND_FIELDS[field]
+    with pytest.raises(TokenError) as refused:
+        verifier().verify_parsed(tokens.parse(header(**change)), BODY)
+    assert refused.value.reason == reason
+    check = verifier()
+    token = tokens.parse(header())
+    assert check.verify_parsed(token, BODY) == "collector"
+    with pytest.raises(TokenError) as replayed:  # one replay cache for both entry points
+        check.verify(header(), BODY)
+    assert replayed.value.reason == "replay"
+    with pytest.raises(TokenError) as stale:
+        verifier().verify_parsed(tokens.parse(header(ts=NOW - 301)), BODY)
+    assert stale.value.reason == "stale"
