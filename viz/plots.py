@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
 from viz.series import (
@@ -59,11 +59,15 @@ class PlotInput(NamedTuple):
         return self.prepared.window
 
 
+AxesFor = Callable[[int], tuple[Figure, list[Axes]]]
+"""Given a panel count, a figure of the plot's size and its (empty) axes, stacked top to bottom."""
+
+
 class PlotSpec(NamedTuple):
     name: str
     title: str
     size: tuple[float, float]
-    draw: Callable[[Figure, PlotInput], None]
+    draw: Callable[[AxesFor, PlotInput], None]
     cost: float = 1.0
     """Rough drawing time relative to a one-panel plot, to share work between processes."""
 
@@ -90,8 +94,30 @@ def _subtitle(names: tuple[str, ...], window: Window) -> str:
     return f"{who}, last {hours:g} h until {until}"
 
 
-def _setup(fig: Figure, title: str, data: PlotInput, panels: int) -> list[Axes]:
-    axes: list[Axes] = list(fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
+def new_axes(fig: Figure, panels: int) -> list[Axes]:
+    """``panels`` axes stacked on ``fig`` sharing their x axis."""
+    return list(fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
+
+
+def reset_axes(ax: Axes) -> None:
+    """Empty ``ax`` for the next plot of the same shape: data artists, legend, limits, y ticks, colours.
+
+    The axis objects (and their ticks) stay, so a reused figure skips creating them again.
+    """
+    for artist in (*ax.lines, *ax.collections, *ax.texts, *ax.patches, *ax.images):
+        artist.remove()
+    if ax.legend_ is not None:
+        ax.legend_.remove()
+    ax.relim()
+    ax.set_autoscaley_on(True)
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.set_ylabel("")
+    ax.set_xlabel("")
+    ax.set_prop_cycle(None)
+
+
+def _setup(axes_for: AxesFor, title: str, data: PlotInput, panels: int) -> list[Axes]:
+    fig, axes = axes_for(panels)
     fig.subplots_adjust(left=0.07, right=0.78, top=0.9 if panels == 1 else 0.93, bottom=0.1, hspace=0.25)
     fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, data.window)}", fontsize="medium")
     locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]  # untyped upstream
@@ -135,9 +161,9 @@ def _threshold(ax: Axes, value: float, label: str) -> None:
 
 def _percent_plot(
     column: str, title: str, what: str, limit: Callable[[PlotThresholds], float]
-) -> Callable[[Figure, PlotInput], None]:
-    def draw(fig: Figure, data: PlotInput) -> None:
-        (ax,) = _setup(fig, title, data, 1)
+) -> Callable[[AxesFor, PlotInput], None]:
+    def draw(axes_for: AxesFor, data: PlotInput) -> None:
+        (ax,) = _setup(axes_for, title, data, 1)
         series = reduce_metric(data.prepared, column)
         _draw_series(ax, series, what)
         _threshold(ax, limit(data.thresholds), f"threshold {limit(data.thresholds):g} %")
@@ -173,8 +199,8 @@ def no_sensor_note(missing: dict[str, str]) -> str:
     return f"No sensor on {len(missing)} agent{'s' if len(missing) != 1 else ''}: " + "; ".join(named) + tail
 
 
-def draw_temperature(fig: Figure, data: PlotInput) -> None:
-    (ax,) = _setup(fig, "CPU temperature", data, 1)
+def draw_temperature(axes_for: AxesFor, data: PlotInput) -> None:
+    (ax,) = _setup(axes_for, "CPU temperature", data, 1)
     series = reduce_metric(data.prepared, "cpu_temperature")
     has_values = bool(series.lines) or series.band is not None
     if has_values:
@@ -196,12 +222,12 @@ def draw_temperature(fig: Figure, data: PlotInput) -> None:
     _legend(ax, _legend_title(series))
 
 
-def draw_load(fig: Figure, data: PlotInput) -> None:
+def draw_load(axes_for: AxesFor, data: PlotInput) -> None:
     limit = data.thresholds.system_load
     if len(data.prepared.names) == 1:
-        _draw_one_agent_load(fig, data, limit)
+        _draw_one_agent_load(axes_for, data, limit)
         return
-    axes = _setup(fig, "System load", data, 3)
+    axes = _setup(axes_for, "System load", data, 3)
     for ax, column, minutes in zip(axes, ("load_1", "load_5", "load_15"), (1, 5, 15), strict=True):
         series = reduce_metric(data.prepared, column)
         _draw_series(ax, series, f"{minutes}-minute load")
@@ -211,9 +237,9 @@ def draw_load(fig: Figure, data: PlotInput) -> None:
         _legend(ax, _legend_title(series))
 
 
-def _draw_one_agent_load(fig: Figure, data: PlotInput, limit: float) -> None:
+def _draw_one_agent_load(axes_for: AxesFor, data: PlotInput, limit: float) -> None:
     """One agent: its 1, 5 and 15-minute loads share one panel (a third of the drawing of three)."""
-    (ax,) = _setup(fig, "System load", data, 1)
+    (ax,) = _setup(axes_for, "System load", data, 1)
     drawn = False
     for column, minutes, width in (("load_1", 1, 0.9), ("load_5", 5, 1.3), ("load_15", 15, 1.8)):
         for line in reduce_metric(data.prepared, column).lines:
@@ -249,8 +275,8 @@ def _draw_threat(ax: Axes, data: PlotInput) -> None:
     _legend(ax)
 
 
-def draw_security(fig: Figure, data: PlotInput) -> None:
-    threat_ax, issues_ax, ssh_ax = _setup(fig, "Security", data, 3)
+def draw_security(axes_for: AxesFor, data: PlotInput) -> None:
+    threat_ax, issues_ax, ssh_ax = _setup(axes_for, "Security", data, 3)
     _draw_threat(threat_ax, data)
     for ax, column, label in ((issues_ax, "security_issues", "security issues"),
                               (ssh_ax, "ssh_failures", "SSH failures")):

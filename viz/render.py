@@ -18,14 +18,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from viz import png
 from viz.errors import OutputError
-from viz.plots import DPI, PLOTS, PlotInput
+from viz.plots import DPI, PLOTS, PlotInput, new_axes, reset_axes
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,43 @@ HELPER_TIMEOUT = 120.0
 """Seconds a forked helper may take before it is killed and the run fails."""
 
 
+class Sheet(NamedTuple):
+    canvas: FigureCanvasAgg
+    figure: Figure
+    axes: list[Axes]
+
+
+_SHEETS: dict[tuple[tuple[float, float], int], Sheet] = {}
+"""This process's figures by (size, panels), reused from plot to plot: creating the axes, their ticks
+and tick labels, and measuring that text again costs about as much as drawing the plot. Each process
+(a forked helper included) draws one plot at a time on its own copy."""
+
+
+def sheet(size: tuple[float, float], panels: int) -> Sheet:
+    """A figure of ``size`` with ``panels`` emptied axes, reused when this process drew that shape before."""
+    key = (size, panels)
+    cached = _SHEETS.get(key)
+    if cached is None:
+        fig = Figure(figsize=size, dpi=DPI, facecolor="white")
+        cached = _SHEETS[key] = Sheet(FigureCanvasAgg(fig), fig, new_axes(fig, panels))
+    else:
+        for ax in cached.axes:
+            reset_axes(ax)
+    return cached
+
+
 def render_png(name: str, data: PlotInput) -> bytes:
     """The PNG of plot ``name`` (a key of :data:`viz.plots.PLOTS`)."""
     spec = PLOTS[name]
-    fig = Figure(figsize=spec.size, dpi=DPI, facecolor="white")
-    canvas = FigureCanvasAgg(fig)
-    spec.draw(fig, data)
+    used: list[Sheet] = []
+
+    def axes_for(panels: int) -> tuple[Figure, list[Axes]]:
+        drawn = sheet(spec.size, panels)
+        used.append(drawn)
+        return drawn.figure, drawn.axes
+
+    spec.draw(axes_for, data)
+    ((canvas, _fig, _axes),) = used
     canvas.draw()  # type: ignore[no-untyped-call]  # untyped upstream
     return png.encode(np.asarray(canvas.buffer_rgba()))  # type: ignore[no-untyped-call]  # untyped upstream
 
