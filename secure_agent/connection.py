@@ -205,7 +205,7 @@ class Connection:
         except ReadTimeout:
             return self._refuse(408, "bad_request", "request_timeout", fields=request_fields)
         except (EOFError, OSError):
-            self._audit("bad_request", "refused", reason="incomplete_body", fields=request_fields)
+            self._audit("bad_request", "refused", reason="incomplete_body", **request_fields)
             return False
         token: Token | None = None
         try:

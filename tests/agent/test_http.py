@@ -228,3 +228,14 @@ def test_connection_close_is_honoured(start_agent: StartAgent, test_pki: TestPKI
         response.read()
     finally:
         conn.close()
+
+
+def test_a_body_cut_short_is_recorded(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(test_pki)
+    body = rpc_body("ping")
+    data = wire.request_bytes(body, authorization=wire.signed_headers(agent, test_pki, body))
+    with wire.tls(agent, wire.collector_context(test_pki)) as sock:
+        sock.sendall(data[:-5])  # the head and all but the last bytes of the body, then close
+    record = wire.wait_for_record(agent, wire.event("bad_request", reason="incomplete_body"))
+    assert record["http_method"] == "POST" and record["path"] == "/RPC2" and record["common_name"] == "collector"
+    wire.assert_nothing_served(agent)
