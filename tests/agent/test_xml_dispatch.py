@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secure_agent.dispatch import FAULTS
+from secure_agent.dispatch import FAULTS, KNOWN_BODIES
 from secure_agent.xmlsafe import XMLRefused, parse_call
 from tests.agent import wire
 from tests.plugins.agent import RunningAgent, StartAgent, rpc_call
@@ -113,21 +113,31 @@ def test_entity_attacks_refused_fast_without_memory_or_network(start_agent: Star
         (b"<methodCall><methodName>ping</methodName>", "parse"),
         (b"<methodResponse><params><param><value>x</value></param></params></methodResponse>", "parse"),
         (b"<methodCall>" + b"<value><array><data>" * 40 + b"</data></array></value>" * 40 + b"</methodCall>", "parse"),
-        (b"<methodCall><methodName>ping</methodName><params>" + b"<param/>" * 3000 + b"</params></methodCall>",
-         "parse"),
+        (
+            b"<methodCall><methodName>ping</methodName><params>" + b"<param/>" * 3000 + b"</params></methodCall>",
+            "parse",
+        ),
         (xmlrpc.client.dumps((1,), "ping").encode(), "params"),
         (xmlrpc.client.dumps(("x", 2), "get_metrics").encode(), "params"),
-        (b"<methodCall><methodName>ping</methodName><params><param><value><int>x</int></value></param>"
-         b"</params></methodCall>", "parse"),
-        (b"<methodCall><methodName>ping</methodName><params><param><value><int>" + b"9" * 5000 +
-         b"</int></value></param></params></methodCall>", "parse"),
-        (b"<methodCall><methodName>ping</methodName><params><param><value><struct><member><name>a</name>"
-         b"</member></struct></value></param></params></methodCall>", "parse"),
+        (
+            b"<methodCall><methodName>ping</methodName><params><param><value><int>x</int></value></param>"
+            b"</params></methodCall>",
+            "parse",
+        ),
+        (
+            b"<methodCall><methodName>ping</methodName><params><param><value><int>"
+            + b"9" * 5000
+            + b"</int></value></param></params></methodCall>",
+            "parse",
+        ),
+        (
+            b"<methodCall><methodName>ping</methodName><params><param><value><struct><member><name>a</name>"
+            b"</member></struct></value></param></params></methodCall>",
+            "parse",
+        ),
     ],
 )
-def test_malformed_calls_get_generic_faults(
-    start_agent: StartAgent, test_pki: TestPKI, body: bytes, kind: str
-) -> None:
+def test_malformed_calls_get_generic_faults(start_agent: StartAgent, test_pki: TestPKI, body: bytes, kind: str) -> None:
     agent = start_agent(test_pki, server={"max_body_bytes": 65536})
     fault = _fault(_signed_call(agent, test_pki, body))
     assert (fault.faultCode, fault.faultString) == FAULTS[kind]
@@ -138,9 +148,23 @@ def test_malformed_calls_get_generic_faults(
 @pytest.mark.parametrize(
     "method",
     [
-        "system.listMethods", "system.multicall", "system.methodHelp", "system.methodSignature",
-        "_dispatch", "__class__", "ping.__class__", "get_info.__globals__", "_ping", "__init__",
-        "register_function", "server_close", "shutdown", "PING", "ping ", "x" * 5000, "ping\nforged",
+        "system.listMethods",
+        "system.multicall",
+        "system.methodHelp",
+        "system.methodSignature",
+        "_dispatch",
+        "__class__",
+        "ping.__class__",
+        "get_info.__globals__",
+        "_ping",
+        "__init__",
+        "register_function",
+        "server_close",
+        "shutdown",
+        "PING",
+        "ping ",
+        "x" * 5000,
+        "ping\nforged",
     ],
 )
 def test_only_the_contract_is_callable(start_agent: StartAgent, test_pki: TestPKI, method: str) -> None:
@@ -181,8 +205,9 @@ XML_TEXT = st.characters(blacklist_categories=("Cs", "Cc"))  # what XML 1.0 can 
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers(-(2**31), 2**31 - 1) | st.text(XML_TEXT, max_size=20),
-        lambda children: st.lists(children, max_size=4)
-        | st.dictionaries(st.text(XML_TEXT, max_size=5), children, max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(st.text(XML_TEXT, max_size=5), children, max_size=4)
+        ),
         max_leaves=30,
     )
 )
@@ -195,3 +220,21 @@ def test_parser_round_trips_what_xmlrpc_marshals(value: Any) -> None:
         return
     assert call.method == "ping"
     assert call.params == xmlrpc.client.loads(body)[0]
+
+
+def test_the_known_bodies_are_what_the_parser_makes_of_them() -> None:
+    """handle_call answers these exact bodies without parsing them: the parser must agree."""
+    assert sorted(KNOWN_BODIES.values()) == ["get_info", "get_metrics", "ping"]
+    for body, name in KNOWN_BODIES.items():
+        assert parse_call(body) == (name, ())
+
+
+def test_a_body_that_differs_from_a_known_one_is_parsed(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    agent = start_agent(test_pki)
+    known = next(body for body, name in KNOWN_BODIES.items() if name == "ping")
+    variant = known.replace(b"<params>", b"<params><param><value><int>1</int></value></param>")
+    reply = wire.send_once(
+        agent, test_pki, wire.request_bytes(variant, authorization=wire.signed_headers(agent, test_pki, variant))
+    )
+    assert reply.status == 200 and b"invalid method parameters" in reply.body
+    assert [r.get("reason") for r in wire.records(agent) if r["event"] == "call"] == ["params"]
