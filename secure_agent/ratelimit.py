@@ -22,6 +22,9 @@ class Decision(NamedTuple):
     retry_after: int  # whole seconds until one request is allowed again (0 when allowed)
 
 
+_ALLOWED = Decision(True, 0)
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -51,14 +54,18 @@ class RateLimiter:
         """Spend one token of ``key``'s bucket if it has one."""
         now = self._clock()
         with self._lock:
-            tokens, stamp = self._buckets.pop(key, (self._burst, now))
-            tokens = min(self._burst, tokens + (now - stamp) * self._rate)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[key] = (tokens, now)
-            while len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
-            if allowed:
-                return Decision(True, 0)
+            buckets = self._buckets
+            state = buckets.get(key)
+            if state is None:
+                tokens = self._burst
+                buckets[key] = (tokens, now)  # placed last, as the most recently used
+                while len(buckets) > self._max:
+                    buckets.popitem(last=False)
+            else:
+                tokens = min(self._burst, state[0] + (now - state[1]) * self._rate)
+                buckets.move_to_end(key)
+            if tokens >= 1.0:
+                buckets[key] = (tokens - 1.0, now)
+                return _ALLOWED
+            buckets[key] = (tokens, now)
             return Decision(False, max(1, math.ceil((1.0 - tokens) / self._rate)))
