@@ -6,6 +6,7 @@ that an agent cannot make Matplotlib parse mathtext or break the layout.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import pandas as pd
 from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, ScalarFormatter
 
 from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
 from viz.series import (
@@ -116,16 +117,34 @@ def reset_axes(ax: Axes) -> None:
     ax.set_prop_cycle(None)
 
 
+@functools.lru_cache(maxsize=16)
+def time_ticks(start: float, end: float) -> tuple[list[float], list[str], str]:
+    """The time axis's ticks, labels and offset text (date numbers ``start`` to ``end``).
+
+    Placed by ``AutoDateLocator`` and labelled by ``ConciseDateFormatter`` once per window: every panel
+    of every plot has the same time axis, and locating and formatting it again per panel costs time.
+    """
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]  # untyped upstream
+    formatter = mdates.ConciseDateFormatter(locator)  # type: ignore[no-untyped-call]  # untyped upstream
+    first, last = mdates.num2date(start), mdates.num2date(end)  # type: ignore[no-untyped-call]  # untyped upstream
+    ticks = [float(tick) for tick in locator.tick_values(first, last)]  # type: ignore[no-untyped-call]  # untyped
+    labels = [str(label) for label in formatter.format_ticks(ticks)]  # type: ignore[no-untyped-call]  # untyped upstream
+    return ticks, labels, str(formatter.get_offset())  # type: ignore[no-untyped-call]  # untyped upstream
+
+
 def _setup(axes_for: AxesFor, title: str, data: PlotInput, panels: int) -> list[Axes]:
     fig, axes = axes_for(panels)
     fig.subplots_adjust(left=0.07, right=0.78, top=0.9 if panels == 1 else 0.93, bottom=0.1, hspace=0.25)
     fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, data.window)}", fontsize="medium")
-    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)  # type: ignore[no-untyped-call]  # untyped upstream
+    start, end = float(to_datenum(data.window.start)), float(to_datenum(data.window.end))
+    ticks, labels, offset = time_ticks(start, end)
     for ax in axes:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.set_xlim(float(to_datenum(data.window.start)), float(to_datenum(data.window.end)))
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        ax.set_xlim(start, end)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        formatter = FixedFormatter(labels)
+        formatter.set_offset_string(offset)
+        ax.xaxis.set_major_formatter(formatter)
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel("time (UTC)")
     return axes
