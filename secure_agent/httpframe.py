@@ -10,6 +10,7 @@ is cut off when the deadline passes, however slowly it trickles.
 
 from __future__ import annotations
 
+import functools
 import http
 import re
 import socket
@@ -182,17 +183,18 @@ def response(
     keep_alive: bool = False,
     headers: Mapping[str, str] | None = None,
 ) -> bytes:
-    phrase = http.HTTPStatus(status).phrase
-    lines = [
-        f"HTTP/1.1 {status} {phrase}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "X-Content-Type-Options: nosniff",
-        f"Connection: {'keep-alive' if keep_alive else 'close'}",
-    ]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+    before, after = _fixed_head(status, content_type, keep_alive)
+    extra = "".join([f"\r\n{name}: {value}" for name, value in (headers or {}).items()]).encode("ascii")
+    return b"".join((before, b"%d" % len(body), after, extra, b"\r\n\r\n", body))
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_head(status: int, content_type: str, keep_alive: bool) -> tuple[bytes, bytes]:
+    """The response head around its Content-Length, the same for every answer of one kind."""
+    before = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\nContent-Length: "
+    connection = "keep-alive" if keep_alive else "close"
+    after = f"\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: {connection}"
+    return before.encode("ascii"), after.encode("ascii")
 
 
 def refusal_body(status: int) -> bytes:

@@ -3,6 +3,7 @@ the same heads are accepted, with the same values, and the same ones refused."""
 
 from __future__ import annotations
 
+import http
 import re
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from secure_agent.httpframe import HTTPRefusal, Reader, parse_head
+from secure_agent.httpframe import HTTPRefusal, Reader, parse_head, response
 
 # the header rule before the greedy rewrite, kept here as the reference
 _REFERENCE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
@@ -73,3 +74,28 @@ def test_the_reader_splits_head_and_body_however_the_bytes_arrive(cut: int) -> N
     assert reader.read_head(deadline) == b"POST /RPC2 HTTP/1.1\r\nContent-Length: 5"
     assert reader.read_exact(5, deadline) == b"hello"
     assert reader.wait_for_request(deadline)
+
+
+def reference_response(status: int, body: bytes, content_type: str, keep_alive: bool, headers: dict[str, str]) -> bytes:
+    """The response as it was written before its fixed parts were cached."""
+    lines = [
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "X-Content-Type-Options: nosniff",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+    ]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+@pytest.mark.parametrize("status", [200, 400, 401, 429, 503])
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize("headers", [{}, {"X-Request-Id": "0123abcd"}, {"Retry-After": "3", "X-Request-Id": "ff"}])
+def test_response_bytes_are_unchanged(status: int, keep_alive: bool, headers: dict[str, str]) -> None:
+    for body in (b"", b"x" * 7355):
+        for content_type in ("text/xml; charset=utf-8", "text/plain; charset=utf-8"):
+            expected = reference_response(status, body, content_type, keep_alive, headers)
+            got = response(status, body, content_type=content_type, keep_alive=keep_alive, headers=headers)
+            assert got == expected
