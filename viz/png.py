@@ -36,11 +36,12 @@ def encode(rgba: npt.NDArray[np.uint8]) -> bytes:
         return buffer.getvalue()
     rows = np.empty((height, width * 3 + 1), dtype=np.uint8)
     rows[:, 0] = 0  # filter type "None" for every row
-    rows[:, 1:].reshape(height, width, 3)[...] = rgba[:, :, :3]
+    for channel in range(3):  # one strided copy per channel: several times faster than one (h, w, 3) copy
+        rows[:, 1 + channel :: 3] = rgba[:, :, channel]
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
     return (
         SIGNATURE
         + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), LEVEL))
+        + _chunk(b"IDAT", zlib.compress(rows.data, LEVEL))
         + _chunk(b"IEND", b"")
     )
