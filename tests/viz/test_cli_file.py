@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from matplotlib import image as mpimg
 
 from storage.base import Batch
-from storage.models import Alert
+from storage.models import Alert, Sample
 from tests.viz.conftest import assert_real_png, listed, write_config, write_file_store
 from tests.viz.fleet import HOSTILE_AGENT, fleet
 from tests.viz.page import PageParser, table_agents, table_rows
@@ -162,3 +163,20 @@ def test_open_alerts_come_from_all_history(run_viz, tmp_path: Path, now: float) 
     assert "disk_usage" not in rows["b-1"][4]
     assert rows["b-1"][2].startswith("timeout"), "the newest state of the agent"
     assert rows["a-1"][2] == "up"
+
+
+@pytest.mark.parametrize("name", ["cpu", "security"])
+def test_a_short_history_is_drawn_not_lost(run_viz, tmp_path: Path, now: float, name: str) -> None:
+    """Three polls seconds apart fall in one bin of an hour's window: a line through one point draws
+    nothing, so such points must get a marker (the demo's first plots were empty without it)."""
+    samples = [
+        Sample(agent="web-1", timestamp=now - 5 + i, cpu_usage=40.0, security_issues=2, threat_level="high")
+        for i in range(3)
+    ]
+    config = write_config(tmp_path / "collector.json", write_file_store(tmp_path, Batch(samples=samples)))
+    result = run_viz("--config", config, "--plot", name, "--hours", "1", "--output-dir", tmp_path / "out")
+    assert result.code == 0, result.err
+    rgb = mpimg.imread(tmp_path / "out" / f"{name}.png")[..., :3]
+    plot_area = rgb[:, : int(rgb.shape[1] * 0.785)]  # the legend, with its own line sample, is to the right
+    blue = (plot_area[..., 2] > 0.55) & (plot_area[..., 0] < 0.3) & (plot_area[..., 1] > 0.35)
+    assert int(blue.sum()) >= 10, f"{name}.png: the samples are not visible in the plot area"
