@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -151,7 +151,7 @@ def _setup(axes_for: AxesFor, title: str, data: PlotInput, panels: int) -> list[
     return axes
 
 
-def _lonely_markers(y: npt.NDArray[np.float64]) -> dict[str, object]:
+def _lonely_markers(y: npt.NDArray[np.float64]) -> dict[str, Any]:
     """Marker options for points with no finite neighbour: a line through them alone draws nothing,
     so a short history (a few polls) or an isolated sample would otherwise vanish from the plot."""
     finite = np.isfinite(y)
@@ -169,13 +169,13 @@ def _draw_series(ax: Axes, series: Series, what: str) -> None:
         ax.fill_between(band.x, band.low, band.high, color="0.6", alpha=0.35, lw=0,
                         label=f"min-max of {band.agents} agents")
         ax.plot(band.x, band.median, color="black", lw=1.8, label="median", zorder=3,
-                **_lonely_markers(band.median))  # type: ignore[arg-type]
+                **_lonely_markers(band.median))
     for line in series.lines:
         label = plain(line.label, MAX_LEGEND_LABEL)
         if series.band is not None:
             label = f"{label} (peak {np.nanmax(line.y):.3g})"
         ax.plot(line.x, line.y, lw=1.1 if series.band is None else 0.9, alpha=1.0 if series.band is None else 0.85,
-                label=label, **_lonely_markers(line.y))  # type: ignore[arg-type]
+                label=label, **_lonely_markers(line.y))
     if series.band is None and not series.lines:
         ax.text(0.5, 0.5, f"no {what} values reported", transform=ax.transAxes,
                 ha="center", va="center", fontsize="large", color="0.35")
@@ -276,7 +276,7 @@ def _draw_one_agent_load(axes_for: AxesFor, data: PlotInput, limit: float) -> No
     drawn = False
     for column, minutes, width in (("load_1", 1, 0.9), ("load_5", 5, 1.3), ("load_15", 15, 1.8)):
         for line in reduce_metric(data.prepared, column).lines:
-            ax.plot(line.x, line.y, lw=width, label=f"{minutes} min", **_lonely_markers(line.y))  # type: ignore[arg-type]
+            ax.plot(line.x, line.y, lw=width, label=f"{minutes} min", **_lonely_markers(line.y))
             drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no load values reported", transform=ax.transAxes,
@@ -297,7 +297,7 @@ def _draw_threat(ax: Axes, data: PlotInput) -> None:
             offset = (code - (len(binned.names) - 1) / 2.0) * spread
             levels = binned.y[rows] + offset
             ax.step(to_datenum(binned.x[rows]), levels, where="post", lw=1.3,
-                    label=plain(name, MAX_LEGEND_LABEL), **_lonely_markers(levels))  # type: ignore[arg-type]
+                    label=plain(name, MAX_LEGEND_LABEL), **_lonely_markers(levels))
         ax.set_yticks(range(len(THREAT_LEVELS)), THREAT_LEVELS)
         ax.set_ylim(-0.4, len(THREAT_LEVELS) - 0.6)
         _legend(ax)
