@@ -48,6 +48,8 @@ _VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
 _SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL 1.1.1 and 3.x: SSL_CTX_set1_groups_list()
+_SSL_CTRL_MODE = 33  # SSL_CTX_set_mode()
+_SSL_MODE_NO_AUTO_CHAIN = 0x8
 
 
 class PeerIdentity(NamedTuple):
@@ -138,13 +140,20 @@ def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
     return pointer or None
 
 
-def _restrict_groups(context: ssl.SSLContext) -> None:
-    """Limit key exchange to X25519/P-256/P-384.
+def _tune_native(context: ssl.SSLContext) -> None:
+    """Two settings the ssl module of Python 3.11 has no API for, made through libssl itself.
 
-    The ssl module of Python 3.11 has no API for a list of groups (``set_ecdh_curve`` takes one), so
-    we call ``SSL_CTX_set1_groups_list`` through the libssl that ``_ssl`` is linked against, after
-    checking that the pointer we found is the context (its verify mode and options must match).
-    Where that cannot be done safely we fall back to P-256 alone: narrower, never wider.
+    * Key exchange limited to X25519/P-256/P-384 (``SSL_CTX_set1_groups_list``; ``set_ecdh_curve``
+      takes only one group).
+    * ``SSL_MODE_NO_AUTO_CHAIN``: send our leaf certificate alone. Without it OpenSSL builds our own
+      chain anew in every handshake, a full X.509 verification of our certificate (CRL included),
+      and sends the CA certificate too, which the peer parses and discards: it trusts only the CA
+      it loaded itself. That was a third of each side's CPU per handshake (OpenSSL 3.0's
+      certificate decoding is slow); see docs/benchmarks.md.
+
+    The calls go to the libssl that ``_ssl`` is linked against, after checking that the pointer we
+    found is the context (its verify mode and options must match). Where that cannot be done safely
+    we fall back to P-256 alone and the default chain: narrower, never wider, only slower.
     """
     try:
         import _ssl
@@ -169,9 +178,12 @@ def _restrict_groups(context: ssl.SSLContext) -> None:
         or expected_mode is None
         or get_verify_mode(pointer) != expected_mode
         or get_options(pointer) != int(context.options)
-        or ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, KEY_EXCHANGE_GROUPS) != 1
     ):
         context.set_ecdh_curve(_FALLBACK_GROUP)
+        return
+    if ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, KEY_EXCHANGE_GROUPS) != 1:
+        context.set_ecdh_curve(_FALLBACK_GROUP)
+    ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_NO_AUTO_CHAIN, None)  # returns the new mode; nothing to check
 
 
 def _harden(context: ssl.SSLContext, min_version: TLSVersionName) -> None:
@@ -208,7 +220,7 @@ def server_context(
     ca_cert = _load_ca(context, ca)
     if crl is not None:
         _load_crl(context, crl, ca_cert)
-    _restrict_groups(context)
+    _tune_native(context)
     return context
 
 
@@ -228,5 +240,5 @@ def client_context(
     ca_cert = _load_ca(context, ca)
     if crl is not None:  # a revoked agent certificate is refused by the collector too
         _load_crl(context, crl, ca_cert)
-    _restrict_groups(context)
+    _tune_native(context)
     return context

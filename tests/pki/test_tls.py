@@ -157,6 +157,27 @@ def test_key_exchange_groups_are_limited(pki: TestPKI, group: str, accepted: boo
     assert handshake(server_ctx(pki), client).ok is accepted
 
 
+def _mode(context: ssl.SSLContext) -> int:
+    import _ssl
+    import ctypes
+
+    ctrl = ctypes.CDLL(_ssl.__file__).SSL_CTX_ctrl
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    ctrl.restype = ctypes.c_long
+    pointer = tls._ssl_ctx_pointer(context)
+    assert pointer is not None
+    return int(ctrl(pointer, tls._SSL_CTRL_MODE, 0, None))  # adding no bits reads the mode back
+
+
+def test_each_side_sends_its_leaf_alone_and_still_verifies(pki: TestPKI) -> None:
+    """SSL_MODE_NO_AUTO_CHAIN: no chain building (a full verification of our own certificate) per handshake."""
+    server, client = server_ctx(pki, crl=True), client_ctx(pki)
+    for context in (server, client):
+        assert _mode(context) & tls._SSL_MODE_NO_AUTO_CHAIN
+    outcome = handshake(server, client)
+    assert outcome.ok and outcome.peer_cn == "collector"
+
+
 def test_host_mismatch_is_refused_by_the_client(pki: TestPKI) -> None:
     outcome = handshake(server_ctx(pki), client_ctx(pki), server_hostname="other.example")
     assert isinstance(outcome.client_error, ssl.SSLCertVerificationError)
