@@ -8,6 +8,8 @@ Errors are returned to the caller as ``OSError`` for it to classify; nothing her
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 SMALL_FILE = 64 * 1024
@@ -39,6 +41,80 @@ def read_bytes(path: str | Path, limit: int = SMALL_FILE) -> bytes:
 def read_text(path: str | Path, limit: int = SMALL_FILE) -> str:
     """Read at most ``limit`` bytes of ``path`` as text; undecodable bytes are kept as surrogates."""
     return read_bytes(path, limit).decode("utf-8", "surrogateescape")
+
+
+# -- procfs files read on every call, kept open ----------------------------------------------------
+
+MAX_KEPT = 8
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+_kept: OrderedDict[str, int] = OrderedDict()  # path -> fd of a procfs file, least recently used first
+_kept_lock = threading.Lock()  # held around every read of a kept fd, so none is closed under a reader
+_procfs_device: int | None = None
+
+
+def _on_procfs(fd: int) -> bool:
+    """True if ``fd`` is a file of the procfs mounted at /proc (same device as ``/proc/self``)."""
+    global _procfs_device
+    if _procfs_device is None:
+        try:
+            _procfs_device = os.stat("/proc/self").st_dev
+        except OSError:
+            _procfs_device = -1
+    return os.fstat(fd).st_dev == _procfs_device
+
+
+def _pread_whole(fd: int, limit: int) -> bytes:
+    """The file from its start, at most ``limit`` bytes. A short read is its end: procfs generates a
+    ``single_open`` file whole on each read from offset 0 and returns all of it that fits."""
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < limit:
+        want = min(limit - offset, 65536)
+        chunk = os.pread(fd, want, offset)
+        chunks.append(chunk)
+        offset += len(chunk)
+        if len(chunk) < want:
+            break
+    return b"".join(chunks)
+
+
+def read_kernel_text(path: str) -> str:
+    """:func:`read_text` (up to :data:`LARGE_FILE`) for a file read on every call, such as /proc/stat.
+
+    A file of the real procfs is kept open and read again from its start with ``pread``: a third of
+    the cost of ``open``, ``read``, ``read``, ``close`` (~13 us less per ``get_metrics()`` call for
+    three files). Its content is generated anew by the kernel on each read, so nothing is stale.
+    Anything else (a fixture tree, a FIFO planted in one) is read afresh each time, as
+    :func:`read_text` does. At most :data:`MAX_KEPT` files stay open.
+    """
+    with _kept_lock:
+        fd = _kept.get(path)
+        if fd is not None:
+            try:
+                data = _pread_whole(fd, LARGE_FILE)
+            except OSError:
+                del _kept[path]
+                os.close(fd)
+            else:
+                _kept.move_to_end(path)
+                return data.decode("utf-8", "surrogateescape")
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        if not _on_procfs(fd):
+            os.close(fd)
+            return read_text(path, LARGE_FILE)
+        data = _pread_whole(fd, LARGE_FILE)
+    except BaseException:
+        os.close(fd)
+        raise
+    with _kept_lock:
+        if path in _kept:  # another thread kept it meanwhile
+            os.close(fd)
+        else:
+            _kept[path] = fd
+            while len(_kept) > MAX_KEPT:
+                os.close(_kept.popitem(last=False)[1])
+    return data.decode("utf-8", "surrogateescape")
 
 
 def read_optional(path: str | Path, limit: int = SMALL_FILE) -> str | None:

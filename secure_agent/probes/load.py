@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from secure_agent.probes._fs import read_text
+from secure_agent.probes._fs import read_kernel_text
 
 
 class LoadReading(NamedTuple):
@@ -35,7 +35,7 @@ def parse_loadavg(text: str) -> LoadReading:
 def read_load(proc_root: Path = Path("/proc"), *, platform: str = sys.platform) -> LoadReading:
     if platform.startswith("linux"):
         try:
-            return parse_loadavg(read_text(f"{proc_root}/loadavg"))  # no Path join per call
+            return parse_loadavg(read_kernel_text(f"{proc_root}/loadavg"))  # no Path join per call
         except (OSError, ValueError) as exc:
             return _unavailable(f"{proc_root / 'loadavg'} unreadable: {type(exc).__name__}")
     if platform == "win32":

@@ -6,13 +6,14 @@ to a new program without swapping, which is what an operator means by "memory us
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import psutil
 
-from secure_agent.probes._fs import read_text
+from secure_agent.probes._fs import read_kernel_text
 
 
 class MemoryReading(NamedTuple):
@@ -29,16 +30,15 @@ def _percent(part: float, whole: float) -> float:
     return round(min(100.0, max(0.0, 100.0 * part / whole)), 2) if whole > 0 else 0.0
 
 
-_WANTED = frozenset({"MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree"})
+# The seven lines we use, found by the regex engine: looping over the ~55 lines in Python was a
+# tenth of the agent's CPU per get_metrics() call.
+_WANTED = re.compile(r"^(MemTotal|MemFree|MemAvailable|Buffers|Cached|SwapTotal|SwapFree):(.*)$", re.MULTILINE)
 
 
 def parse_meminfo(text: str) -> MemoryReading:
     """Parse /proc/meminfo (values in kB) into bytes (raises ValueError)."""
     values: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name not in _WANTED:
-            continue  # ~50 other lines: skipping them halves the cost of a get_metrics() call
+    for name, rest in _WANTED.findall(text):
         fields = rest.split()
         try:
             values[name] = float(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
@@ -64,7 +64,7 @@ def read_memory(proc_root: Path = Path("/proc"), *, platform: str = sys.platform
     """The reading, or the reason it is unavailable."""
     if platform.startswith("linux"):
         try:
-            return parse_meminfo(read_text(f"{proc_root}/meminfo"))  # no Path join per call
+            return parse_meminfo(read_kernel_text(f"{proc_root}/meminfo"))  # no Path join per call
         except (OSError, ValueError) as exc:
             return f"{proc_root / 'meminfo'} unreadable: {type(exc).__name__}"
     try:

@@ -147,3 +147,35 @@ def test_disks_of_this_machine_both_ways(tmp_path: Path) -> None:
         disks = read_disks(platform=platform)
         assert not isinstance(disks, str) and any(d.mount == "/" for d in disks)
     assert read_disks(tmp_path, platform="linux") == f"{tmp_path / 'mounts'} unreadable: FileNotFoundError"
+
+
+def test_procfs_files_read_on_every_call_are_kept_open_and_fresh() -> None:
+    from secure_agent.probes import _fs
+
+    first = _fs.read_kernel_text("/proc/self/stat")  # changes as this process runs
+    assert "/proc/self/stat" in _fs._kept
+    fd = _fs._kept["/proc/self/stat"]
+    burn = sum(range(200_000))  # some CPU time, so utime moves
+    second = _fs.read_kernel_text("/proc/self/stat")
+    assert burn and _fs._kept["/proc/self/stat"] == fd  # the same descriptor, read again from the start
+    assert second.split()[0] == first.split()[0] == str(os.getpid())
+    assert int(second.split()[13]) + int(second.split()[14]) >= int(first.split()[13]) + int(first.split()[14])
+    names = ["loadavg", "uptime", "version", "meminfo", "stat", "self/status", "self/statm", "self/limits", "cpuinfo"]
+    assert len(names) > _fs.MAX_KEPT
+    for name in names:
+        assert _fs.read_kernel_text(f"/proc/{name}")
+    assert len(_fs._kept) == _fs.MAX_KEPT  # never more descriptors held; the least recently used went
+    assert "/proc/self/stat" not in _fs._kept and "/proc/cpuinfo" in _fs._kept
+
+
+def test_files_outside_procfs_are_read_afresh(tmp_path: Path) -> None:
+    from secure_agent.probes import _fs
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 1000 kB\nMemAvailable: 250 kB\n")
+    assert read_memory(tmp_path).percent == 75.0  # type: ignore[union-attr]
+    replacement = tmp_path / "meminfo.new"
+    replacement.write_text("MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
+    replacement.replace(meminfo)  # a new file in its place: a kept descriptor would still read the old one
+    assert read_memory(tmp_path).percent == 50.0  # type: ignore[union-attr]
+    assert str(meminfo) not in _fs._kept
