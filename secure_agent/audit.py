@@ -142,16 +142,24 @@ class Sealed(NamedTuple):
 
 
 def seal(fields: Mapping[str, object], prev: str, seq: int) -> Sealed:
-    """The line for a record with ``fields`` following the record whose hash is ``prev``."""
+    """The line for a record with ``fields`` following the record whose hash is ``prev``.
+
+    The line is the canonical form of the record with its ``hash``; the hash is over the canonical form
+    without it. Keys sort, so ``hash`` sits between the keys before it and those after it (``prev`` and
+    ``seq`` are always after): each half is encoded once and both texts are joined from them.
+    """
     unknown = set(fields) - FIELDS
     if unknown:
         raise ValueError(f"unknown audit fields: {sorted(unknown)}")
-    record: dict[str, Scalar] = {key: clip(value) for key, value in fields.items() if value is not None}
-    record["prev"] = prev
-    record["seq"] = seq
-    digest = hashlib.sha256(canonical(record).encode("ascii")).hexdigest()  # record_hash: no "hash" yet
-    record["hash"] = digest
-    return Sealed(canonical(record), digest)
+    low: dict[str, Scalar] = {}
+    high: dict[str, Scalar] = {"prev": prev, "seq": seq}
+    for key, value in fields.items():
+        if value is not None:
+            (low if key < "hash" else high)[key] = clip(value)
+    after = canonical(high)[1:]  # '"key":value,...}'
+    before = canonical(low)[:-1] + "," if low else "{"  # '{"key":value,' or '{'
+    digest = hashlib.sha256(f"{before}{after}".encode("ascii")).hexdigest()  # record_hash: no "hash" yet
+    return Sealed(f'{before}"hash":"{digest}",{after}', digest)
 
 
 class Verdict(NamedTuple):

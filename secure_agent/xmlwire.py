@@ -45,6 +45,21 @@ def _escape(text: str) -> str:
     return text
 
 
+_member_heads: dict[str, str] = {}  # struct key -> its "<member><name>" lines; the keys are few and fixed
+_MAX_MEMBER_HEADS = 1024
+
+
+def _member_head(key: Any) -> str:
+    head = _member_heads.get(key) if type(key) is str else None
+    if head is None:
+        if type(key) is not str:
+            raise TypeError("dictionary key must be string")
+        head = f"<member>\n<name>{_escape(key)}</name>\n"
+        if len(_member_heads) < _MAX_MEMBER_HEADS:
+            _member_heads[key] = head
+    return head
+
+
 def _dump(value: Any, out: list[str]) -> None:
     kind = type(value)
     if kind is str:
@@ -60,9 +75,7 @@ def _dump(value: Any, out: list[str]) -> None:
     elif kind is dict:
         out.append("<value><struct>\n")
         for key, item in value.items():
-            if type(key) is not str:
-                raise TypeError("dictionary key must be string")
-            out.append(f"<member>\n<name>{_escape(key)}</name>\n")
+            out.append(_member_head(key))
             _dump(item, out)
             out.append("</member>\n")
         out.append("</struct></value>\n")

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import secure_agent.audit as audit_module
 from secure_agent.audit import (
     GENESIS,
     MAX_LINE,
@@ -210,6 +211,25 @@ def test_record_times_are_what_datetime_writes(seconds: float) -> None:
     """The cached-second formatter agrees with datetime, rounding of microseconds and carries included."""
     assert utc_timestamp(seconds) == _datetime_text(seconds)
     assert utc_timestamp(seconds + 1e-7) == _datetime_text(seconds + 1e-7)  # the same second again: from the cache
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(audit_module.FIELDS)), _FIELD_VALUES, max_size=len(audit_module.FIELDS)))
+def test_a_sealed_line_is_the_canonical_record_with_its_hash(fields: dict[str, object]) -> None:
+    """seal() joins two half encodings: the result must be exactly the canonical form, whatever the keys."""
+    sealed = seal(fields, GENESIS, 7)
+    record = json.loads(sealed.line)
+    expected = {key: audit_module.clip(value) for key, value in fields.items() if value is not None}
+    expected.update(prev=GENESIS, seq=7, hash=sealed.hash)
+    assert record == expected
+    assert sealed.line == audit_module.canonical(expected)
+    assert sealed.hash == record_hash(expected)
 
 
 def test_sealed_records_hash_as_record_hash_says() -> None:
