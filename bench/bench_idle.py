@@ -112,7 +112,7 @@ def _by_thread(
     ended = max(0.0, total_s - accounted)
     rows.append(
         {
-            "thread": "threads that ended within the window (one per connection)",
+            "thread": "threads that ended within the window (connection workers idle for 60 s)",
             "cpu_ms": round(1000 * ended, 1),
             "cpu_percent_of_core": round(100 * ended / window, 4),
             "wakeups_per_s": None,

@@ -65,10 +65,13 @@ BENCHES = (
             "kept-alive: one HTTP/1.1 request on an open TLS connection: the agent's request framing, token "
             "check (HMAC-SHA256, replay cache), XML-RPC parsing, the metrics snapshot, XML marshalling of the "
             "answer, one audit record (SHA-256 chain, a write(2), fdatasync at most once a second) and TLS "
-            "record encryption, in a Python thread per connection. New connection: a full TLS 1.3 handshake "
-            "(ECDHE X25519 + ECDSA P-256 certificates both ways, CRL check, no session resumption by design: "
-            "OP_NO_TICKET so a revoked certificate is refused at once) on both client and agent, plus a "
-            "thread hand-off. Both client and agent share the machine's 2 cores."
+            "record encryption, in a Python thread per connection; about a third of the agent's CPU is the "
+            "kernel (loopback TCP, three procfs reads). New connection: a full TLS 1.3 handshake (ECDHE "
+            "X25519 + ECDSA P-256 leaf certificates both ways, CRL check, no session resumption by design: "
+            "OP_NO_TICKET so a revoked certificate is refused at once) on both client and agent, where "
+            "OpenSSL 3.0's certificate decoding costs more than the signatures, plus a hand-off to a waiting "
+            "connection thread. The timing client is one minimal HTTP/1.1 client for all three servers "
+            "(bench/clients.py). Both client and agent share the machine's 2 cores."
         ),
     ),
     Bench(
