@@ -9,6 +9,7 @@ well under the figure it reports. Memory is ``VmRSS`` (resident now) and ``VmHWM
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import platform
 import shutil
@@ -249,6 +250,28 @@ def busy_share() -> float:
     total_b, idle_b = sample()
     total = total_b - total_a
     return 0.0 if total <= 0 else 1.0 - (idle_b - idle_a) / total
+
+
+def cpu_steal() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs so far: time the hypervisor gave our virtual CPUs to others."""
+    try:
+        values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (values[7] if len(values) > 7 else 0), sum(values)
+
+
+def speed_check_ms() -> float:
+    """Best of 5 timings of a fixed piece of pure-Python work, in ms: the same on the same machine at the
+    same speed, so two reports (or the start and end of one) show whether the machine itself was slower."""
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i
+        best = min(best, time.perf_counter() - started)
+    return round(1000 * best, 2)
 
 
 def which(*names: str) -> str | None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench import report
-from bench.measure import REPO, busy_share, machine
+from bench.measure import REPO, busy_share, cpu_steal, machine, speed_check_ms
 from bench.report import Outcome
 from bench.result import parse
 
@@ -256,7 +256,10 @@ def render(
         *report.table([{key: value for key, value in info.items() if key not in ("date", "busy_share_at_start")}]),
         "",
         f"Other load when the run started: {100 * info['busy_share_at_start']:.0f}% of all cores busy "
-        "(a shared machine makes every figure slower and noisier).",
+        "(a shared machine makes every figure slower and noisier). `speed_check_ms` times a fixed piece of "
+        "pure-Python work (best of 5) at the start and the end: on this virtual machine it has varied by up "
+        "to 1.6x between hours, and every absolute figure below with it; `cpu_steal_during_run_percent` is "
+        "the CPU time the hypervisor gave to other guests while the benchmarks ran.",
         "",
         "## Goals",
         "",
@@ -290,8 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     started = time.monotonic()
-    info = {**machine(), "busy_share_at_start": round(busy_share(), 2)}
+    info = {**machine(), "busy_share_at_start": round(busy_share(), 2), "speed_check_ms_at_start": speed_check_ms()}
+    steal_before = cpu_steal()
     outcomes = run(args)
+    steal_after = cpu_steal()
+    info["speed_check_ms_at_end"] = speed_check_ms()
+    stolen, total = (after - before for after, before in zip(steal_after, steal_before, strict=True))
+    info["cpu_steal_during_run_percent"] = round(100 * stolen / total, 1) if total > 0 else None
     text = render(args, argv, outcomes, info, time.monotonic() - started)
     write_atomic(args.output, text)
     print(f"bench: wrote {args.output} in {time.monotonic() - started:.0f} s", file=sys.stderr)
