@@ -1,7 +1,9 @@
 """One admitted connection, in its worker thread: the guards after the allowlist, cheapest first.
 
 1. TLS handshake (mutual; our CA, CRL, TLS floor) within ``handshake_timeout``.
-2. Client identity: certificate common name against ``security.allowed_clients`` (403).
+2. Client identity: the certificate's serial against ``tls.crl`` (loaded once per policy, not in
+   every handshake: :class:`pki.tls.Revocations`), then its common name against
+   ``security.allowed_clients`` (403 either way).
    A kept-alive connection made before a reload is closed when its next request arrives, so a
    revocation or a narrower allowlist applies to every client at its next request.
 3. Then for every request on the kept-alive connection, each within ``request_timeout``:
@@ -131,6 +133,12 @@ class Connection:
             self._audit("identity_refused", "refused", reason="unparseable_certificate")
             return
         reader = Reader(sock)
+        revocations = self._policy.revocations
+        refusal = None if revocations is None else revocations.refusal(self._identity.serial, time.time())
+        if refusal is not None:  # before any request byte is read, as the allowlist below
+            self._audit("identity_refused", "refused", reason=refusal, status=403)
+            self._answer_refused_head(reader, 403)
+            return
         if not client_allowed(self._policy.allowed_clients, self._identity.common_name):
             self._audit("identity_refused", "refused", reason="common_name_not_allowed", status=403)
             self._answer_refused_head(reader, 403)

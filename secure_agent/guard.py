@@ -1,4 +1,4 @@
-"""The reloadable security policy (TLS context, allowlists, HMAC keys) and the checks made with it.
+"""The reloadable security policy (TLS context, CRL, allowlists, HMAC keys) and the checks made with it.
 
 A :class:`Policy` is built whole from a config, or not at all: :func:`load_policy` raises on the
 first unusable file, so a reload with a broken replacement never leaves a half-updated policy.
@@ -21,15 +21,21 @@ class Policy(NamedTuple):
     networks: tuple[IPNetwork, ...]
     allowed_clients: frozenset[str]  # empty: any certificate of our CA
     keys: Mapping[str, bytes]
+    revocations: tls.Revocations | None = None  # tls.crl, checked by the connection after the handshake
 
 
 def load_policy(config: AgentConfig) -> Policy:
-    """Load everything from disk and check it. Raises :class:`pki.errors.PKIError` naming the file."""
-    context = tls.server_context(
-        config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl, config.tls.min_version
-    )
+    """Load everything from disk and check it. Raises :class:`pki.errors.PKIError` naming the file.
+
+    The CRL is not handed to OpenSSL, which would verify its signature again in every handshake: it is
+    checked once here and each client's serial is looked up after the handshake (:class:`pki.tls.Revocations`).
+    """
+    context = tls.server_context(config.tls.cert, config.tls.key, config.tls.ca, None, config.tls.min_version)
+    revocations = tls.load_revocations(config.tls.crl, config.tls.ca) if config.tls.crl is not None else None
     keys = {key_id: tokens.load_key(path) for key_id, path in config.security.hmac_keys.items()}
-    return Policy(context, config.security.networks(), frozenset(config.security.allowed_clients), keys)
+    return Policy(
+        context, config.security.networks(), frozenset(config.security.allowed_clients), keys, revocations
+    )
 
 
 def address_allowed(networks: tuple[IPNetwork, ...], host: str) -> bool:

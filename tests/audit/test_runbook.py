@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import ssl
 import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
@@ -84,11 +83,12 @@ def test_revoking_a_collector_refuses_it_and_keeps_the_others(start_agent: Start
     assert make_certs.main(["--out", str(pki.root), "--revoke", "backup"]) == 0
     assert agent.reload()
     assert last(agent, "reload")["outcome"] == "ok"
-    with pytest.raises((ssl.SSLError, ConnectionError)):
+    with pytest.raises(RPCStatusError) as forbidden:
         rpc_call(agent, pki, "ping", key_id="backup", collector="backup")
+    assert forbidden.value.status == 403
     assert rpc_call(agent, pki, "ping") == "pong"
-    refused = last(agent, "handshake_failed")
-    assert "revoked" in refused["reason"]
+    refused = last(agent, "identity_refused")
+    assert refused["reason"] == "certificate_revoked" and refused["common_name"] == "backup"
 
 
 def test_renewing_an_agent_certificate_takes_effect_at_reload(start_agent: StartAgent, pki: TestPKI) -> None:

@@ -226,3 +226,26 @@ def test_collector_with_a_crl_refuses_a_revoked_agent(tmp_path: Path) -> None:
     outcome = handshake(server_ctx(pki), tls.client_context(cert, key, pki.ca, pki.crl))
     assert isinstance(outcome.client_error, ssl.SSLCertVerificationError)
     assert "revoked" in str(outcome.client_error)
+
+
+def test_revocations_are_loaded_once_and_looked_up_by_serial(tmp_path: Path, other_pki: TestPKI) -> None:
+    """The agent's own CRL check (pki.tls.Revocations): the same verdicts OpenSSL's check gives."""
+    from cryptography import x509
+
+    pki = build_pki(tmp_path / "pki", agents=["localhost=localhost,127.0.0.1"], collectors=["good", "bad"])
+    pki.revoke("bad")
+    revocations = tls.load_revocations(pki.crl, pki.ca)
+
+    def serial(name: str) -> str:
+        cert = x509.load_pem_x509_certificate(pki.collector_files(name)[0].read_bytes())
+        return format(cert.serial_number, "x")
+
+    now = revocations.next_update - 60
+    assert revocations.refusal(serial("bad"), now) == "certificate_revoked"
+    assert revocations.refusal(serial("good"), now) is None
+    # past its nextUpdate a CRL vouches for nobody: everyone is refused, as OpenSSL does
+    assert revocations.refusal(serial("good"), revocations.next_update) == "crl_expired"
+    with pytest.raises(MaterialError, match=r"crl\.pem.*not signed by the configured CA"):
+        tls.load_revocations(other_pki.crl, pki.ca)
+    with pytest.raises(MaterialError, match=r"is not a PEM CRL"):
+        tls.load_revocations(pki.ca, pki.ca)
