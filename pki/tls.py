@@ -115,8 +115,8 @@ def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
         raise MaterialError(key, f"cannot read: {exc.strerror or exc}") from exc
 
 
-def _read_crl(crl_path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
-    """The CRL at ``crl_path``, checked: PEM, issued and signed by our CA, not past its nextUpdate."""
+def _read_crl(crl_path: Path, ca_cert: x509.Certificate) -> tuple[x509.CertificateRevocationList, dt.datetime]:
+    """The CRL at ``crl_path`` and its nextUpdate, checked: PEM, issued and signed by our CA, not past it."""
     try:
         crl = x509.load_pem_x509_crl(read_material(crl_path))
     except ValueError as exc:
@@ -127,7 +127,7 @@ def _read_crl(crl_path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevo
     next_update = crl.next_update_utc
     if next_update is None or next_update < dt.datetime.now(dt.UTC):
         raise MaterialError(crl_path, "CRL is past its nextUpdate; issue a fresh one (make_certs --refresh-crl)")
-    return crl
+    return crl, next_update
 
 
 def _load_crl(context: ssl.SSLContext, crl_path: Path, ca_cert: x509.Certificate) -> None:
@@ -149,7 +149,6 @@ class Revocations(NamedTuple):
 
     serials: frozenset[str]  # lowercase hex, as PeerIdentity.serial
     next_update: float  # Unix seconds
-    path: Path
 
     def refusal(self, serial: str, now: float) -> str | None:
         """Why a peer certificate with ``serial`` is refused at ``now`` (None: it is not)."""
@@ -162,13 +161,8 @@ class Revocations(NamedTuple):
 
 def load_revocations(crl: Path, ca: Path) -> Revocations:
     """The CRL at ``crl``, checked against the CA certificate at ``ca``; raises :class:`MaterialError`."""
-    ca_cert = _load_pem_cert(ca)
-    revoked = _read_crl(crl, ca_cert)
-    next_update = revoked.next_update_utc
-    if next_update is None:  # _read_crl refuses this already; for the type checker
-        raise MaterialError(crl, "CRL has no nextUpdate")
-    serials = frozenset(format(entry.serial_number, "x") for entry in revoked)
-    return Revocations(serials, next_update.timestamp(), crl)
+    revoked, next_update = _read_crl(crl, _load_pem_cert(ca))
+    return Revocations(frozenset(format(entry.serial_number, "x") for entry in revoked), next_update.timestamp())
 
 
 def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:

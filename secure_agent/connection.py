@@ -38,7 +38,7 @@ from pki.tokens import parse as parse_token
 from secure_agent import httpframe
 from secure_agent.dispatch import handle_call
 from secure_agent.errors import AuditError
-from secure_agent.guard import client_allowed
+from secure_agent.guard import identity_refusal
 from secure_agent.httpframe import HTTPRefusal, Reader, ReadTimeout
 
 if TYPE_CHECKING:
@@ -133,14 +133,9 @@ class Connection:
             self._audit("identity_refused", "refused", reason="unparseable_certificate")
             return
         reader = Reader(sock)
-        revocations = self._policy.revocations
-        refusal = None if revocations is None else revocations.refusal(self._identity.serial, time.time())
-        if refusal is not None:  # before any request byte is read, as the allowlist below
+        refusal = identity_refusal(self._policy, self._identity.common_name, self._identity.serial, time.time())
+        if refusal is not None:  # before any request byte is read
             self._audit("identity_refused", "refused", reason=refusal, status=403)
-            self._answer_refused_head(reader, 403)
-            return
-        if not client_allowed(self._policy.allowed_clients, self._identity.common_name):
-            self._audit("identity_refused", "refused", reason="common_name_not_allowed", status=403)
             self._answer_refused_head(reader, 403)
             return
         self._serve(reader)

@@ -59,3 +59,12 @@ def address_allowed(networks: tuple[IPNetwork, ...], host: str) -> bool:
 
 def client_allowed(allowed_clients: frozenset[str], common_name: str) -> bool:
     return not allowed_clients or common_name in allowed_clients
+
+
+def identity_refusal(policy: Policy, common_name: str, serial: str, now: float) -> str | None:
+    """Why a verified client certificate is refused (its serial in ``tls.crl``, a CRL past its
+    nextUpdate, a name outside ``security.allowed_clients``), or None when it is admitted."""
+    refusal = None if policy.revocations is None else policy.revocations.refusal(serial, now)
+    if refusal is None and not client_allowed(policy.allowed_clients, common_name):
+        refusal = "common_name_not_allowed"
+    return refusal

@@ -18,24 +18,30 @@ SMALL_FILE = 64 * 1024
 LARGE_FILE = 4 * 1024 * 1024
 """Upper bound for files that grow with the host (/proc/stat, /proc/net/tcp, /proc/mounts)."""
 
+# O_NONBLOCK: a FIFO planted where a sysfs/procfs file is expected must not block the probe.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
 
 def read_bytes(path: str | Path, limit: int = SMALL_FILE) -> bytes:
     """Read at most ``limit`` bytes of ``path`` (raises ``OSError``)."""
-    # O_NONBLOCK: a FIFO planted where a sysfs/procfs file is expected must not block the probe.
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-    fd = os.open(path, flags)
+    fd = os.open(path, _READ_FLAGS)
     try:
-        chunks: list[bytes] = []
-        remaining = limit
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+        return _read_fd(fd, limit)
     finally:
         os.close(fd)
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    """Read ``fd`` from where it stands to its end, at most ``limit`` bytes."""
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_text(path: str | Path, limit: int = SMALL_FILE) -> str:
@@ -46,7 +52,6 @@ def read_text(path: str | Path, limit: int = SMALL_FILE) -> str:
 # -- procfs files read on every call, kept open ----------------------------------------------------
 
 MAX_KEPT = 8
-_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
 _kept: OrderedDict[str, int] = OrderedDict()  # path -> fd of a procfs file, least recently used first
 _kept_lock = threading.Lock()  # held around every read of a kept fd, so none is closed under a reader
 _procfs_device: int | None = None
@@ -100,13 +105,14 @@ def read_kernel_text(path: str) -> str:
                 return data.decode("utf-8", "surrogateescape")
     fd = os.open(path, _READ_FLAGS)
     try:
-        if not _on_procfs(fd):
-            os.close(fd)
-            return read_text(path, LARGE_FILE)
-        data = _pread_whole(fd, LARGE_FILE)
+        kept = _on_procfs(fd)
+        data = _pread_whole(fd, LARGE_FILE) if kept else _read_fd(fd, LARGE_FILE)
     except BaseException:
         os.close(fd)
         raise
+    if not kept:  # a fixture tree or anything else: read afresh next time
+        os.close(fd)
+        return data.decode("utf-8", "surrogateescape")
     with _kept_lock:
         if path in _kept:  # another thread kept it meanwhile
             os.close(fd)

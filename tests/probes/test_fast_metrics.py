@@ -177,5 +177,7 @@ def test_files_outside_procfs_are_read_afresh(tmp_path: Path) -> None:
     replacement = tmp_path / "meminfo.new"
     replacement.write_text("MemTotal: 1000 kB\nMemAvailable: 500 kB\n")
     replacement.replace(meminfo)  # a new file in its place: a kept descriptor would still read the old one
+    descriptors = len(os.listdir("/proc/self/fd"))
     assert read_memory(tmp_path).percent == 50.0  # type: ignore[union-attr]
     assert str(meminfo) not in _fs._kept
+    assert len(os.listdir("/proc/self/fd")) == descriptors  # read and closed, none left open
