@@ -1,4 +1,8 @@
-"""Loading JSON configuration files into validated models, with errors that name file and key."""
+"""Loading JSON configuration files into validated models, with errors that name file and key.
+
+A file with several mistakes gets all of them at once (:mod:`pki.configerrors` words them): the
+:class:`~pki.errors.ConfigError` holds one ``FILE: key.path: problem`` line per mistake.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from pki.configerrors import describe_errors
 from pki.errors import ConfigError
 
 _MAX_CONFIG_BYTES = 1024 * 1024
@@ -15,29 +20,10 @@ _MAX_CONFIG_BYTES = 1024 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
-def _key_path(location: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for item in location:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + item)
-    return "".join(parts) or "(top level)"
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """The first problem of a pydantic error as ``key.path: message``, on one line."""
-    first = error.errors()[0]
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    return f"{_key_path(tuple(first['loc']))}: {message}".replace("\n", " ")
-
-
 def load_config(path: Path, model: type[M]) -> M:
     """Read ``path`` as JSON and validate it as ``model``; relative paths inside stay as written.
 
-    Raises :class:`ConfigError` whose message is ``FILE: key.path: problem``.
+    Raises :class:`ConfigError` whose message is ``FILE: key.path: problem``, one line per problem.
     """
     try:
         with open(path, "rb") as handle:
@@ -55,4 +41,4 @@ def load_config(path: Path, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+        raise ConfigError("\n".join(f"{path}: {line}" for line in describe_errors(exc, model))) from exc

@@ -6,7 +6,8 @@
     │   └── InsecurePermissions  a private file is readable by group or others
     └── TokenError               a request token is refused; ``reason`` says why, in one word
 
-Every message is one line, fit for stderr; none holds key material.
+Every message is one line, fit for stderr (a :class:`ConfigError` one line per mistake of the file); none
+holds key material.
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ def _configure_logging(config: AgentConfig) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"secure-agent: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:  # a config error holds one line per mistake
+        print(f"secure-agent: {line}", file=sys.stderr)
     return EXIT_UNUSABLE
 
 

@@ -256,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
             checked.append(Checked("collector", str(args.collector_config)))
             findings += check_collector(collector, str(args.collector_config), now=now)
     except PKIError as exc:
-        print(f"secure-audit check: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # a config error holds one line per mistake
+            print(f"secure-audit check: {line}", file=sys.stderr)
         return EXIT_UNUSABLE
     except OSError as exc:  # a file vanished between validation and the checks
         print(f"secure-audit check: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)

@@ -197,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             collector = build(args, handlers)
         except _Fatal as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
+            for line in str(exc).splitlines():  # a config error holds one line per mistake
+                print(f"{PROG}: {line}", file=sys.stderr)
             return 2
         try:
             return run_once(collector) if args.once else run_forever(collector)

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from storage.config import StorageConfig
+from storage.configerrors import describe_errors
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 
 PROG = "python -m storage"
@@ -38,9 +39,8 @@ def load_storage_config(path: Path) -> StorageConfig:
     try:
         return StorageConfig.model_validate(section)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in ("storage", *first["loc"]))
-        raise StorageConfigError(f"{path}: {key}: {first['msg']}") from exc
+        lines = describe_errors(exc, StorageConfig, "storage")
+        raise StorageConfigError("\n".join(f"{path}: {line}" for line in lines)) from exc
 
 
 def _init_db(config_path: Path) -> str:
@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    """Each line of the message with its whitespace folded (a config error has one line per mistake)."""
+    return f"\n{PROG} init-db: ".join(" ".join(line.split()) for line in str(exc).splitlines())
 
 
 if __name__ == "__main__":

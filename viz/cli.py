@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:  # a config error holds one line per mistake
+        print(f"{PROG}: {line}", file=sys.stderr)
     return code
 
 

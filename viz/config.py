@@ -2,7 +2,8 @@
 
 viz does not import the collector, so it validates only these two sections (``storage`` with
 :class:`storage.config.StorageConfig`, exactly as the collector does; ``thresholds`` leniently, for the
-lines drawn on the plots) and ignores every other key of the file. Paths inside stay as written.
+lines drawn on the plots) and ignores every other key of the file. Paths inside stay as written. Every
+mistake of the two sections is reported at once, worded as the other programs word them (:mod:`storage.configerrors`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from storage.config import StorageConfig
+from storage.configerrors import describe_errors
 from viz.errors import VizConfigError
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -38,22 +40,12 @@ class VizSettings(NamedTuple):
     thresholds: PlotThresholds
 
 
-def _key_path(prefix: str, location: tuple[int | str, ...]) -> str:
-    parts = [prefix]
-    for item in location:
-        parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
-    return "".join(parts)
-
-
-def _validate(path: Path, key: str, model: type[BaseModel], data: Any) -> Any:
+def _problems(key: str, model: type[BaseModel], data: Any) -> tuple[Any, list[str]]:
+    """The validated section, or ``None`` and one ``key.path: problem`` line per mistake."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), []
     except ValidationError as exc:
-        first = exc.errors()[0]
-        # Only the key and pydantic's message: the input value could be a password.
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        where = _key_path(key, tuple(first["loc"]))
-        raise VizConfigError(f"{path}: {where}: {message}".replace("\n", " ")) from exc
+        return None, describe_errors(exc, model, key)
 
 
 def load_settings(path: Path) -> VizSettings:
@@ -71,9 +63,11 @@ def load_settings(path: Path) -> VizSettings:
         raise VizConfigError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise VizConfigError(f"{path}: (top level): must be a JSON object")
-    for key in ("storage", "thresholds"):
-        if key in data and not isinstance(data[key], dict):
-            raise VizConfigError(f"{path}: {key}: must be a JSON object")
-    storage = _validate(path, "storage", StorageConfig, data.get("storage", {}))
-    thresholds = _validate(path, "thresholds", PlotThresholds, data.get("thresholds", {}))
+    wrong = [key for key in ("storage", "thresholds") if key in data and not isinstance(data[key], dict)]
+    if wrong:
+        raise VizConfigError("\n".join(f"{path}: {key}: must be a JSON object" for key in wrong))
+    storage, problems = _problems("storage", StorageConfig, data.get("storage", {}))
+    thresholds, more = _problems("thresholds", PlotThresholds, data.get("thresholds", {}))
+    if problems or more:
+        raise VizConfigError("\n".join(f"{path}: {line}" for line in problems + more))
     return VizSettings(storage=storage, thresholds=thresholds)

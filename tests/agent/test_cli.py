@@ -95,12 +95,22 @@ def test_missing_tls_material_refused(test_pki: TestPKI, tmp_path: Path, key: st
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [("{", "not valid JSON"), ('{"name": "x"}', "tls"), ("[]", "JSON object")],
+    [("{", "not valid JSON"), ("[]", "JSON object")],
 )
 def test_bad_config_refused(tmp_path: Path, content: str, needle: str) -> None:
     config = tmp_path / "agent.json"
     config.write_text(content)
     _assert_one_line_refusal(_run("--config", str(config), "--check"), str(config), needle)
+
+
+def test_every_missing_section_named_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "agent.json"
+    config.write_text('{"name": "x"}')
+    result = _run("--config", str(config), "--check")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"secure-agent: {config}: {key}: is required" for key in ("tls", "security", "audit_log")
+    ]
 
 
 def test_unknown_key_and_bad_limits_refused(test_pki: TestPKI, tmp_path: Path) -> None:

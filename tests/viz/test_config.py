@@ -39,12 +39,12 @@ def test_not_json(run_viz, tmp_path: Path) -> None:
     [
         ([], "(top level): must be a JSON object"),
         ({"storage": "file"}, "storage: must be a JSON object"),
-        ({"storage": {"type": "sqlite"}}, "storage.type: Input should be 'file' or 'mysql'"),
+        ({"storage": {"type": "sqlite"}}, "storage.type: must be one of 'file' or 'mysql'"),
         ({"storage": {"json_fil": "x"}}, "storage.json_fil: unknown key"),
-        ({"storage": {"rotation": {"backup_count": 0}}}, "storage.rotation.backup_count: Input should be greater"),
-        ({"storage": {"type": "mysql", "mysql_password": ["x", SECRET]}}, "storage.mysql_password: Input should be"),
-        ({"storage": {"type": "mysql", "mysql_port": SECRET}}, "storage.mysql_port: Input should be a valid integer"),
-        ({"thresholds": {"cpu_usage": 150}}, "thresholds.cpu_usage: Input should be less than or equal to 100"),
+        ({"storage": {"rotation": {"backup_count": 0}}}, "storage.rotation.backup_count: must be at least 1"),
+        ({"storage": {"type": "mysql", "mysql_password": ["x", SECRET]}}, "storage.mysql_password: must be a string"),
+        ({"storage": {"type": "mysql", "mysql_port": SECRET}}, "storage.mysql_port: must be a whole number"),
+        ({"thresholds": {"cpu_usage": 150}}, "thresholds.cpu_usage: must be at most 100"),
     ],
 )
 def test_bad_sections_name_file_and_key(run_viz, tmp_path: Path, document: object, expected: str) -> None:
