@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pki import __version__
 from pki import ca as ca_lib
 from pki.errors import PKIError
 from pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
@@ -353,6 +354,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="make-certs", description="Bootstrap the secure-monitor PKI: CA, certificates, HMAC keys, configs."
     )
     parser.add_argument("--out", required=True, type=Path, help="directory to create or extend")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--agent",
         action="append",

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+from secure_audit import __version__
+
 
 class SubcommandModule(Protocol):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
@@ -44,6 +46,7 @@ def _chosen(argv: Sequence[str]) -> str | None:
 
 def _parser(chosen: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secure-audit", description="Audit tools for secure-monitor.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, subcommand in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=subcommand.help, description=subcommand.help)

@@ -22,6 +22,7 @@ from pki import tokens
 from pki.configfile import load_config
 from pki.errors import PKIError
 from pki.tls import client_context
+from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
 from secure_collector.alertstate import AlertState, state_path
 from secure_collector.config import CollectorConfig
@@ -71,6 +72,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="collector configuration (JSON)")
     parser.add_argument("--once", action="store_true", help="poll every agent once, print their states, exit")
     parser.add_argument("--shard", metavar="I/N", help="poll only shard I of N of the agents (rendezvous hashing)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

@@ -9,6 +9,8 @@ Exceptions (all in :mod:`storage.errors`)::
 ``storage`` imports no other package of ours.
 """
 
+__version__ = "0.1.0"  # the project's version (pyproject.toml); a test keeps them equal
+
 from storage.base import Batch, Store
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.factory import open_store

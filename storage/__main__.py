@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from storage import __version__
 from storage.config import StorageConfig
 from storage.configerrors import describe_errors
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
@@ -59,6 +60,7 @@ def _init_db(config_path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="Storage administration for secure-monitor.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     init = commands.add_parser("init-db", help="create the MySQL tables named in a collector configuration")
     init.add_argument("--config", type=Path, required=True, help="the collector's JSON configuration")

@@ -20,6 +20,8 @@ Exceptions (all in :mod:`viz.errors`)::
 ``viz`` imports ``storage`` only; nothing imports ``viz``. The program is :mod:`viz.cli`.
 """
 
+__version__ = "0.1.0"  # the project's version (pyproject.toml); a test keeps them equal
+
 from viz.errors import NoDataError, OutputError, VizConfigError, VizError
 
 __all__ = ["NoDataError", "OutputError", "VizConfigError", "VizError"]

@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from storage import StorageConfigError, StorageError, open_store
 from storage.models import AGENT_NAME_PATTERN
+from viz import __version__
 from viz.app import PLOT_CHOICES, Request, generate, window_for
 from viz.config import load_settings
 from viz.errors import NoDataError, OutputError, VizConfigError
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw only this agent (default: every agent)")
     parser.add_argument("--output-dir", required=True, type=Path, metavar="DIR",
                         help="where the PNG files (and index.html) are written; created when missing")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
