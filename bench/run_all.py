@@ -88,6 +88,16 @@ BENCHES = (
         ),
     ),
     Bench("probes", 120),
+    Bench(
+        "journal",
+        45,
+        args=("--large", "100000"),
+        quick_args=("--small", "200", "--large", "5000", "--polls", "5"),
+        limits=(
+            "journalctl is a process per poll (fork, exec, opening the journal files, seeking to the cursor "
+            "through journald's index); the binding, where installed, reads in-process."
+        ),
+    ),
     Bench("flood", 90),
     Bench("collector", 150),
     Bench("storage", 120),

@@ -57,6 +57,11 @@ class SecurityConfig(_Section):
     hmac_keys: dict[str, Path] = Field(min_length=1)
     max_clock_skew: int = Field(default=300, ge=1, le=3600)
     auth_log_paths: tuple[Path, ...] = DEFAULT_AUTH_LOGS
+    # where SSH failures are read, in order of preference: the first readable one is used (one at a time,
+    # so a failure that rsyslog copied from the journal into auth.log is not counted twice)
+    auth_sources: tuple[Literal["files", "journal"], ...] = Field(default=("files", "journal"), min_length=1)
+    # None: the system journal (/run/log/journal, /var/log/journal); else a directory of journal files
+    journal_directory: Path | None = None
     # SSH brute force: fail2ban's defaults, maxretry 5 within findtime 10 minutes
     ssh_max_failures: int = Field(default=5, ge=1, le=100_000)
     ssh_find_time: int = Field(default=600, ge=10, le=86_400)
@@ -84,6 +89,13 @@ class SecurityConfig(_Section):
         for key_id in values:
             if re.match(KEY_ID_PATTERN, key_id) is None:
                 raise ValueError(f"key id {key_id!r} must match {KEY_ID_PATTERN}")
+        return values
+
+    @field_validator("auth_sources")
+    @classmethod
+    def _distinct_sources(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(values)) != len(values):
+            raise ValueError("lists a source twice")
         return values
 
     @field_validator("suspicious_ports")

@@ -90,7 +90,7 @@ class _Unavailable:
 def _no_security() -> dict[str, Any]:
     """The security struct before the first scan, or with security disabled."""
     return {
-        "threat_level": "none", "issues": 0, "scanned_at": None, "age": None, "ssh_failures": 0,
+        "threat_level": "none", "issues": 0, "scanned_at": None, "age": None, "ssh_failures": None,
         "unknown_processes": 0, "findings": [],
     }
 
@@ -339,7 +339,8 @@ class MetricsService:
             "issues": report.issues,
             "scanned_at": report.scanned_at,
             "age": max(0.0, round(now - report.scanned_at, 3)),
-            "ssh_failures": min(report.ssh_failures, INT32_MAX),  # "message repeated N times" adds up
+            # "message repeated N times" adds up; None when no SSH log source is readable (not monitored)
+            "ssh_failures": None if report.ssh_failures is None else min(report.ssh_failures, INT32_MAX),
             "unknown_processes": report.unknown_processes,
             "findings": findings_xml or [finding.as_wire() for finding in report.findings],
         }

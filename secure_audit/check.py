@@ -13,7 +13,8 @@ Agent: TLS floor below 1.3 (info); certificates (see :mod:`secure_audit.material
 allowlist entries wider than IPv4 /24 or IPv6 /64 (medium), public IPv4 ranges of more than one
 address (low); ``allowed_clients`` empty (info: any certificate of our CA is accepted); rate limit not
 written down (low) or above :data:`MAX_RATE_PER_SECOND`/:data:`MAX_BURST` (medium); HMAC keys; CRL;
-audit log not writable (high) or open to group/others (medium).
+audit log not writable (high) or open to group/others (medium); no readable SSH log source, neither an
+auth log nor the journal (medium: brute-force detection would be off).
 Collector: certificates, key files, HMAC key, and MySQL without TLS to a non-loopback host (high).
 
 Run it as the service user (``sudo -u secure-monitor secure-audit check ...``): "writable" means
@@ -35,6 +36,8 @@ from pki.errors import PKIError
 from secure_agent.audit import check_audit_path
 from secure_agent.config import AgentConfig
 from secure_agent.errors import AuditError
+from secure_agent.probes.journal import JournalFollower
+from secure_agent.probes.ssh import SshMonitor
 from secure_audit import material
 from secure_audit.findings import Checked, Finding, Severity, render_json, render_text
 from secure_audit.material import Where
@@ -173,7 +176,37 @@ def check_agent(config: AgentConfig, config_path: str, *, now: dt.datetime | Non
     findings += material.check_crl(where.at("tls.crl"), config.tls.crl, ca, now=now)
     findings += _check_agent_security(where, config)
     findings += _check_audit_log(where.at("audit_log"), config.audit_log)
+    findings += check_ssh_sources(where, config)
     return findings
+
+
+def check_ssh_sources(where: Where, config: AgentConfig) -> list[Finding]:
+    """SSH brute-force detection needs a readable source: the agent's own probe tries them, as it would."""
+    if not config.metrics.enable_security:
+        return []
+    security = config.security
+    monitor = SshMonitor(
+        security.auth_log_paths,
+        max_failures=security.ssh_max_failures,
+        find_time=security.ssh_find_time,
+        sources=security.auth_sources,
+        journal=JournalFollower(security.journal_directory, initial_since=security.ssh_find_time),
+    )
+    try:
+        scan = monitor.scan()
+    finally:
+        monitor.close()
+    if scan.failures is not None:
+        return []
+    return [
+        where.at("security.auth_sources").finding(
+            "ssh-not-monitored",
+            Severity.MEDIUM,
+            f"SSH brute-force detection is not running: {scan.reason}",
+            'give the agent a readable source: "journal" in security.auth_sources (its user in the '
+            "systemd-journal group), or an auth log in security.auth_log_paths",
+        )
+    ]
 
 
 def check_storage(where: Where, storage: StorageConfig, config_file: Path) -> list[Finding]:

@@ -102,7 +102,7 @@ class SecuritySection(_Wire):
     issues: Count = 0
     scanned_at: Annotated[float, Field(ge=0)] | None = None
     age: Annotated[float, Field(ge=0)] | None = None
-    ssh_failures: Count = 0
+    ssh_failures: Count | None = 0  # None: the agent has no SSH log source it can read
     findings: Annotated[list[FindingSection], Field(max_length=MAX_FINDINGS)] = []
 
 
@@ -124,7 +124,7 @@ class MetricsAnswer(_Wire):
     temperature: TemperatureSection = TemperatureSection()
     cpu: CPUSection = CPUSection()
     load: LoadSection = LoadSection()
-    memory: MemorySection = MemorySection()
+    memory: MemorySection | None = MemorySection()  # None: memory unreadable or metrics.enable_memory off
     disks: Annotated[list[DiskSection], Field(max_length=MAX_DISKS)] = []
     security: SecuritySection = SecuritySection()
     unavailable: Annotated[
@@ -203,7 +203,7 @@ def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
         "temperature_reason": None if reason is None else reason[:MAX_REASON],
         "temperature_high": answer.temperature.high,
         "temperature_critical": answer.temperature.critical,
-        "swap_usage": answer.memory.swap_percent,
+        "swap_usage": answer.memory.swap_percent if answer.memory is not None else None,
         "cpu_count": answer.cpu.count,
         "ssh_failures": answer.security.ssh_failures,
         "security_age": answer.security.age,

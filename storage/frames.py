@@ -1,7 +1,8 @@
 """The pandas frames every backend returns: one column spec per record kind, one way to finish a frame.
 
 Every ``query_*`` of every backend ends in :func:`finish`, so ``viz`` sees the same columns and dtypes
-whatever the backend: floats are ``float64`` (NaN for null), counts are ``int64``, strings are ``object``
+whatever the backend: floats are ``float64`` (NaN for null), counts are ``int64`` (``ssh_failures`` is a
+``float64``: NaN where it was not monitored), strings are ``object``
 holding ``str`` (``None`` for null), rows are filtered to ``start <= timestamp <= end`` (and the agent),
 deduplicated on the record's key (a replay stored twice shows once) and sorted by timestamp.
 """
@@ -49,7 +50,6 @@ SAMPLES = FrameSpec(
         threat_level="str",
         temperature_reason="opt_str",
         security_issues="int",
-        ssh_failures="int",
     ),
     key=("agent", "timestamp"),
     sort=("timestamp", "agent"),

@@ -53,7 +53,7 @@ class Sample(_Record):
     temperature_critical: float | None = Field(default=None, ge=-100, le=250)
     swap_usage: float | None = Field(default=None, ge=0, le=100)
     cpu_count: int | None = Field(default=None, ge=1)
-    ssh_failures: int = Field(default=0, ge=0)
+    ssh_failures: int | None = Field(default=0, ge=0)  # None: no SSH log source readable (not monitored)
     security_age: float | None = Field(default=None, ge=0)
     findings: tuple[Finding, ...] = ()
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -194,6 +194,20 @@ class MySQLStore:
                 f"mysql {self.where}: database schema version {version} is newer than this program's "
                 f"({SCHEMA_VERSION})"
             )
+        else:
+            self._nullable_ssh_failures(conn)
+
+    def _nullable_ssh_failures(self, conn: pymysql.connections.Connection[Any]) -> None:
+        """Tables made before ``ssh_failures`` could be null (not monitored) get the column relaxed, once."""
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT IS_NULLABLE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_NAME = 'metrics' AND COLUMN_NAME = 'ssh_failures'"
+            )
+            row = cursor.fetchone()
+            if row is not None and row[0] == "NO":
+                cursor.execute("ALTER TABLE `metrics` MODIFY `ssh_failures` BIGINT UNSIGNED NULL DEFAULT 0")
+                log.info("metrics.ssh_failures in %s may now be null (not monitored)", self.where)
 
     @staticmethod
     def _version(conn: pymysql.connections.Connection[Any]) -> int | None:

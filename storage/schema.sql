@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS `metrics` (
     `temperature_critical` DOUBLE NULL,
     `swap_usage` DOUBLE NULL,
     `cpu_count` BIGINT UNSIGNED NULL,
-    `ssh_failures` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    `ssh_failures` BIGINT UNSIGNED NULL DEFAULT 0,
     `security_age` DOUBLE NULL,
     `details` LONGTEXT NULL CHECK (`details` IS NULL OR JSON_VALID(`details`)),
     PRIMARY KEY (`agent`, `timestamp`),

@@ -132,6 +132,17 @@ def _parse_message(message: str) -> tuple[str, str | None, EventKind] | None:
     return None
 
 
+def parse_message(message: str, timestamp: float) -> AuthEvent | None:
+    """The sshd authentication failure a bare message (a journal entry's ``MESSAGE``) records, or ``None``."""
+    if len(message) > MAX_LINE:
+        return None
+    parsed = _parse_message(message.rstrip("\r\n"))
+    if parsed is None:
+        return None
+    address, user, kind = parsed
+    return AuthEvent(timestamp, address, clean_text(user, MAX_USER) if user is not None else None, kind, 1)
+
+
 def parse_line(line: str, now: float) -> AuthEvent | None:
     """The sshd authentication failure ``line`` records, or ``None``; never raises."""
     line = line.rstrip("\r\n")

@@ -1,4 +1,4 @@
-"""One security scan: processes, sockets and SSH auth logs, merged into findings and a threat level.
+"""One security scan: processes, sockets and SSH failures (auth logs or the journal), merged into findings.
 
 The scan is the expensive part of the agent's metrics (it walks every process and reads the logs), so the
 metrics service runs it in the background every ``check_interval`` seconds and serves the last report.
@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from secure_agent.config import SecurityConfig
 from secure_agent.probes.findings import Finding, ThreatLevel, most_severe, threat_level
+from secure_agent.probes.journal import JournalFollower
 from secure_agent.probes.network import scan_network
 from secure_agent.probes.processes import scan_processes
 from secure_agent.probes.ssh import SshMonitor
@@ -27,7 +28,7 @@ class SecurityReport(NamedTuple):
     findings: tuple[Finding, ...]  # most severe first, at most MAX_FINDINGS
     issues: int  # all findings, including any beyond the cap
     threat_level: ThreatLevel
-    ssh_failures: int
+    ssh_failures: int | None  # None: no SSH log source readable (the reason is in ``unavailable``)
     unknown_processes: int
     unavailable: tuple[tuple[str, str], ...]  # (metric, reason) for the parts that could not run
 
@@ -52,6 +53,8 @@ class SecurityScanner:
             max_failures=config.ssh_max_failures,
             find_time=config.ssh_find_time,
             clock=clock,
+            sources=config.auth_sources,
+            journal=JournalFollower(config.journal_directory, initial_since=config.ssh_find_time, clock=clock),
         )
 
     def scan(self) -> SecurityReport:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pki.files import PUBLIC_MODE, write_atomic
 from secure_audit import check
 from tests.audit.helpers import Report, agent_config, collector_config, edit, run_check, weak_certificate
 from tests.plugins.pki import TestPKI
+from tests.probes.journal import Entry, JournalFixture
 
 MakePKI = Callable[..., TestPKI]
 NOW = dt.datetime.now(dt.UTC)
@@ -28,7 +30,26 @@ NOW = dt.datetime.now(dt.UTC)
 def pki(tmp_path: Path, make_pki: MakePKI, capsys: pytest.CaptureFixture[str]) -> TestPKI:
     made = make_pki(tmp_path / "pki")
     capsys.readouterr()  # make_certs's "PKI ready" line is not part of any report
+    auth_log = tmp_path / "auth.log"  # a readable SSH log source, whatever this host has
+    auth_log.write_text("")
+    set_agent(made, "security.auth_log_paths", [str(auth_log)])
+    set_agent(made, "security.auth_sources", ["files"])
     return made
+
+
+def test_no_readable_ssh_source_is_a_finding(capsys: pytest.CaptureFixture[str], pki: TestPKI, tmp_path: Path) -> None:
+    # a journald-only host (Debian 12's default): no auth.log, and here no journal the agent may read either
+    set_agent(pki, "security.auth_log_paths", [str(tmp_path / "missing.log")])
+    set_agent(pki, "security.auth_sources", ["files", "journal"])
+    set_agent(pki, "security.journal_directory", str(tmp_path))
+    report = check_agent(capsys, pki)
+    finding = report.finding("ssh-not-monitored")
+    assert finding["severity"] == "medium" and finding["key"] == "security.auth_sources"
+    assert "no auth log found" in finding["message"] and "no systemd journal found" in finding["message"]
+    journal = JournalFixture(tmp_path / "journal")
+    journal.append([Entry(time.time() - 1, "sshd", "Invalid user a from 203.0.113.4 port 1")])
+    set_agent(pki, "security.journal_directory", str(journal.directory))
+    assert "ssh-not-monitored" not in check_agent(capsys, pki).ids
 
 
 def check_agent(capsys: pytest.CaptureFixture[str], pki: TestPKI) -> Report:
@@ -161,7 +182,10 @@ def test_a_397_day_leaf_is_within_policy(capsys: pytest.CaptureFixture[str], tmp
 
     assert make_certs.main(["--out", str(tmp_path / "pki"), "--days", "397"]) == 0
     capsys.readouterr()
-    report = run_check(capsys, "--agent-config", str(tmp_path / "pki" / "agent-localhost.json"))
+    (tmp_path / "auth.log").write_text("")  # an SSH log source, whatever this host has
+    config = edit(tmp_path / "pki" / "agent-localhost.json",
+                  lambda d: d["security"].update(auth_log_paths=[str(tmp_path / "auth.log")], auth_sources=["files"]))
+    report = run_check(capsys, "--agent-config", str(config))
     assert report.code == 0, report.document
 
 

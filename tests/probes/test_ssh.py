@@ -88,14 +88,20 @@ def test_incremental_reads_across_rotation(fixtures: Path, tmp_path: Path) -> No
 
 
 def test_reasons_when_no_log_can_be_read(tmp_path: Path) -> None:
-    missing = SshMonitor([tmp_path / "auth.log", tmp_path / "secure"], max_failures=5, find_time=600).scan()
+    files_only = ("files",)
+    missing = SshMonitor(
+        [tmp_path / "auth.log", tmp_path / "secure"], max_failures=5, find_time=600, sources=files_only
+    ).scan()
     assert missing.reason is not None and missing.reason.startswith("no auth log found")
     assert str(tmp_path / "secure") in missing.reason
-    directory = SshMonitor([tmp_path], max_failures=5, find_time=600).scan()
+    assert missing.failures is None  # not monitored, not "0 failures"
+    directory = SshMonitor([tmp_path], max_failures=5, find_time=600, sources=files_only).scan()
     assert directory.reason == f"{tmp_path}: not a regular file"
     (tmp_path / "secure").write_text("")
-    one_readable = SshMonitor([tmp_path / "auth.log", tmp_path / "secure"], max_failures=5, find_time=600).scan()
-    assert one_readable.reason is None
+    one_readable = SshMonitor(
+        [tmp_path / "auth.log", tmp_path / "secure"], max_failures=5, find_time=600, sources=files_only
+    ).scan()
+    assert one_readable.reason is None and one_readable.failures == 0 and one_readable.source == "files"
 
 
 def test_memory_stays_bounded_under_address_spraying() -> None:
