@@ -1,15 +1,21 @@
 """``secure-collector --config FILE [--once] [--shard I/N]``: the collector's entry point.
 
-Exit codes: 0 fine (``--once``: every agent answered), 1 (``--once``) some agent did not answer,
-2 bad command line, configuration, TLS material, key, spool directory or storage configuration: one line
-on stderr naming the file and key, never a traceback. SIGTERM and SIGINT stop the long-running mode
-cleanly: polls in flight finish (each within ``timeout``), everything collected is stored or spooled.
+Exit codes: 0 fine (``--once``: every agent answered and the sweep is stored), 1 (``--once``) some agent
+did not answer, 2 bad command line, configuration, TLS material, key, spool directory or storage
+configuration (one line per problem on stderr naming the file and key, never a traceback), 3 (``--once``)
+every agent answered but the sweep only reached the spool (storage unavailable; it is stored when storage
+is back). SIGTERM and SIGINT stop the long-running mode cleanly: polls in flight finish (each within
+``timeout``), everything collected is stored or spooled.
+
+``--once`` beside a running collector of the same ``spool_dir`` (:mod:`.runlock`) only polls and prints:
+it leaves that collector's storage (and its lock), spool and alert state alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -29,6 +35,7 @@ from secure_collector.config import CollectorConfig
 from secure_collector.errors import CollectorError
 from secure_collector.hook import AlertHook
 from secure_collector.poller import Poller, parse_shard, select_shard
+from secure_collector.runlock import RunLock, lock_path
 from secure_collector.sink import Delivery, LazyStore, PollResult, Recorder
 from secure_collector.spool import Spool
 from secure_collector.transport import AgentConnection
@@ -39,6 +46,9 @@ logger = logging.getLogger("secure_collector")
 
 PROG = "secure-collector"
 SHUTDOWN_FLUSH_SECONDS = 10.0
+SERVICE_LOCK_WAIT_SLACK = 10.0
+SERVICE_LOCK_WAIT_MAX = 600.0
+"""At start the service waits this long at most for a ``--once`` run holding ``spool_dir`` (one sweep)."""
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -46,23 +56,31 @@ class _Fatal(Exception):
     """A start-up problem: one line for stderr, exit 2."""
 
 
+EXIT_SPOOLED = 3
+"""``--once``: every agent answered, but the sweep waits in the spool (storage unavailable)."""
+
+
 @dataclass
 class Collector:
-    """Everything a run needs, built and checked at start-up."""
+    """Everything a run needs, built and checked at start-up; ``delivery`` None for a probe (below)."""
 
     config: CollectorConfig
     poller: Poller
-    delivery: Delivery
-    spool: Spool
+    delivery: Delivery | None
+    spool: Spool | None
     hook: AlertHook | None
+    lock: RunLock
 
     def close(self) -> None:
         self.poller.close()
-        self.delivery.retry(force=True)
-        self.spool.close()
-        self.delivery.store.close()
+        if self.delivery is not None:
+            self.delivery.retry(force=True)
+            self.delivery.store.close()
+        if self.spool is not None:
+            self.spool.close()
         if self.hook is not None:
             self.hook.close(SHUTDOWN_FLUSH_SECONDS)
+        self.lock.release()
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -120,6 +138,21 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         key = tokens.load_key(config.hmac.key_file)
     except PKIError as exc:
         raise _Fatal(f"{args.config}: {exc}") from exc
+    connections = [
+        AgentConnection(a.name, a.host, a.port, context, config.hmac.key_id, key, timeout=config.timeout)
+        for a in agents
+    ]
+    lock = _own_spool_dir(args, config, shard)
+    if not lock.held:
+        # the service of this spool_dir runs: poll and print only (no store, spool, alert state or hook)
+        holder = lock.holder()
+        print(
+            f"{PROG}: a collector{f' (pid {holder})' if holder else ''} runs with {config.spool_dir}: "
+            "polling without storing, spooling or alerting",
+            file=sys.stderr,
+        )
+        probe = Poller(connections, None, poll_interval=config.poll_interval, max_workers=config.max_workers)
+        return Collector(config, probe, None, None, None, lock)
     try:
         hook = AlertHook(config.alert_command) if config.alert_command else None
         spool = Spool(config.spool_dir, config.spool_max_bytes)
@@ -133,10 +166,6 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
     except StorageUnavailable as exc:
         logger.warning("storage unavailable at start (%s); spooling until it is back", exc)
         writer = LazyStore(lambda: open_store(config.storage))
-    connections = [
-        AgentConnection(a.name, a.host, a.port, context, config.hmac.key_id, key, timeout=config.timeout)
-        for a in agents
-    ]
     delivery = Delivery(writer, spool)
     engine = AlertEngine(config.thresholds)
     state = AlertState(state_path(config.spool_dir, shard))
@@ -149,7 +178,25 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         max_workers=config.max_workers,
         backoff_max=config.backoff_max,
     )
-    return Collector(config, poller, delivery, spool, hook)
+    return Collector(config, poller, delivery, spool, hook, lock)
+
+
+def _own_spool_dir(args: argparse.Namespace, config: CollectorConfig, shard: tuple[int, int] | None) -> RunLock:
+    """The run lock of ``spool_dir``: ``--once`` takes it if free; the service waits for a ``--once`` run."""
+    lock = RunLock(lock_path(config.spool_dir, shard))
+    sweep = config.timeout * math.ceil(len(config.agents) / config.max_workers)
+    wait = 0.0 if args.once else min(SERVICE_LOCK_WAIT_MAX, sweep + SERVICE_LOCK_WAIT_SLACK)
+    try:
+        owned = lock.acquire(wait)
+    except CollectorError as exc:
+        raise _Fatal(f"{args.config}: {exc}") from exc
+    if not owned and not args.once:
+        holder = lock.holder()
+        raise _Fatal(
+            f"{args.config}: spool_dir: another collector{f' (pid {holder})' if holder else ''} runs with "
+            f"{config.spool_dir}; give each collector its own spool_dir (or --shard)"
+        )
+    return lock
 
 
 def status_line(result: PollResult, width: int) -> str:
@@ -158,15 +205,19 @@ def status_line(result: PollResult, width: int) -> str:
 
 
 def run_once(collector: Collector) -> int:
-    if collector.delivery.backlog:
-        collector.delivery.retry(force=True)
+    delivery = collector.delivery
+    if delivery is not None and delivery.backlog:
+        delivery.retry(force=True)
     results = collector.poller.poll_once()
     width = max((len(r.agent) for r in results), default=0)
     for result in results:
         print(status_line(result, width), flush=True)
-    if collector.delivery.backlog:
-        logger.warning("storage unavailable: this sweep waits in the spool (%s)", collector.spool.directory)
-    return 0 if all(r.state == "up" for r in results) else 1
+    if not all(r.state == "up" for r in results):
+        return 1
+    if delivery is not None and delivery.backlog:
+        logger.warning("storage unavailable: this sweep waits in the spool (%s)", delivery.spool.directory)
+        return EXIT_SPOOLED
+    return 0
 
 
 def run_forever(collector: Collector) -> int:

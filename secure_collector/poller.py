@@ -122,7 +122,7 @@ class Poller:
     def __init__(
         self,
         connections: Sequence[AgentConnection],
-        recorder: Recorder,
+        recorder: Recorder | None,
         *,
         poll_interval: float,
         max_workers: int,
@@ -173,8 +173,9 @@ class Poller:
                 results[result.agent] = result
                 self._slots[result.agent].state = result.state
         ordered = [results[name] for name in self._order]
-        self.recorder.add_all(ordered)
-        self.recorder.flush()
+        if self.recorder is not None:  # None: a probe beside the running service records nothing
+            self.recorder.add_all(ordered)
+            self.recorder.flush()
         self.sweeps += 1
         return ordered
 
@@ -197,6 +198,8 @@ class Poller:
         counted: dict[str, bool] = {}
         batch: list[PollResult] = []
         batch_since = 0.0
+        if self.recorder is None:
+            raise ValueError("a poller without a recorder can only poll_once")
         writer = Writer(self.recorder)
         try:
             while not self._stop.is_set():
