@@ -1,14 +1,21 @@
 """PKI bootstrap: a CA, agent and collector certificates, HMAC keys, a CRL and ready-to-run configs.
 
-    python pki/make_certs.py --out DIR [--agent NAME=HOST[,HOST...]]... [--collector NAME]...
+    python pki/make_certs.py --out DIR [--agent NAME=HOST[,HOST...][:PORT]]... [--collector NAME]...
                              [--days N] [--allow CIDR]... [--port N] [--force]
     python pki/make_certs.py --out DIR --revoke NAME
     python pki/make_certs.py --out DIR --refresh-crl
 
 Re-running with the same ``--out`` keeps the CA and every existing key and certificate, adds what is
-new, and touches no existing file (configs only gain entries for new agents or collectors). ``--force``
-re-issues the named agents' and collectors' keys and certificates (never the CA, never an HMAC key:
-``--rotate-hmac`` writes new HMAC keys for the named collectors).
+new, and touches no existing file (configs only gain entries for new agents or collectors) except to
+keep them consistent: an agent named again with a port (``NAME=HOSTS:PORT`` or ``--port``) gets it in
+its config and in every collector's entry for it. ``--force`` re-issues the named agents' and collectors'
+keys and certificates (never the CA, never an HMAC key: ``--rotate-hmac`` writes new HMAC keys for the
+named collectors).
+
+It never leaves a config that cannot run: agents without any collector get the default collector
+``collector``; agents on this host's loopback get distinct ports (the next free one after ``--port``);
+a collector with no agent to poll is refused; and the run ends by checking what it wrote
+(:mod:`pki.bootcheck`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -36,13 +42,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki import __version__
 from pki import ca as ca_lib
+from pki.bootcheck import check_written
+from pki.configwriter import (
+    DEFAULT_PORT,
+    agent_config,
+    agent_entries,
+    collector_config,
+    existing_agents,
+    is_loopback,
+    merge_json,
+    read_config,
+    sync_collector,
+    write_config,
+)
 from pki.errors import PKIError
 from pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
 from pki.tokens import new_key_text
 
 DEFAULT_AGENT = ("localhost", ("localhost", "127.0.0.1", "::1"))
 DEFAULT_COLLECTOR = "collector"
-DEFAULT_PORT = 8000
 DEFAULT_ALLOW = ("127.0.0.1", "::1")
 
 
@@ -60,6 +78,8 @@ class Plan:
     port: int = DEFAULT_PORT
     force: bool = False
     rotate_hmac: bool = False
+    ports: dict[str, int] = field(default_factory=dict)  # agents given a port on this run (NAME=HOSTS:PORT)
+    port_given: bool = False  # --port was on the command line: the named agents take it
 
 
 def _name(value: str, what: str) -> str:
@@ -68,17 +88,28 @@ def _name(value: str, what: str) -> str:
     return value
 
 
-def parse_agent(spec: str) -> tuple[str, tuple[str, ...]]:
+def parse_agent(spec: str) -> tuple[str, tuple[str, ...], int | None]:
+    """``NAME=HOST[,HOST...][:PORT]`` (an IPv6 last host with a port in brackets: ``[::1]:8001``)."""
     name, sep, hosts_text = spec.partition("=")
     if not sep or not hosts_text:
-        raise UsageError(f"--agent {spec!r}: expected NAME=HOST[,HOST...]")
+        raise UsageError(f"--agent {spec!r}: expected NAME=HOST[,HOST...][:PORT]")
+    port: int | None = None
+    head, comma, last = hosts_text.rpartition(",")
+    bracketed = last.startswith("[") and "]:" in last
+    if bracketed or last.count(":") == 1:
+        last, _, port_text = last.rpartition(":")
+        last = last.removeprefix("[").removesuffix("]") if bracketed else last
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise UsageError(f"--agent {spec!r}: the port after ':' must be 1..65535")
+        port = int(port_text)
+        hosts_text = head + comma + last
     hosts = tuple(host.strip() for host in hosts_text.split(","))
     for host in hosts:
         try:
             ca_lib.general_name(host)
         except ValueError as exc:
             raise UsageError(f"--agent {spec!r}: {exc}") from None
-    return _name(name, "agent"), hosts
+    return _name(name, "agent"), hosts, port
 
 
 def _write_private(path: Path, data: bytes, force: bool) -> bool:
@@ -148,116 +179,36 @@ def _write_crl(out: Path, authority: ca_lib.Issued, revoked: list[tuple[int, dt.
     _write_public(out / "crl.pem", ca_lib.crl_pem(ca_lib.build_crl(authority, revoked)), force=True)
 
 
-def _merge_json(path: Path, build: dict[str, Any], merge_key: str | None) -> None:
-    """Write a config if absent; if present, only add new entries under ``merge_key``."""
-    if not path.exists():
-        write_atomic(path, (json.dumps(build, indent=2) + "\n").encode(), mode=0o640)
-        return
-    if merge_key is None:
-        return
-    try:
-        current = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PKIError(f"{path}: existing config is not valid JSON; fix or remove it") from exc
-    section = current
-    *parents, leaf = merge_key.split(".")
-    for part in parents:
-        section = section.setdefault(part, {})
-    existing, wanted = section.get(leaf), build
-    for part in merge_key.split("."):
-        wanted = wanted[part]
-    if isinstance(existing, list) and isinstance(wanted, list):
+def _plan_ports(plan: Plan) -> tuple[dict[str, int], list[str]]:
+    """The port each agent of this run listens on, before anything is written; notes for the operator.
 
-        def identity(entry: Any) -> Any:
-            return entry.get("name") if isinstance(entry, dict) else entry
-
-        present = {identity(entry) for entry in existing}
-        added = [entry for entry in wanted if identity(entry) not in present]
-        if not added:
-            return
-        section[leaf] = existing + added
-    elif isinstance(existing, dict) and isinstance(wanted, dict):
-        added_keys = {k: v for k, v in wanted.items() if k not in existing}
-        if not added_keys:
-            return
-        section[leaf] = {**existing, **added_keys}
-    else:
-        return
-    write_atomic(path, (json.dumps(current, indent=2) + "\n").encode(), mode=0o640, overwrite=True)
-
-
-def _agent_config(out: Path, name: str, hosts: Sequence[str], collectors: Sequence[str], plan: Plan) -> dict[str, Any]:
-    loopback = all(_is_loopback(host) for host in hosts)
-    return {
-        "name": name,
-        "host": "127.0.0.1" if loopback else "0.0.0.0",  # noqa: S104 - a remote agent must listen; the allowlist guards it
-        "port": plan.port,
-        "log_level": "INFO",
-        "metrics": {
-            "enable_temperature": True,
-            "enable_cpu": True,
-            "enable_memory": True,
-            "enable_disk": True,
-            "enable_security": True,
-        },
-        "tls": {
-            "cert": str(out / "agents" / f"{name}.crt"),
-            "key": str(out / "agents" / f"{name}.key"),
-            "ca": str(out / "ca.crt"),
-            "crl": str(out / "crl.pem"),
-            "min_version": "TLSv1.3",
-        },
-        "security": {
-            "allowed_ips": list(plan.allow),
-            "allowed_clients": list(collectors),
-            "rate_limit": {"per_second": 10, "burst": 20},
-            "hmac_keys": {c: str(out / "collectors" / f"{c}.hmac") for c in collectors},
-            "max_clock_skew": 300,
-        },
-        "audit_log": str(out / "data" / f"audit-{name}.log"),
-    }
-
-
-def _collector_config(
-    out: Path, collector: str, agents: Sequence[tuple[str, Sequence[str]]], plan: Plan
-) -> dict[str, Any]:
-    data = out / "data"
-    return {
-        "agents": [{"name": name, "host": _dial_host(hosts), "port": plan.port} for name, hosts in agents],
-        "poll_interval": 30,
-        "timeout": 10,
-        "max_workers": 10,
-        "tls": {
-            "cert": str(out / "collectors" / f"{collector}.crt"),
-            "key": str(out / "collectors" / f"{collector}.key"),
-            "ca": str(out / "ca.crt"),
-            "crl": str(out / "crl.pem"),
-        },
-        "hmac": {"key_id": collector, "key_file": str(out / "collectors" / f"{collector}.hmac")},
-        "storage": {
-            "type": "file",
-            "json_file": str(data / "metrics_data.json"),
-            "metrics_file": str(data / "metrics_data.log"),
-            "rotation": {"max_size": "10MB", "backup_count": 5},
-        },
-        "spool_dir": str(data / "spool"),
-        "thresholds": {"cpu_usage": 80, "system_load": 2.0, "memory_usage": 85, "disk_usage": 90},
-    }
-
-
-def _dial_host(hosts: Sequence[str]) -> str:
-    """The host a collector dials: the first given, but 127.0.0.1 for a loopback agent that lists it
-    (``localhost`` may resolve to ::1 first while the agent listens on 127.0.0.1)."""
-    if all(_is_loopback(host) for host in hosts) and "127.0.0.1" in hosts:
-        return "127.0.0.1"
-    return hosts[0]
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    Agents listening on loopback share this host, so they get distinct ports: a clash with an explicit
+    ``:PORT`` is refused, otherwise the agent takes the next free port after the one it would have had.
+    """
+    existing = existing_agents(plan.out)
+    named = {name for name, _ in plan.agents}
+    taken = {port: name for name, (port, loopback) in existing.items() if loopback and name not in named}
+    ports: dict[str, int] = {}
+    notes: list[str] = []
+    for name, hosts in plan.agents:
+        explicit = plan.ports.get(name, plan.port if plan.port_given else None)
+        port = explicit if explicit is not None else existing.get(name, (plan.port, True))[0]
+        if all(is_loopback(host) for host in hosts):
+            if port in taken and name in plan.ports:
+                raise UsageError(
+                    f"agents {taken[port]} and {name} would both listen on 127.0.0.1:{port}; "
+                    f"give {name} another port: --agent {name}=HOST[,HOST...]:PORT"
+                )
+            wanted = port
+            while port in taken and port < 65535:
+                port += 1
+            if port in taken:
+                raise UsageError(f"no free port above {wanted} for agent {name}; give it one: --agent {name}=HOST:PORT")
+            if port != wanted:
+                notes.append(f"agent {name} listens on 127.0.0.1:{port} ({wanted} is agent {taken[wanted]}'s)")
+            taken[port] = name
+        ports[name] = port
+    return ports, notes
 
 
 def _existing_names(folder: Path) -> list[str]:
@@ -276,13 +227,24 @@ def _check_writable(out: Path) -> None:
 
 
 def bootstrap(plan: Plan) -> list[str]:
-    """Create or extend the PKI under ``plan.out``; return notes for the operator."""
+    """Create or extend the PKI under ``plan.out``; return notes for the operator.
+
+    Raises :class:`UsageError` before writing anything when the request cannot give usable configs, and
+    :class:`PKIError` (one line per problem) when the configs written do not pass :mod:`pki.bootcheck`.
+    """
     _check_writable(plan.out)
+    notes: list[str] = []
+    if not plan.collectors and not _existing_names(plan.out / "collectors"):
+        plan.collectors = [DEFAULT_COLLECTOR]
+        notes.append(f"no --collector given: made the collector {DEFAULT_COLLECTOR!r} (name it with --collector NAME)")
+    if not plan.agents and not existing_agents(plan.out):
+        raise UsageError("a collector needs an agent to poll: add --agent NAME=HOST[,HOST...][:PORT]")
+    ports, port_notes = _plan_ports(plan)
+    notes += port_notes
     for sub in ("agents", "collectors", "data"):
         (plan.out / sub).mkdir(mode=0o700, exist_ok=True)
     os.chmod(plan.out / "data", 0o700)
     authority = _ensure_ca(plan.out)
-    notes: list[str] = []
     for name, hosts in plan.agents:
         notes += _ensure_leaf(authority, plan.out / "agents", name, "server", hosts, plan)
     for name in plan.collectors:
@@ -293,21 +255,33 @@ def bootstrap(plan: Plan) -> list[str]:
     if not (plan.out / "crl.pem").exists():
         _write_crl(plan.out, authority, [])
     collectors = _existing_names(plan.out / "collectors")
+    existing = existing_agents(plan.out)
     for name, hosts in plan.agents:
-        _merge_json(plan.out / f"agent-{name}.json", _agent_config(plan.out, name, hosts, collectors, plan), None)
+        path = plan.out / f"agent-{name}.json"
+        if not path.exists():
+            config = agent_config(plan.out, name, hosts, collectors, plan.allow, ports[name])
+            write_config(path, config, overwrite=False)
+        elif existing.get(name, (ports[name], True))[0] != ports[name]:
+            data = read_config(path)
+            data["port"] = ports[name]
+            write_config(path, data, overwrite=True)
     # every agent config, old or new, learns the keys and names of collectors added since
     for name in _existing_names(plan.out / "agents"):
-        config = _agent_config(plan.out, name, ("localhost",), collectors, plan)
+        config = agent_config(plan.out, name, ("localhost",), collectors, plan.allow, DEFAULT_PORT)
         for key in ("security.hmac_keys", "security.allowed_clients"):
             if (plan.out / f"agent-{name}.json").exists():
-                _merge_json(plan.out / f"agent-{name}.json", config, key)
+                merge_json(plan.out / f"agent-{name}.json", config, key)
+    entries = agent_entries(plan.out)
     for collector in plan.collectors:
-        _merge_json(
-            _collector_config_path(plan.out, collector), _collector_config(plan.out, collector, plan.agents, plan), None
-        )
-    # every collector config, old or new, learns the agents added in this run
+        path = _collector_config_path(plan.out, collector)
+        if not path.exists():
+            write_config(path, collector_config(plan.out, collector, entries), overwrite=False)
+    # every collector config, old or new, polls every agent, at the port its config listens on
     for path in sorted(plan.out.glob("collector*.json")):
-        _merge_json(path, _collector_config(plan.out, DEFAULT_COLLECTOR, plan.agents, plan), "agents")
+        sync_collector(path, entries, {name for name, _ in plan.agents})
+    problems = check_written(plan.out)
+    if problems:
+        raise PKIError("\n".join(problems))
     return notes
 
 
@@ -359,8 +333,8 @@ def _parser() -> argparse.ArgumentParser:
         "--agent",
         action="append",
         default=[],
-        metavar="NAME=HOST[,HOST...]",
-        help="an agent and the host names/addresses it is reached at (repeatable)",
+        metavar="NAME=HOST[,HOST...][:PORT]",
+        help="an agent, the host names/addresses it is reached at, and its port (repeatable)",
     )
     parser.add_argument(
         "--collector",
@@ -382,7 +356,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="collector addresses the agents' configs allow (default 127.0.0.1 and ::1)",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="agent port written into configs")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"the port the named agents listen on (default {DEFAULT_PORT}; NAME=HOSTS:PORT for one agent)",
+    )
     parser.add_argument("--force", action="store_true", help="re-issue keys and certificates of the named entities")
     parser.add_argument(
         "--rotate-hmac",
@@ -397,9 +376,11 @@ def _parser() -> argparse.ArgumentParser:
 def _plan(args: argparse.Namespace) -> Plan:
     if not 1 <= args.days <= ca_lib.MAX_LEAF_DAYS:
         raise UsageError(f"--days must be 1..{ca_lib.MAX_LEAF_DAYS}, not {args.days}")
-    if not 1 <= args.port <= 65535:
+    if args.port is not None and not 1 <= args.port <= 65535:
         raise UsageError(f"--port must be 1..65535, not {args.port}")
-    agents = [parse_agent(spec) for spec in args.agent]
+    parsed = [parse_agent(spec) for spec in args.agent]
+    agents = [(name, hosts) for name, hosts, _ in parsed]
+    ports = {name: port for name, _, port in parsed if port is not None}
     collectors = [_name(name, "collector") for name in args.collector]
     if not agents and not collectors:
         agents, collectors = [DEFAULT_AGENT], [DEFAULT_COLLECTOR]
@@ -416,9 +397,11 @@ def _plan(args: argparse.Namespace) -> Plan:
         collectors,
         args.days,
         tuple(args.allow) or DEFAULT_ALLOW,
-        args.port,
+        DEFAULT_PORT if args.port is None else args.port,
         args.force,
         args.rotate_hmac,
+        ports,
+        args.port is not None,
     )
 
 
@@ -435,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in bootstrap(plan):
             print(f"note: {note}", file=sys.stderr)
     except PKIError as exc:
-        print(f"make-certs: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # the final check names every problem, one line each
+            print(f"make-certs: {line}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"make-certs: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)

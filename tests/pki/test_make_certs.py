@@ -209,3 +209,67 @@ def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
 def test_in_process_main_matches_the_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert make_certs.main(["--out", str(tmp_path / "p")]) == 0
     assert "PKI ready" in capsys.readouterr().out
+
+
+# --- bootstrap that never writes a config that cannot run (issue 21) ------------------------------------
+
+
+def _agent(root: Path, name: str) -> AgentConfig:
+    return load_config(root / f"agent-{name}.json", AgentConfig)
+
+
+def test_agents_without_collector_get_the_default_collector(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    result = run("--out", str(root), "--agent", "a1=localhost,127.0.0.1", "--agent", "a2=localhost,127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert "made the collector 'collector'" in result.stderr
+    collector = load_config(root / "collector.json", CollectorConfig)
+    a1, a2 = _agent(root, "a1"), _agent(root, "a2")
+    assert set(a1.security.hmac_keys) == set(a2.security.hmac_keys) == {"collector"}
+    # two agents on this host's loopback cannot share a port: the second takes the next one, and says so
+    assert (a1.port, a2.port) == (8000, 8001) and "a2 listens on 127.0.0.1:8001" in result.stderr
+    assert [(a.name, a.port) for a in collector.agents] == [("a1", 8000), ("a2", 8001)]
+
+
+def test_per_agent_ports_and_reruns_stay_consistent(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    agents = ["--agent", "a1=localhost,127.0.0.1:9101", "--agent", "web=web.example.com,[2001:db8::5]:9443"]
+    result = run("--out", str(root), *agents, "--collector", "c1")
+    assert result.returncode == 0, result.stderr
+    assert _agent(root, "a1").port == 9101 and _agent(root, "web").port == 9443
+    sans = load(root / "agents/web.crt").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("2001:db8::5")]
+    # the predecessor's complaint: a rerun with --port changed only collector.json
+    assert run("--out", str(root), "--agent", "a1=localhost,127.0.0.1", "--port", "9200").returncode == 0
+    assert _agent(root, "a1").port == 9200
+    # a collector added later polls every agent already there, each at its own port
+    assert run("--out", str(root), "--collector", "c2").returncode == 0
+    for path in (root / "collector.json", root / "collector-c2.json"):
+        config = load_config(path, CollectorConfig)
+        assert {(a.name, a.port) for a in config.agents} == {("a1", 9200), ("web", 9443)}, path
+    assert set(_agent(root, "web").security.hmac_keys) == {"c1", "c2"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--collector", "c"], "a collector needs an agent to poll: add --agent"),
+        (["--agent", "a=localhost:8000", "--agent", "b=127.0.0.1:8000"], "give b another port"),
+        (["--agent", "a=localhost:99999"], "the port after ':' must be 1..65535"),
+    ],
+)
+def test_unusable_requests_fail_in_one_line_with_the_fix(tmp_path: Path, args: list[str], needle: str) -> None:
+    root = tmp_path / "pki"
+    result = run("--out", str(root), *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and needle in result.stderr
+    assert not any(root.rglob("*.json")) and not any(root.rglob("*.key"))
+
+
+def test_the_run_ends_by_checking_what_it_wrote(tmp_path: Path) -> None:
+    root = tmp_path / "pki"
+    assert run("--out", str(root)).returncode == 0
+    (root / "collectors" / "collector.hmac").write_text("not a key\n")  # damaged since the first run
+    result = run("--out", str(root), "--agent", "web=web.example.com")
+    assert result.returncode == 2 and "PKI ready" not in result.stdout
+    assert str(root / "collectors" / "collector.hmac") in result.stderr
