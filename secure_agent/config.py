@@ -6,6 +6,7 @@ Names follow the predecessor (``host``, ``port``, ``log_file``, ``log_level``, `
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 from pathlib import Path
 from typing import Literal
@@ -50,6 +51,27 @@ class RateLimitConfig(_Section):
     burst: int = Field(default=20, ge=1, le=100_000)
 
 
+class AcknowledgedFinding(_Section):
+    """A known cause accepted by the operator (:mod:`secure_agent.probes.acknowledge`)."""
+
+    reason: str = Field(min_length=1, max_length=200)
+    kind: Literal[
+        "exec_from_tmp", "deleted_executable", "ssh_bruteforce", "suspicious_port_listener",
+        "suspicious_port_connection", "unexpected_listener",
+    ] | None = None
+    path: str | None = Field(default=None, min_length=1, max_length=4096)  # the executable, as findings name it
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # of the executable (evidence.sha256)
+    user: str | None = Field(default=None, min_length=1, max_length=64)
+    address: str | None = Field(default=None, min_length=1, max_length=64)  # an SSH source
+    expires: datetime.date | None = None  # in force through that day (UTC)
+
+    @model_validator(mode="after")
+    def _selects(self) -> AcknowledgedFinding:
+        if all(value is None for value in (self.kind, self.path, self.sha256, self.user, self.address)):
+            raise ValueError("names nothing to acknowledge: give kind, path, sha256, user or address")
+        return self
+
+
 class SecurityConfig(_Section):
     allowed_ips: tuple[str, ...] = Field(min_length=1, max_length=4096)
     allowed_clients: tuple[str, ...] = ()
@@ -68,6 +90,7 @@ class SecurityConfig(_Section):
     suspicious_ports: tuple[int, ...] = DEFAULT_SUSPICIOUS_PORTS
     # process names allowed to listen on a socket; empty means "report no listener as unexpected"
     expected_listeners: tuple[str, ...] = ()
+    acknowledged_findings: tuple[AcknowledgedFinding, ...] = Field(default=(), max_length=1000)
 
     @field_validator("allowed_ips")
     @classmethod

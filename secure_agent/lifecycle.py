@@ -38,6 +38,7 @@ from secure_agent.config import AgentConfig
 from secure_agent.dispatch import MetricsSource
 from secure_agent.errors import AuditError, StartupError
 from secure_agent.guard import Policy, load_policy
+from secure_agent.probes import acknowledge
 from secure_agent.ratelimit import RateLimiter
 from secure_agent.server import AgentServer
 
@@ -182,6 +183,10 @@ class Agent:
         host, port = self.address
         try:
             self.audit.record("start", "ok", address=f"{host}:{port}", version=__version__)
+            for entry in self.config.security.acknowledged_findings:  # every silenced cause is on record
+                state = "expired" if acknowledge.expired(entry, time.time()) else "active"
+                self.audit.record("acknowledgement", state, detail=acknowledge.describe(entry))
+                logger.info("acknowledged finding (%s): %s", state, acknowledge.describe(entry))
         except AuditError as exc:
             self._server.server_close()
             self.audit.close()

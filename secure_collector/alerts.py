@@ -13,8 +13,11 @@ Metrics and thresholds (names of the predecessor's ``thresholds.*``):
   when unknown). A host without a sensor raises nothing;
 - ``system_load`` (the 1-minute load average): warning at the threshold, critical at twice it;
 - ``threat_level``: fires at ``thresholds.threat_level`` or above; severity follows the level;
-- each security finding, identified by its kind and stable evidence (pid, path, address, user, port),
-  fires when it appears and clears when the agent stops reporting it, carrying its ATT&CK technique;
+- each security finding, identified by what it is -- its kind and the cause's evidence (the executable's
+  path, the SSH source address, the port and process), never the PID or the user, so that one binary run
+  by many processes, or a brute force trying many user names, fires once -- fires when it appears and
+  clears when the agent stops reporting it, carrying its ATT&CK technique; a finding the agent reports
+  as acknowledged (``evidence.acknowledged``, :mod:`secure_agent.probes.acknowledge`) fires nothing;
 - ``agent_state``: an agent that stops answering fires (critical for a rejected certificate, which is what
   an impostor looks like: ATT&CK T1557, Adversary-in-the-Middle) and clears on its first good poll.
 
@@ -39,7 +42,8 @@ IMPOSTOR_TECHNIQUE = "T1557"
 _LEVEL_RANK = {"none": 0, "low": 1, "medium": 2, "high": 3}
 _FINDING_SEVERITY: dict[str, Severity] = {"low": "info", "medium": "warning", "high": "critical"}
 _SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
-_IDENTITY_KEYS = ("pid", "path", "address", "user", "port", "exe", "process", "local", "remote")
+_IDENTITY_KEYS = ("path", "address", "port", "exe", "process", "local", "remote")
+_ACKNOWLEDGED = "acknowledged"
 
 
 class _Active(NamedTuple):
@@ -213,6 +217,8 @@ class AlertEngine:
     def _findings(self, alerts: list[Alert], active: dict[str, _Active], sample: Sample) -> None:
         seen: set[str] = set()
         for finding in sample.findings:
+            if _ACKNOWLEDGED in finding.evidence:
+                continue  # a known cause the operator accepted: shown on the agent, never alerted
             metric = finding_metric(finding)
             if metric in seen:
                 continue

@@ -12,12 +12,17 @@ Linux: every ``<proc_root>/<pid>/exe`` link is read directly. Each process ends 
   evidence of anything.
 
 Other platforms: psutil's ``exe()``; a path that no longer exists counts as ``missing``.
+
+A finding's evidence carries the executable's ``sha256`` (read through ``<pid>/exe``, which opens even a
+deleted or memfd file; cached per file version), so an operator can acknowledge one binary by its hash.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import stat
 import sys
 from collections import Counter
 from pathlib import Path
@@ -148,9 +153,44 @@ def inspect(proc_root: Path, pid: int, users: dict[int, str]) -> ProcessInfo | N
     return ProcessInfo(pid, name, user, target, "ok", None)
 
 
-def findings_for(info: ProcessInfo, tmp_dirs: tuple[str, ...]) -> list[Finding]:
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+MAX_HASHED_BYTES = 64 * 1024 * 1024
+"""Larger executables are not hashed (their findings carry no ``sha256``)."""
+_MAX_DIGESTS = 1024
+
+
+def executable_sha256(proc_root: Path, pid: int) -> str | None:
+    """SHA-256 of the file ``<proc_root>/<pid>/exe`` opens (deleted and memfd files too), cached per file
+    version; None when it cannot be opened (a fixture tree, permission) or is larger than MAX_HASHED_BYTES."""
+    try:
+        fd = os.open(proc_root / str(pid) / "exe", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_HASHED_BYTES:
+            return None
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        digest = _DIGESTS.get(key)
+        if digest is None:
+            hasher = hashlib.sha256()
+            while chunk := os.read(fd, 1024 * 1024):
+                hasher.update(chunk)
+            if len(_DIGESTS) >= _MAX_DIGESTS:
+                _DIGESTS.clear()
+            digest = _DIGESTS[key] = hasher.hexdigest()
+        return digest
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def findings_for(info: ProcessInfo, tmp_dirs: tuple[str, ...], sha256: str | None = None) -> list[Finding]:
     """The findings one process gives rise to (a deleted binary in /tmp gives both kinds)."""
-    evidence: dict[str, object] = {"pid": info.pid, "name": info.name, "user": info.user, "path": info.exe}
+    evidence: dict[str, object] = {
+        "pid": info.pid, "name": info.name, "user": info.user, "path": info.exe, "sha256": sha256,
+    }
     label = f"process {info.pid} ({info.name or '?'})"
     found: list[Finding] = []
     directory = under(info.exe, tmp_dirs) if info.exe else None
@@ -175,14 +215,18 @@ def findings_for(info: ProcessInfo, tmp_dirs: tuple[str, ...]) -> list[Finding]:
     return found
 
 
-def _summarise(infos: list[ProcessInfo], tmp_dirs: tuple[str, ...]) -> ProcessScan:
+def _summarise(infos: list[ProcessInfo], tmp_dirs: tuple[str, ...], proc_root: Path | None = None) -> ProcessScan:
     findings: list[Finding] = []
     unknown: Counter[str] = Counter()
     for info in infos:
         if info.state == "unknown":
             unknown[info.reason or "unknown"] += 1
-        else:
-            findings.extend(findings_for(info, tmp_dirs))
+            continue
+        found = findings_for(info, tmp_dirs)
+        if found and proc_root is not None:
+            # the executable's hash lets an operator acknowledge exactly this binary wherever it runs from
+            found = findings_for(info, tmp_dirs, executable_sha256(proc_root, info.pid))
+        findings.extend(found)
     return ProcessScan(tuple(findings), len(infos), sum(unknown.values()), tuple(sorted(unknown.items())), None)
 
 
@@ -244,4 +288,4 @@ def scan_processes(proc_root: Path = Path("/proc"), *, platform: str = sys.platf
         info = _at_a_glance(root, pid, tmp_dirs) or inspect(proc_root, pid, users)
         if info is not None:
             infos.append(info)
-    return _summarise(infos, tmp_dirs)
+    return _summarise(infos, tmp_dirs, proc_root)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from secure_agent.config import SecurityConfig
-from secure_agent.probes.findings import Finding, ThreatLevel, most_severe, threat_level
+from secure_agent.probes.acknowledge import Acknowledger, summarise
+from secure_agent.probes.findings import Finding, ThreatLevel
 from secure_agent.probes.journal import JournalFollower
 from secure_agent.probes.network import scan_network
 from secure_agent.probes.processes import scan_processes
@@ -25,8 +26,8 @@ SECURITY_METRICS = ("processes", "network", "ssh_auth_log")
 class SecurityReport(NamedTuple):
     scanned_at: float
     duration: float  # seconds the scan took
-    findings: tuple[Finding, ...]  # most severe first, at most MAX_FINDINGS
-    issues: int  # all findings, including any beyond the cap
+    findings: tuple[Finding, ...]  # open ones first, most severe first, at most MAX_FINDINGS; then acknowledged
+    issues: int  # all open (not acknowledged) findings, including any beyond the cap
     threat_level: ThreatLevel
     ssh_failures: int | None  # None: no SSH log source readable (the reason is in ``unavailable``)
     unknown_processes: int
@@ -48,6 +49,7 @@ class SecurityScanner:
         self._proc_root = proc_root
         self._platform = platform
         self._clock = clock
+        self._acknowledger = Acknowledger(config.acknowledged_findings, clock)
         self._ssh = SshMonitor(
             config.auth_log_paths,
             max_failures=config.ssh_max_failures,
@@ -72,13 +74,15 @@ class SecurityScanner:
             for metric, reason in zip(SECURITY_METRICS, (processes.reason, network.reason, ssh.reason), strict=True)
             if reason is not None
         )
-        findings = ssh.findings + processes.findings + network.findings
+        shown, issues, level = summarise(
+            *self._acknowledger.apply(ssh.findings + processes.findings + network.findings)
+        )
         return SecurityReport(
             scanned_at=self._clock(),
             duration=time.perf_counter() - started,
-            findings=most_severe(findings),
-            issues=len(findings),
-            threat_level=threat_level(findings),
+            findings=shown,
+            issues=issues,
+            threat_level=level,
             ssh_failures=ssh.failures,
             unknown_processes=processes.unknown,
             unavailable=unavailable,
