@@ -1,7 +1,8 @@
 """``secure-audit``: audit-log verification and deployment checks, one subcommand per module.
 
-    secure-audit verify FILE...     the audit log's hash chain: 0 intact, 1 broken (naming the line), 2 unreadable
-                                    (rotated segments oldest first, or --rotated FILE; see :mod:`secure_audit.verify`)
+    secure-audit verify FILE...     each audit log's hash chain: 0 intact, 1 broken (naming the line), 2 unreadable
+                                    (one log's rotated segments oldest first, or --rotated FILE, form one chain;
+                                    see :mod:`secure_audit.verify`)
     secure-audit check ...          compliance report (see :mod:`secure_audit.check`)
 
 A subcommand is a module with ``add_arguments(parser)`` and ``run(args) -> int``; to add one, list

@@ -1,7 +1,8 @@
 """``secure-audit verify``: check an audit log's hash chain, in one file or across rotated segments.
 
     secure-audit verify FILE                      one file (a live log, or one segment)
-    secure-audit verify FILE.2 FILE.1 FILE        segments, oldest first, as one chain
+    secure-audit verify a1.log a2.log             several logs: each verified on its own
+    secure-audit verify FILE.2 FILE.1 FILE        segments of one log (FILE and FILE.N), oldest first, as one chain
     secure-audit verify --rotated FILE            FILE.N ... FILE.1 found beside FILE, then FILE
 
 Exit 0: intact (the last line gives the number of records and the last hash). 1: broken; stderr
@@ -52,11 +53,34 @@ def _report(verdict: ChainVerdict) -> int:
     return EXIT_INTACT
 
 
+def segments_of_one_log(files: list[Path]) -> bool:
+    """Are ``files`` one log's segments (``FILE`` and ``FILE.N`` in one directory) rather than separate logs?"""
+    bases = set()
+    for path in files:
+        stem, dot, number = path.name.removesuffix(".gz").rpartition(".")
+        base = stem if dot and number.isdigit() else path.name.removesuffix(".gz")
+        bases.add((path.parent, base))
+    return len(bases) == 1
+
+
+def _each_on_its_own(files: list[Path]) -> int:
+    codes = []
+    for path in files:
+        try:
+            codes.append(_report(verify_segments([path])))
+        except UnreadableSegment as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            codes.append(EXIT_UNUSABLE)
+    return max(codes)
+
+
 def run(args: argparse.Namespace) -> int:
     files: list[Path] = list(args.files)
     if args.rotated and len(files) != 1:
         print(f"{PROG}: --rotated takes one FILE (the live log); its segments are found beside it", file=sys.stderr)
         return EXIT_UNUSABLE
+    if len(files) > 1 and not args.rotated and not segments_of_one_log(files):
+        return _each_on_its_own(files)
     try:
         if args.rotated:
             files = rotated_segments(files[0])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from storage import StorageConfigError, StorageError, open_store
+from storage.config import StorageConfig
 from storage.models import AGENT_NAME_PATTERN
 from viz import __version__
 from viz.app import PLOT_CHOICES, Request, generate, window_for
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def storage_where(storage: StorageConfig) -> str:
+    """Which storage was read, in the words of the config: the file (and its backups) or the MySQL table."""
+    if storage.type == "mysql":
+        server = storage.mysql_socket or f"{storage.mysql_host}:{storage.mysql_port}"
+        return f"mysql {storage.mysql_user}@{server}/{storage.mysql_database} (table metrics)"
+    return f"{storage.json_file} (and its rotated backups .1 ... .{storage.rotation.backup_count})"
+
+
 def _fail(code: int, message: str) -> int:
     for line in message.splitlines() or [""]:  # a config error holds one line per mistake
         print(f"{PROG}: {line}", file=sys.stderr)
@@ -96,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = generate(store, request, settings.thresholds)
     except NoDataError as exc:
-        return _fail(EXIT_FAILED, f"no data: {exc}")
+        return _fail(EXIT_FAILED, f"no data: {exc} in {storage_where(settings.storage)}")
     except StorageConfigError as exc:
         return _fail(EXIT_USAGE, f"{args.config}: storage: {exc}")
     except StorageError as exc:

@@ -169,3 +169,21 @@ def test_a_cut_tail_is_not_detectable_from_the_file_alone(capsys: pytest.Capture
     code, out, _ = run_verify(capsys, path)
     assert code == 0  # the file alone looks intact...
     assert kept_last_hash not in out  # ...but the last hash recorded elsewhere is no longer its last hash
+
+
+def test_two_agents_logs_verify_each_on_its_own(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # issue 21: `secure-audit verify a1.log a2.log` chained them and called the second tampered
+    logs = []
+    for name in ("a1", "a2"):
+        log = AuditLog(tmp_path / f"{name}.log", name)
+        log.open()
+        log.record("start", "ok")
+        log.close()
+        logs.append(tmp_path / f"{name}.log")
+    code, out, err = run_verify(capsys, *logs)
+    assert code == 0, err
+    assert f"{logs[0]}: intact" in out and f"{logs[1]}: intact" in out
+    lines = logs[1].read_text().splitlines()
+    logs[1].write_text("\n".join([lines[0].replace('"start"', '"stop"'), *lines[1:]]) + "\n")
+    code, out, err = run_verify(capsys, *logs)
+    assert code == 1 and f"{logs[0]}: intact" in out and str(logs[1]) in err and str(logs[0]) not in err

@@ -68,7 +68,8 @@ def test_hours_window(run_viz, tmp_path: Path, now: float) -> None:
     assert sorted(table_agents(wide / "index.html")) == ["new-1", "old-1"]
     result = run_viz("--config", config, "--plot", "cpu", "--hours", "2", "--agent", "old-1", "--output-dir", narrow)
     assert result.code == 1
-    assert result.err == "secure-viz: no data: no samples for agent old-1 in the last 2 h\n"
+    where = f"{tmp_path / 'data' / 'metrics_data.json'} (and its rotated backups .1 ... .2)"
+    assert result.err == f"secure-viz: no data: no samples for agent old-1 in the last 2 h in {where}\n"
 
 
 @pytest.mark.parametrize("agent", [None, "ghost"])
@@ -79,7 +80,7 @@ def test_no_data_exits_1_without_writing(run_viz, tmp_path: Path, agent: str | N
     result = run_viz(*args)
     assert result.code == 1
     who = f"agent {agent}" if agent else "any agent"
-    assert result.err == f"secure-viz: no data: no samples for {who} in the last 24 h\n"
+    assert result.err.startswith(f"secure-viz: no data: no samples for {who} in the last 24 h in {tmp_path}")
     assert result.out == ""
     assert not out.exists()
 

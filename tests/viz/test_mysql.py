@@ -53,7 +53,8 @@ def test_single_agent_plot_from_mysql(run_viz, mysql_config: Path, tmp_path: Pat
 def test_no_data_from_mysql(run_viz, mysql_config: Path, tmp_path: Path) -> None:
     result = run_viz("--config", mysql_config, "--plot", "cpu", "--agent", "ghost", "--output-dir", tmp_path / "o")
     assert result.code == 1
-    assert result.err == "secure-viz: no data: no samples for agent ghost in the last 24 h\n"
+    assert result.err.startswith("secure-viz: no data: no samples for agent ghost in the last 24 h in mysql ")
+    assert result.err.rstrip().endswith("(table metrics)")
     assert not (tmp_path / "o").exists()
 
 
