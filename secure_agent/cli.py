@@ -1,7 +1,8 @@
 """``secure-agent --config FILE [--check]``: run the agent in the foreground, or only check its setup.
 
 Exit status: 0 after a clean stop (SIGTERM/SIGINT) or a passing ``--check``; 2 when the config,
-TLS material, key permissions, audit log or listening address is unusable (one line on stderr
+TLS material, key permissions, audit log or listening address is unusable (``--check`` also tries the
+address: a port another process holds fails it) (one line on stderr
 naming the file or key, never a traceback). SIGHUP reloads certificates, CRL, HMAC keys and
 allowlists.
 """
@@ -9,9 +10,11 @@ allowlists.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import logging.handlers
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +58,23 @@ def _configure_logging(config: AgentConfig) -> None:
     root.setLevel(config.log_level)
 
 
+def check_listen(config: AgentConfig) -> None:
+    """``--check``: the agent could listen on ``host:port`` now (not taken by another program, nor by this
+    agent already running: stop it first). Raises :class:`AgentError` naming the address."""
+    if config.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no clash
+        try:
+            probe.bind((config.host, config.port))
+        except OSError as exc:
+            where = f"[{config.host}]:{config.port}" if family == socket.AF_INET6 else f"{config.host}:{config.port}"
+            in_use = exc.errno == errno.EADDRINUSE
+            reason = "in use by another process (or by this agent, already running)" if in_use else exc.strerror
+            raise AgentError(f"port: cannot listen on {where}: {reason or exc}") from exc
+
+
 def _fail(message: str) -> int:
     for line in message.splitlines() or [""]:  # a config error holds one line per mistake
         print(f"secure-agent: {line}", file=sys.stderr)
@@ -80,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, AgentConfig)
         if args.check:
             check(config)
-            print(f"secure-agent: {args.config}: configuration, certificates and keys are usable")
+            check_listen(config)
+            print(f"secure-agent: {args.config}: configuration, certificates, keys and port are usable")
             return EXIT_OK
         try:
             _configure_logging(config)

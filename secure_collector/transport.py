@@ -24,7 +24,7 @@ import ssl
 import time
 from typing import Any
 
-from pki import tokens
+from pki import tls, tokens
 from secure_collector import wire
 from secure_collector.errors import (
     AgentAuthRefused,
@@ -392,12 +392,28 @@ class AgentConnection:
         body = bytes(self._buffer[self._body_at :])
         self._buffer = bytearray()
         self._state = _IDLE
+        presented = _common_name(self._sock) if self._status == 401 else None
         if self._headers.get("connection", "").lower() == "close":
             self.close()
         if self._status != 200:
             self.close()
+            if presented is not None and presented != self.name:
+                # another agent behind this port refuses a token signed for ours: say that, not "token refused"
+                raise AgentAuthRefused(
+                    self.name,
+                    f"HTTP 401: name mismatch: the agent at {self._server_hostname}:{self.port} is "
+                    f"{clean(presented)!r}, not {self.name!r} (check agents[].port)",
+                )
             raise_status(self.name, self._status, self._headers)
         return body
+
+
+def _common_name(sock: socket.socket | None) -> str | None:
+    """The common name of the agent certificate this TLS connection verified, if any."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    return tls.peer_identity(der).common_name if der else None
 
 
 def parse_head(agent: str, head: bytes) -> tuple[int, dict[str, str]]:

@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -244,3 +245,14 @@ def test_audit_log_failure_refuses_calls(test_pki: TestPKI, tmp_path: Path, proc
     assert served == statuses.count(200)  # every answer given has its record
     assert _signal_and_wait(running, signal.SIGTERM) == 0
     assert os.path.getsize(tmp_path / "audit.log") <= limit
+
+
+def test_check_fails_when_the_port_is_taken(test_pki: TestPKI, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _run("--config", str(_config(test_pki, tmp_path, port=port)), "--check")
+        _assert_one_line_refusal(result, f"127.0.0.1:{port}", "in use by another process")
+    result = _run("--config", str(_config(test_pki, tmp_path, port=port)), "--check")  # released: usable again
+    assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,18 @@ def test_sigterm_stops_cleanly_after_storing(test_pki: TestPKI, start_agent: Sta
     assert len(lines) >= 2 and {line["state"] for line in lines} == {"up"}
     assert not list(Path(data["spool_dir"]).glob("*.spool"))
     assert os.path.exists(data["storage"]["json_file"])
+
+
+def test_the_wrong_agent_behind_a_port_is_a_name_mismatch(
+    make_pki: Callable[..., TestPKI], start_agent: StartAgent, tmp_path: Path
+) -> None:
+    # two agents on one host, both certified for 127.0.0.1; the collector's entry for a1 has a2's port
+    pki = make_pki(tmp_path / "pki", agents=["a1=localhost,127.0.0.1", "a2=localhost,127.0.0.1"])
+    a2 = start_agent(pki, "a2")
+    data = collector_data(pki, tmp_path, [("a1", a2.host, a2.port)])
+    result = _run("--config", str(write_config(tmp_path, data)), "--once")
+    assert result.returncode == 1
+    line = result.stdout.strip()
+    assert line.split()[:2] == ["a1", "auth_refused"]
+    assert f"name mismatch: the agent at {a2.host}:{a2.port} is 'a2', not 'a1'" in line
+    assert "request token refused" not in line
