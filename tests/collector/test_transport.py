@@ -171,7 +171,7 @@ def test_agent_refusing_our_certificate_is_a_tls_failure(
     make_pki: Callable[..., TestPKI], start_agent: StartAgent, test_pki: TestPKI, tmp_path: Path
 ) -> None:
     # the agent's certificate is of our CA, but it trusts only another CA for its clients
-    other = make_pki(tmp_path / "other", collectors=["collector"])
+    other = make_pki(tmp_path / "other", agents=["elsewhere=elsewhere.example"], collectors=["collector"])
     agent = start_agent(test_pki, tls={"ca": str(other.ca), "crl": None})
     with pytest.raises(AgentTLSFailure):
         _connection(test_pki, "localhost", agent.host, agent.port).call("ping")
