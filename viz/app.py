@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from storage.base import Store
-from viz.config import PlotThresholds
+from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
 from viz.dashboard import render_index
 from viz.errors import NoDataError
 from viz.plots import PLOTS, PlotInput
@@ -33,6 +33,7 @@ class Request(NamedTuple):
     window: Window
     agent: str | None
     output_dir: Path
+    refresh: int = 0  # seconds after which index.html reloads itself (0: never)
 
 
 def window_for(hours: float, now: float | None = None) -> Window:
@@ -70,7 +71,7 @@ def generate(store: Store, request: Request, thresholds: PlotThresholds, workers
     page = b""
     with helpers_drawing(theirs, data, request.output_dir):
         if with_index:
-            page = dashboard(store, request, prepared)
+            page = dashboard(store, request, prepared, thresholds)
         draw_here(mine, data, request.output_dir)
     written = [request.output_dir / f"{name}.png" for name in names]
     if with_index:
@@ -86,15 +87,26 @@ def dashboard_cost(samples: int) -> float:
     return 1.0 + samples / STATES_PER_PLOT_UNIT
 
 
-def dashboard(store: Store, request: Request, prepared: Prepared) -> bytes:
+def table_limits(thresholds: PlotThresholds) -> dict[str, float]:
+    """The thresholds the agents table marks breaches against (those the plots draw)."""
+    return {
+        "cpu_usage": thresholds.cpu_usage,
+        "memory_usage": thresholds.memory_usage,
+        "disk_usage": thresholds.disk_usage,
+        "load_1": thresholds.system_load,
+        "cpu_temperature": thresholds.cpu_temperature or DEFAULT_TEMPERATURE_THRESHOLD,
+    }
+
+
+def dashboard(store: Store, request: Request, prepared: Prepared, thresholds: PlotThresholds) -> bytes:
     """``index.html`` for ``request``, as bytes."""
     window = request.window
     statuses = store.query_statuses(window.start, window.end, request.agent)
     # From the start of history: an alert that fired before the window and never cleared is open.
     alerts = store.query_alerts(0.0, window.end, request.agent)
-    rows = agent_rows(prepared, statuses, alerts)
+    rows = agent_rows(prepared, statuses, alerts, table_limits(thresholds))
     page = render_index(rows, [PLOTS[name] for name in plot_names(request.plot)], window, request.agent,
-                        window.end)
+                        window.end, refresh=request.refresh, limits=table_limits(thresholds))
     return page.encode("utf-8")
 
 

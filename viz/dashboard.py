@@ -5,11 +5,17 @@ the plots linked by relative file names, so the directory can be copied or serve
 Content-Security-Policy in the page forbids everything else, as a second line behind escaping.
 Every string that came from storage (agent names, states, alert metrics and messages: agents are
 untrusted) is escaped with :func:`html.escape`, attributes included.
+
+The table puts what an operator looks at first in one row per agent, most trouble first: state (and
+how long ago it was last seen), threat level, the latest CPU, memory, swap, disk, load, temperature
+and SSH failures (over-threshold values marked, "not monitored" where the host has no SSH log source),
+the sample's age, and open alerts. With ``refresh`` the page reloads itself through
+``<meta http-equiv="refresh">``, which needs no script, so the CSP stays ``script-src 'none'``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 
@@ -29,7 +35,9 @@ h1 { font-size: 1.4rem; margin: 0 0 .25rem; } h2 { font-size: 1.15rem; margin-to
 table { border-collapse: collapse; background: #fff; font-size: .9rem; }
 th, td { border: 1px solid #e0e0e0; padding: .3rem .6rem; text-align: left; vertical-align: top; }
 th { background: #eeeeee; }
-td.num { text-align: right; }
+td.num { text-align: right; white-space: nowrap; }
+td.over { background: #ffebee; color: #b71c1c; font-weight: 600; }
+td.none { color: #9e9e9e; text-align: right; }
 ul.alerts { margin: 0; padding-left: 1rem; }
 .state-up { color: #2e7d32; } .state-bad { color: #c62828; font-weight: 600; } .state-unknown { color: #757575; }
 .threat-none { color: #2e7d32; } .threat-low { color: #f9a825; }
@@ -90,15 +98,47 @@ def _alerts_cell(alerts: tuple[OpenAlert, ...]) -> str:
     return f'<td><strong>{len(alerts)}</strong><ul class="alerts">{items}</ul></td>'
 
 
-def _agent_row(row: AgentRow, now: float) -> str:
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 agent``, ``2 agents``."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
+# (reading, column heading, format): the latest-readings columns of the table, in order
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("cpu_usage", "CPU", "{:.0f} %"),
+    ("memory_usage", "Memory", "{:.0f} %"),
+    ("swap_usage", "Swap", "{:.0f} %"),
+    ("disk_usage", "Disk", "{:.0f} %"),
+    ("load_1", "Load 1 min", "{:.2f}"),
+    ("cpu_temperature", "Temp.", "{:.0f} °C"),
+    ("ssh_failures", "SSH failures", "{:.0f}"),
+)
+MISSING = {"ssh_failures": "not monitored", "cpu_temperature": "no sensor"}
+
+
+def _reading_cell(row: AgentRow, name: str, shape: str, limits: Mapping[str, float]) -> str:
+    value = row.readings.get(name)
+    if value is None:
+        text = MISSING.get(name, "–") if row.sampled_at is not None else ""
+        return f'<td class="none">{escape(text)}</td>'
+    over = name in row.breaches
+    title = f' title="threshold {limits[name]:g}"' if over and name in limits else ""
+    return f'<td class="num{" over" if over else ""}"{title}>{escape(shape.format(value))}</td>'
+
+
+def _agent_row(row: AgentRow, now: float, limits: Mapping[str, float]) -> str:
     age = format_age(row.last_seen, now)
-    seen = escape(format_time(row.last_seen)) + (f' <span class="meta">({escape(age)})</span>' if age else "")
+    seen = f'<br><span class="meta">seen {escape(age)}</span>' if age else '<br><span class="meta">never seen</span>'
     detail = f' <span class="meta">{escape(row.detail)}</span>' if row.detail and row.state != "up" else ""
     threat = escape(row.threat_level)
+    readings = "".join(_reading_cell(row, name, shape, limits) for name, _, shape in COLUMNS)
+    sampled = escape(format_age(row.sampled_at, now)) or "–"
     return (
-        f"<tr><td>{escape(row.agent)}</td><td>{seen}</td>"
-        f'<td><span class="{_state_class(row.state)}">{escape(row.state)}</span>{detail}</td>'
-        f'<td><span class="threat-{threat}">{threat}</span></td>{_alerts_cell(row.open_alerts)}</tr>'
+        f"<tr><td>{escape(row.agent)}</td>"
+        f'<td><span class="{_state_class(row.state)}">{escape(row.state)}</span>{detail}{seen}</td>'
+        f'<td><span class="threat-{threat}">{threat}</span></td>{readings}'
+        f'<td class="num" title="{escape(format_time(row.sampled_at))}">{sampled}</td>'
+        f"{_alerts_cell(row.open_alerts)}</tr>"
     )
 
 
@@ -112,11 +152,17 @@ def _figure(spec: PlotSpec) -> str:
 
 
 def render_index(rows: Sequence[AgentRow], plots: Sequence[PlotSpec], window: Window, agent: str | None,
-                 now: float) -> str:
-    """The whole page as text."""
-    scope = f"agent {escape(agent)}" if agent is not None else f"{len(rows)} agents"
+                 now: float, *, refresh: int = 0, limits: Mapping[str, float] | None = None) -> str:
+    """The whole page as text; ``refresh``: seconds after which it reloads itself (0: never)."""
+    scope = f"agent {escape(agent)}" if agent is not None else plural(len(rows), "agent")
+    down = sum(1 for row in rows if not row.answering)
+    if down:
+        scope += f", {plural(down, 'agent')} not answering"
     hours = (window.end - window.start) / 3600.0
-    table = "".join(_agent_row(row, now) for row in rows)
+    table = "".join(_agent_row(row, now, limits or {}) for row in rows)
+    headings = "".join(f"<th>{escape(heading)}</th>" for _, heading, _ in COLUMNS)
+    reload = f'<meta http-equiv="refresh" content="{int(refresh)}">\n' if refresh > 0 else ""
+    refreshed = f"; reloads every {plural(int(refresh), 'second')}" if refresh > 0 else ""
     figures = "".join(_figure(spec) for spec in plots)
     links = "".join(f'<a href="#plot-{escape(spec.name)}">{escape(spec.title)}</a>' for spec in plots)
     return f"""<!DOCTYPE html>
@@ -125,7 +171,7 @@ def render_index(rows: Sequence[AgentRow], plots: Sequence[PlotSpec], window: Wi
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="referrer" content="no-referrer">
-<meta name="viewport" content="width=device-width, initial-scale=1">
+{reload}<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>secure-monitor dashboard</title>
 <style>{STYLE}</style>
 </head>
@@ -133,13 +179,13 @@ def render_index(rows: Sequence[AgentRow], plots: Sequence[PlotSpec], window: Wi
 <header>
 <h1>secure-monitor dashboard</h1>
 <p class="meta">{scope}; last {hours:g} h, {escape(format_time(window.start))} to {escape(format_time(window.end))};
-generated {escape(format_time(now))}</p>
+generated {escape(format_time(now))}{refreshed}</p>
 <nav><a href="#agents">Agents</a>{links}</nav>
 </header>
 <main>
 <h2 id="agents">Agents</h2>
 <table>
-<thead><tr><th>Agent</th><th>Last seen</th><th>State</th><th>Threat level</th><th>Open alerts</th></tr></thead>
+<thead><tr><th>Agent</th><th>State</th><th>Threat</th>{headings}<th>Sample age</th><th>Open alerts</th></tr></thead>
 <tbody>
 {table}
 </tbody>

@@ -1,13 +1,21 @@
 """One drawing function per plot, onto a Matplotlib ``Figure`` (no pyplot, no global backend state).
 
 Every text that came from storage (agent names, temperature reasons) goes through :func:`plain` so
-that an agent cannot make Matplotlib parse mathtext or break the layout.
+that an agent cannot make Matplotlib parse mathtext or break the layout; notes are wrapped to stay
+inside their axes. Counts (issues, SSH failures, agents) get whole-number ticks; an outage is a gap in
+every line, the threat level's steps included.
+
+The time axis ends at the window's end and starts at the window's start, or, when the data begins
+later (a new agent, a fresh install, the demo), shortly before the first sample, so that minutes of
+data are not squeezed against the right edge of a day-wide axis; the subtitle names the window asked for
+and the time the data starts.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -28,11 +36,13 @@ from viz.series import (
     Series,
     Window,
     bin_column,
+    break_gaps,
     no_sensor,
     reduce_metric,
     threat_counts,
     threat_values,
     to_datenum,
+    without_values,
 )
 
 DPI = 100
@@ -89,11 +99,32 @@ def plain(text: str, limit: int = MAX_LABEL) -> str:
     return flat.replace("$", r"\$")
 
 
-def _subtitle(names: tuple[str, ...], window: Window) -> str:
+def _subtitle(names: tuple[str, ...], window: Window, data_from: float | None) -> str:
     who = f"agent {plain(names[0])}" if len(names) == 1 else f"{len(names)} agents"
     until = datetime.fromtimestamp(window.end, UTC).strftime("%Y-%m-%d %H:%M UTC")
     hours = window.span / 3600.0
-    return f"{who}, last {hours:g} h until {until}"
+    text = f"{who}, last {hours:g} h until {until}"
+    if data_from is not None:  # the axis starts with the data, not with the window
+        text += f"; data from {datetime.fromtimestamp(data_from, UTC).strftime('%H:%M:%S UTC')}"
+    return text
+
+
+MIN_SHOWN = 600.0
+"""Seconds: the time axis never spans less than this, however short the data."""
+LEAD = 0.05
+"""Fraction of the data's span left empty before the first sample when the axis starts there."""
+
+
+def shown_start(data: PlotInput) -> float:
+    """Where the time axis starts: the window's start, or just before the first sample when it is later."""
+    window = data.window
+    timestamps = data.prepared.timestamp
+    if len(timestamps) == 0:
+        return window.start
+    first = float(np.min(timestamps))
+    span = max(window.end - first, MIN_SHOWN)
+    start = window.end - span * (1.0 + LEAD)
+    return max(window.start, start)
 
 
 def new_axes(fig: Figure, panels: int) -> list[Axes]:
@@ -136,8 +167,10 @@ def time_ticks(start: float, end: float) -> tuple[list[float], list[str], str]:
 def _setup(axes_for: AxesFor, title: str, data: PlotInput, panels: int) -> list[Axes]:
     fig, axes = axes_for(panels)
     fig.subplots_adjust(left=0.07, right=0.78, top=0.9 if panels == 1 else 0.93, bottom=0.1, hspace=0.25)
-    fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, data.window)}", fontsize="medium")
-    start, end = float(to_datenum(data.window.start)), float(to_datenum(data.window.end))
+    begin = shown_start(data)
+    data_from = float(np.min(data.prepared.timestamp)) if begin > data.window.start else None
+    fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, data.window, data_from)}", fontsize="medium")
+    start, end = float(to_datenum(begin)), float(to_datenum(data.window.end))
     ticks, labels, offset = time_ticks(start, end)
     for ax in axes:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
@@ -163,7 +196,12 @@ def _lonely_markers(y: npt.NDArray[np.float64]) -> dict[str, Any]:
     return {"marker": "o", "markersize": 4, "markevery": lonely.tolist()}
 
 
-def _draw_series(ax: Axes, series: Series, what: str) -> None:
+def agent_color(names: tuple[str, ...], name: str) -> str | None:
+    """An agent's colour, the same in every panel and plot (its place among the agents drawn)."""
+    return f"C{names.index(name) % 10}" if name in names else None
+
+
+def _draw_series(ax: Axes, series: Series, what: str, names: tuple[str, ...] = ()) -> None:
     if series.band is not None:
         band = series.band
         ax.fill_between(band.x, band.low, band.high, color="0.6", alpha=0.35, lw=0,
@@ -175,7 +213,7 @@ def _draw_series(ax: Axes, series: Series, what: str) -> None:
         if series.band is not None:
             label = f"{label} (peak {np.nanmax(line.y):.3g})"
         ax.plot(line.x, line.y, lw=1.1 if series.band is None else 0.9, alpha=1.0 if series.band is None else 0.85,
-                label=label, **_lonely_markers(line.y))
+                label=label, color=agent_color(names, line.label), **_lonely_markers(line.y))
     if series.band is None and not series.lines:
         ax.text(0.5, 0.5, f"no {what} values reported", transform=ax.transAxes,
                 ha="center", va="center", fontsize="large", color="0.35")
@@ -193,13 +231,14 @@ def _threshold(ax: Axes, value: float, label: str) -> None:
 
 
 def _percent_plot(
-    column: str, title: str, what: str, limit: Callable[[PlotThresholds], float]
+    column: str, title: str, what: str, limit: Callable[[PlotThresholds], float] | None
 ) -> Callable[[AxesFor, PlotInput], None]:
     def draw(axes_for: AxesFor, data: PlotInput) -> None:
         (ax,) = _setup(axes_for, title, data, 1)
         series = reduce_metric(data.prepared, column)
-        _draw_series(ax, series, what)
-        _threshold(ax, limit(data.thresholds), f"threshold {limit(data.thresholds):g} %")
+        _draw_series(ax, series, what, data.prepared.names)
+        if limit is not None:  # swap has no threshold of its own
+            _threshold(ax, limit(data.thresholds), f"threshold {limit(data.thresholds):g} %")
         ax.set_ylim(0, 105)
         ax.set_ylabel(f"{what} (%)")
         _legend(ax, _legend_title(series))
@@ -221,6 +260,20 @@ def temperature_threshold(samples: pd.DataFrame, thresholds: PlotThresholds) -> 
     return DEFAULT_TEMPERATURE_THRESHOLD, "default"
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+NOTE_WIDTH = 100
+"""Characters per line of a note: a one-panel plot's axes hold about this many at the note's font size."""
+
+
+def _note(ax: Axes, text: str) -> None:
+    """A note in the lower left corner of ``ax``, wrapped to stay inside the axes."""
+    ax.text(0.01, 0.03, textwrap.fill(text, NOTE_WIDTH), transform=ax.transAxes, fontsize="small", va="bottom",
+            clip_on=True, bbox={"boxstyle": "round", "fc": "#fff3e0", "ec": "#fb8c00"})
+
+
 def no_sensor_note(missing: dict[str, str]) -> str:
     """ "No sensor: a (reason); b; ... (+N more)" for the agents without a temperature."""
     named = [
@@ -229,7 +282,7 @@ def no_sensor_note(missing: dict[str, str]) -> str:
     ]
     more = len(missing) - len(named)
     tail = f"; +{more} more" if more > 0 else ""
-    return f"No sensor on {len(missing)} agent{'s' if len(missing) != 1 else ''}: " + "; ".join(named) + tail
+    return f"No sensor on {_count(len(missing), 'agent')}: " + "; ".join(named) + tail
 
 
 def draw_temperature(axes_for: AxesFor, data: PlotInput) -> None:
@@ -237,20 +290,20 @@ def draw_temperature(axes_for: AxesFor, data: PlotInput) -> None:
     series = reduce_metric(data.prepared, "cpu_temperature")
     has_values = bool(series.lines) or series.band is not None
     if has_values:
-        _draw_series(ax, series, "temperature")
+        _draw_series(ax, series, "temperature", data.prepared.names)
     value, source = temperature_threshold(data.prepared.frame, data.thresholds)
     _threshold(ax, value, f"threshold {value:g} °C\n({source})")
     missing = no_sensor(data.prepared)
     if missing:
         note = no_sensor_note(missing)
         if has_values:
-            ax.text(0.01, 0.02, note, transform=ax.transAxes, fontsize="small", va="bottom",
-                    bbox={"boxstyle": "round", "fc": "#fff3e0", "ec": "#fb8c00"})
+            _note(ax, note)
         else:
             ax.set_ylim(0, max(value * 1.3, 1.0))
             ax.text(0.5, 0.55, "No temperature sensor", transform=ax.transAxes, ha="center",
                     fontsize="x-large", color="#e65100")
-            ax.text(0.5, 0.42, note, transform=ax.transAxes, ha="center", fontsize="small", wrap=True)
+            ax.text(0.5, 0.42, textwrap.fill(note, NOTE_WIDTH), transform=ax.transAxes, ha="center",
+                    va="top", fontsize="small", clip_on=True)
     ax.set_ylabel("temperature (°C)")
     _legend(ax, _legend_title(series))
 
@@ -263,7 +316,7 @@ def draw_load(axes_for: AxesFor, data: PlotInput) -> None:
     axes = _setup(axes_for, "System load", data, 3)
     for ax, column, minutes in zip(axes, ("load_1", "load_5", "load_15"), (1, 5, 15), strict=True):
         series = reduce_metric(data.prepared, column)
-        _draw_series(ax, series, f"{minutes}-minute load")
+        _draw_series(ax, series, f"{minutes}-minute load", data.prepared.names)
         _threshold(ax, limit, f"threshold {limit:g}")
         ax.set_ylim(bottom=0)
         ax.set_ylabel(f"load {minutes} min")
@@ -295,9 +348,9 @@ def _draw_threat(ax: Axes, data: PlotInput) -> None:
         for code, name in enumerate(binned.names):
             rows = binned.agent == code
             offset = (code - (len(binned.names) - 1) / 2.0) * spread
-            levels = binned.y[rows] + offset
-            ax.step(to_datenum(binned.x[rows]), levels, where="post", lw=1.3,
-                    label=plain(name, MAX_LEGEND_LABEL), **_lonely_markers(levels))
+            x, levels = break_gaps(binned.x[rows], binned.y[rows] + offset, width=binned.width)  # outage: gap
+            ax.step(x, levels, where="post", lw=1.3, label=plain(name, MAX_LEGEND_LABEL),
+                    color=agent_color(data.prepared.names, name), **_lonely_markers(levels))
         ax.set_yticks(range(len(THREAT_LEVELS)), THREAT_LEVELS)
         ax.set_ylim(-0.4, len(THREAT_LEVELS) - 0.6)
         _legend(ax)
@@ -306,6 +359,7 @@ def _draw_threat(ax: Axes, data: PlotInput) -> None:
     ax.stackplot(x, counts, colors=THREAT_COLORS, labels=THREAT_LEVELS, step="post", alpha=0.85)
     ax.set_ylabel("agents per threat level")
     ax.set_ylim(0, len(binned.names))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     _legend(ax)
 
 
@@ -315,10 +369,17 @@ def draw_security(axes_for: AxesFor, data: PlotInput) -> None:
     for ax, column, label in ((issues_ax, "security_issues", "security issues"),
                               (ssh_ax, "ssh_failures", "SSH failures")):
         series = reduce_metric(data.prepared, column, "max")
-        _draw_series(ax, series, label)
+        _draw_series(ax, series, label, data.prepared.names)
         ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # counts: no 0.015 failures
         ax.set_ylabel(label)
         _legend(ax, _legend_title(series))
+    unmonitored = without_values(data.prepared, "ssh_failures")
+    if unmonitored:
+        named = ", ".join(plain(agent) for agent in unmonitored[:MAX_NOTED])
+        more = f" and {len(unmonitored) - MAX_NOTED} more" if len(unmonitored) > MAX_NOTED else ""
+        _note(ssh_ax, f"SSH failures not monitored on {_count(len(unmonitored), 'agent')} "
+                      f"(no auth log or journal readable): {named}{more}")
 
 
 PLOTS: dict[str, PlotSpec] = {
@@ -330,6 +391,7 @@ PLOTS: dict[str, PlotSpec] = {
         PlotSpec("load", "System load (1, 5, 15 min)", TALL, draw_load, 2.0),
         PlotSpec("memory", "Memory usage", WIDE,
                  _percent_plot("memory_usage", "Memory usage", "memory usage", lambda t: t.memory_usage)),
+        PlotSpec("swap", "Swap usage", WIDE, _percent_plot("swap_usage", "Swap usage", "swap usage", None)),
         PlotSpec("disk", "Disk usage (fullest disk)", WIDE,
                  _percent_plot("disk_usage", "Disk usage (fullest mounted disk)", "disk usage",
                                lambda t: t.disk_usage)),

@@ -241,10 +241,11 @@ def threat_values(frame: pd.DataFrame) -> FloatArray:
     return np.asarray(frame["threat_level"].map(mapping).to_numpy(na_value=np.nan), dtype=np.float64)
 
 
-def threat_counts(binned: Binned) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+def threat_counts(binned: Binned) -> tuple[FloatArray, FloatArray]:
     """Mean time (date number) of each bin with data and, per level, how many agents were at it then.
 
-    The counts have one row per level of :data:`THREAT_LEVELS`, for ``stackplot``.
+    The counts have one row per level of :data:`THREAT_LEVELS`, for ``stackplot``; a NaN column marks
+    a gap in the data (no agent reported), which ``stackplot`` leaves empty.
     """
     levels = len(THREAT_LEVELS)
     bins = int(binned.bin.max()) + 1 if len(binned.bin) else 0
@@ -253,7 +254,16 @@ def threat_counts(binned: Binned) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     present = counts.sum(axis=1) > 0
     x_sum = np.bincount(binned.bin, weights=binned.x, minlength=bins)
     x = x_sum[present] / counts.sum(axis=1)[present]
-    return to_datenum(x), counts[present].T.astype(np.int64)
+    broken = break_gaps(x, *counts[present].T.astype(np.float64), width=binned.width)  # an outage is a gap
+    return broken[0], np.vstack(broken[1:]) if len(broken) > 1 else np.zeros((levels, 0))
+
+
+def without_values(prepared: Prepared, column: str) -> list[str]:
+    """Agents with no value at all of ``column`` in the frame (e.g. SSH failures: not monitored)."""
+    values = pd.to_numeric(prepared.frame[column], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    has_value = np.zeros(len(prepared.names), dtype=bool)
+    has_value[prepared.codes[~np.isnan(values)]] = True
+    return [prepared.names[code] for code in np.flatnonzero(~has_value).tolist()]
 
 
 def no_sensor(prepared: Prepared) -> dict[str, str]:

@@ -1,16 +1,23 @@
-"""The dashboard's table of agents: last seen, state, threat level and open alerts, from storage frames.
+"""The dashboard's table of agents: state, threat, latest readings and open alerts, from storage frames.
 
 - last seen: the newest sample of the agent in the window (or, without one, its newest ``up`` status);
 - state: the agent's newest status (``unknown`` when storage holds none in the window);
-- threat level: the newest sample's ``threat_level``;
+- threat level and latest readings (CPU, memory, swap, disk, 1-minute load, temperature, SSH failures):
+  the newest sample's, with its time; a reading the sample lacks is ``None`` (for SSH failures: not
+  monitored, no log source readable on the host);
+- breaches: the latest readings over their thresholds (the plots' thresholds);
 - open alerts: for each (agent, metric) the newest alert transition, kept when it is ``firing``.
   Alerts are read from the start of history, not only the window: an alert that fired last week and
   never cleared is still open.
+
+Rows come sorted by trouble: agents not answering first, then by threat level, then by breaches and
+open alerts, then by name.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +37,10 @@ class OpenAlert(NamedTuple):
     message: str
 
 
+READINGS = ("cpu_usage", "memory_usage", "swap_usage", "disk_usage", "load_1", "cpu_temperature", "ssh_failures")
+"""The latest readings the table shows, in its column order."""
+
+
 class AgentRow(NamedTuple):
     agent: str
     last_seen: float | None
@@ -37,6 +48,13 @@ class AgentRow(NamedTuple):
     detail: str
     threat_level: str
     open_alerts: tuple[OpenAlert, ...]
+    readings: dict[str, float | None] = {}  # noqa: RUF012 -- never mutated; READINGS -> latest value
+    sampled_at: float | None = None  # the newest sample's time
+    breaches: tuple[str, ...] = ()  # readings over their threshold
+
+    @property
+    def answering(self) -> bool:
+        return self.state in ("up", UNKNOWN)
 
     @property
     def threat_rank(self) -> int:
@@ -44,7 +62,17 @@ class AgentRow(NamedTuple):
 
     @property
     def needs_attention(self) -> bool:
-        return self.state not in ("up", UNKNOWN) or self.threat_rank >= 2 or bool(self.open_alerts)
+        return not self.answering or self.threat_rank >= 2 or bool(self.open_alerts) or bool(self.breaches)
+
+    @property
+    def trouble(self) -> tuple[bool, int, int, str]:
+        """Sort key, most trouble first: not answering, threat level, breaches and open alerts, name."""
+        return (self.answering, -self.threat_rank, -(len(self.breaches) + len(self.open_alerts)), self.agent)
+
+
+def breaches(readings: Mapping[str, float | None], limits: Mapping[str, float]) -> tuple[str, ...]:
+    """The readings at or over their limit."""
+    return tuple(name for name, limit in limits.items() if (value := readings.get(name)) is not None and value >= limit)
 
 
 def _last_per_agent(prepared: Prepared) -> dict[str, int]:
@@ -92,8 +120,13 @@ def open_alerts(alerts: pd.DataFrame) -> dict[str, tuple[OpenAlert, ...]]:
     return {agent: tuple(items) for agent, items in result.items()}
 
 
-def agent_rows(prepared: Prepared, statuses: pd.DataFrame, alerts: pd.DataFrame) -> list[AgentRow]:
-    """One row per agent that has samples or statuses in the window; those needing attention first."""
+def agent_rows(
+    prepared: Prepared, statuses: pd.DataFrame, alerts: pd.DataFrame, limits: Mapping[str, float] | None = None
+) -> list[AgentRow]:
+    """One row per agent that has samples or statuses in the window, most trouble first (:attr:`AgentRow.trouble`).
+
+    ``limits``: reading -> threshold, for :attr:`AgentRow.breaches`.
+    """
     frame = prepared.frame
     last_sample = _last_per_agent(prepared)
     newest_status = {str(row.agent): row for row in _newest(statuses, ["agent"]).itertuples(index=False)}
@@ -102,6 +135,9 @@ def agent_rows(prepared: Prepared, statuses: pd.DataFrame, alerts: pd.DataFrame)
     alerts_by_agent = open_alerts(alerts)
     threat_column = frame["threat_level"].to_numpy(dtype=object)
     time_column = frame["timestamp"].to_numpy(dtype=np.float64)
+    columns = {
+        name: pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64, na_value=np.nan) for name in READINGS
+    }
     rows = []
     for agent in sorted(set(last_sample) | set(newest_status)):
         index = last_sample.get(agent)
@@ -109,6 +145,7 @@ def agent_rows(prepared: Prepared, statuses: pd.DataFrame, alerts: pd.DataFrame)
         seen = [float(time_column[index])] if index is not None else []
         if agent in last_up:
             seen.append(last_up[agent])
+        readings = {name: _optional(column[index]) if index is not None else None for name, column in columns.items()}
         rows.append(
             AgentRow(
                 agent=agent,
@@ -117,7 +154,10 @@ def agent_rows(prepared: Prepared, statuses: pd.DataFrame, alerts: pd.DataFrame)
                 detail=str(status.detail or "") if status is not None else "",
                 threat_level=str(threat_column[index]) if index is not None else UNKNOWN,
                 open_alerts=alerts_by_agent.get(agent, ()),
+                readings=readings,
+                sampled_at=float(time_column[index]) if index is not None else None,
+                breaches=breaches(readings, limits or {}),
             )
         )
-    rows.sort(key=lambda row: (not row.needs_attention, -row.threat_rank, -len(row.open_alerts), row.agent))
+    rows.sort(key=lambda row: row.trouble)
     return rows

@@ -187,6 +187,13 @@ class Page:
         self.call("Page.navigate", {"url": url}, session=True)
         self.wait_event("Page.loadEventFired", after=before)
 
+    def screenshot(self, width: int, height: int) -> bytes:
+        """A PNG of the page's top ``width`` x ``height`` CSS pixels."""
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.call("Emulation.setDeviceMetricsOverride", metrics, session=True)
+        shot = self.call("Page.captureScreenshot", {"format": "png"}, session=True, timeout=CALL_TIMEOUT * 2)
+        return base64.b64decode(shot["data"])
+
     def requested_urls(self) -> list[str]:
         return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
 
