@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo on localhost: PKI bootstrap, one agent, a collector storing a few polls, plots rendered.
+# The demo on localhost: PKI bootstrap, one agent, a collector service polling every second for half a
+# minute (DEMO_SECONDS), the runbook's --once check beside it, plots and the dashboard rendered.
 # Everything lands in ./demo-out (removed and made anew on every run).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh"
@@ -19,7 +20,7 @@ secure-agent --config "$OUT/pki/agent-localhost.json" >"$OUT/agent.log" 2>&1 &
 AGENT_PID=$!
 trap 'kill -TERM "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true' EXIT
 
-echo "== 3. collector: three polls stored"
+echo "== 3. collector: the agent answers"
 ready=0
 for _ in $(seq 1 50); do  # the agent binds within a second or two; give up after ten
     if secure-collector --config "$OUT/pki/collector.json" --once >/dev/null 2>&1; then ready=1; break; fi
@@ -31,15 +32,30 @@ if [ "$ready" -ne 1 ]; then
     cat "$OUT/agent.log" >&2
     exit 1
 fi
-for _ in 1 2; do
-    sleep 1
-    secure-collector --config "$OUT/pki/collector.json" --once
-done
 
-echo "== 4. plots and dashboard"
+echo "== 4. collector service: a poll every second for ${DEMO_SECONDS:=30} s (the runbook's --once check beside it)"
+python - "$OUT/pki/collector.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+config = json.load(open(path))
+config["poll_interval"] = 1
+json.dump(config, open(path, "w"), indent=2)
+PY
+secure-collector --config "$OUT/pki/collector.json" >"$OUT/collector.log" 2>&1 &
+COLLECTOR_PID=$!
+trap 'kill -TERM "$COLLECTOR_PID" "$AGENT_PID" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+sleep $((DEMO_SECONDS / 2))
+secure-collector --config "$OUT/pki/collector.json" --once  # beside the service: polls and prints, stores nothing
+sleep $((DEMO_SECONDS - DEMO_SECONDS / 2))
+kill -TERM "$COLLECTOR_PID"
+wait "$COLLECTOR_PID" || { echo "demo: the collector failed; its log:" >&2; cat "$OUT/collector.log" >&2; exit 1; }
+trap 'kill -TERM "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true' EXIT
+echo "stored $(wc -l <"$OUT/pki/data/metrics_data.json") samples"
+
+echo "== 5. plots and dashboard"
 secure-viz --config "$OUT/pki/collector.json" --plot all --hours 1 --output-dir "$OUT/dashboard"
 
-echo "== 5. audit log"
+echo "== 6. audit log"
 kill -TERM "$AGENT_PID"
 wait "$AGENT_PID" || true
 trap - EXIT

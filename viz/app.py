@@ -8,13 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from storage.base import Store
 from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
 from viz.dashboard import render_index
 from viz.errors import NoDataError
 from viz.plots import PLOTS, PlotInput
 from viz.render import draw_here, helpers_drawing, plan, prepare_output_dir, write_atomic
-from viz.series import Prepared, Window, prepare
+from viz.series import Prepared, Window, focus, prepare
 from viz.summary import agent_rows
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,9 @@ def generate(store: Store, request: Request, thresholds: PlotThresholds, workers
     names = plot_names(request.plot)
     with_index = request.plot == ALL
     prepare_output_dir(request.output_dir)
-    prepared = prepare(samples, window)
-    data = PlotInput(prepared, thresholds)
+    shown = focus(window, samples["timestamp"].to_numpy(dtype=np.float64))
+    prepared = prepare(samples, shown)
+    data = PlotInput(prepared, thresholds, window if shown != window else None)
     mine, *theirs = plan(names, workers, dashboard_cost(len(samples)) if with_index else 0.0)
     page = b""
     with helpers_drawing(theirs, data, request.output_dir):

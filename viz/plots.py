@@ -5,10 +5,8 @@ that an agent cannot make Matplotlib parse mathtext or break the layout; notes a
 inside their axes. Counts (issues, SSH failures, agents) get whole-number ticks; an outage is a gap in
 every line, the threat level's steps included.
 
-The time axis ends at the window's end and starts at the window's start, or, when the data begins
-later (a new agent, a fresh install, the demo), shortly before the first sample, so that minutes of
-data are not squeezed against the right edge of a day-wide axis; the subtitle names the window asked for
-and the time the data starts.
+The time axis is the prepared window's (:func:`viz.series.focus`: the window asked for, or a narrower
+one when the data starts later); the subtitle names the window asked for and the time the data starts.
 """
 
 from __future__ import annotations
@@ -61,10 +59,15 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class PlotInput(NamedTuple):
-    """Everything a drawing function reads: the prepared samples and the thresholds."""
+    """Everything a drawing function reads: the prepared samples and the thresholds.
+
+    ``asked``: the window the user asked for, when the samples were prepared over a narrower one
+    (:func:`viz.series.focus`: the data starts later); the subtitle names both.
+    """
 
     prepared: Prepared
     thresholds: PlotThresholds
+    asked: Window | None = None
 
     @property
     def window(self) -> Window:
@@ -109,24 +112,6 @@ def _subtitle(names: tuple[str, ...], window: Window, data_from: float | None) -
     return text
 
 
-MIN_SHOWN = 600.0
-"""Seconds: the time axis never spans less than this, however short the data."""
-LEAD = 0.05
-"""Fraction of the data's span left empty before the first sample when the axis starts there."""
-
-
-def shown_start(data: PlotInput) -> float:
-    """Where the time axis starts: the window's start, or just before the first sample when it is later."""
-    window = data.window
-    timestamps = data.prepared.timestamp
-    if len(timestamps) == 0:
-        return window.start
-    first = float(np.min(timestamps))
-    span = max(window.end - first, MIN_SHOWN)
-    start = window.end - span * (1.0 + LEAD)
-    return max(window.start, start)
-
-
 def new_axes(fig: Figure, panels: int) -> list[Axes]:
     """``panels`` axes stacked on ``fig`` sharing their x axis."""
     return list(fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0])
@@ -167,10 +152,10 @@ def time_ticks(start: float, end: float) -> tuple[list[float], list[str], str]:
 def _setup(axes_for: AxesFor, title: str, data: PlotInput, panels: int) -> list[Axes]:
     fig, axes = axes_for(panels)
     fig.subplots_adjust(left=0.07, right=0.78, top=0.9 if panels == 1 else 0.93, bottom=0.1, hspace=0.25)
-    begin = shown_start(data)
-    data_from = float(np.min(data.prepared.timestamp)) if begin > data.window.start else None
-    fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, data.window, data_from)}", fontsize="medium")
-    start, end = float(to_datenum(begin)), float(to_datenum(data.window.end))
+    asked = data.asked or data.window
+    data_from = float(np.min(data.prepared.timestamp)) if data.window.start > asked.start else None
+    fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, asked, data_from)}", fontsize="medium")
+    start, end = float(to_datenum(data.window.start)), float(to_datenum(data.window.end))
     ticks, labels, offset = time_ticks(start, end)
     for ax in axes:
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
@@ -184,13 +169,17 @@ def _setup(axes_for: AxesFor, title: str, data: PlotInput, panels: int) -> list[
     return axes
 
 
+FEW_POINTS = 5
+"""A line with at most this many points gets a marker on each: a few polls are a short dash otherwise."""
+
+
 def _lonely_markers(y: npt.NDArray[np.float64]) -> dict[str, Any]:
     """Marker options for points with no finite neighbour: a line through them alone draws nothing,
     so a short history (a few polls) or an isolated sample would otherwise vanish from the plot."""
     finite = np.isfinite(y)
     before = np.concatenate(([False], finite[:-1]))
     after = np.concatenate((finite[1:], [False]))
-    lonely = np.flatnonzero(finite & ~before & ~after)
+    lonely = np.flatnonzero(finite if finite.sum() <= FEW_POINTS else finite & ~before & ~after)
     if len(lonely) == 0:
         return {}
     return {"marker": "o", "markersize": 4, "markevery": lonely.tolist()}

@@ -114,6 +114,22 @@ def typical_interval(codes: npt.NDArray[np.int64], timestamp: FloatArray) -> flo
     return float(np.median(steps)) if len(steps) else 0.0
 
 
+MIN_FOCUS = 60.0
+"""Seconds: a focused time axis never spans less than this, however short the data."""
+LEAD = 0.05
+"""Fraction of the data's span left empty before the first sample on a focused axis."""
+
+
+def focus(window: Window, timestamps: FloatArray) -> Window:
+    """The window to draw: ``window``, or, when the data starts later (a fresh install, a new agent, the
+    demo's first minutes), one that starts just before the first sample, so that minutes of data fill
+    the axis (and its time bins) instead of a few dots at the right edge of a day-wide axis."""
+    if len(timestamps) == 0:
+        return window
+    span = max(window.end - float(np.min(timestamps)), MIN_FOCUS) * (1.0 + LEAD)
+    return window if window.end - span <= window.start else Window(window.end - span, window.end)
+
+
 def prepare(frame: pd.DataFrame, window: Window) -> Prepared:
     """Group ``frame``'s rows by agent and time bin (bins of ``window/MAX_BINS``, or the poll interval)."""
     raw_codes, names = pd.factorize(frame["agent"].to_numpy(), sort=True)
