@@ -288,3 +288,18 @@ def test_a_unix_socket_connection_needs_no_tls(server: MariaDBServer) -> None:
     store.write(Batch(samples=[sample()]))
     assert len(store.query_samples(0, T0)) == 1
     store.close()
+
+
+def test_not_monitored_ssh_failures_are_null_also_in_tables_made_before(store: MySQLStore, server: MariaDBServer) -> None:
+    # a database created by the previous schema (ssh_failures NOT NULL) is relaxed on first use
+    store.write(Batch(samples=[sample(ts=T0, ssh_failures=3)]))
+    store.close()
+    with server.root_connection(database=server.database) as conn, conn.cursor() as cursor:
+        cursor.execute("ALTER TABLE `metrics` MODIFY `ssh_failures` BIGINT UNSIGNED NOT NULL DEFAULT 0")
+    again = MySQLStore(config(server))
+    try:
+        again.write(Batch(samples=[sample(ts=T0 + 1, ssh_failures=None)]))
+        frame = again.query_samples(T0 - 1, T0 + 2)
+    finally:
+        again.close()
+    assert frame["ssh_failures"].iloc[0] == 3 and frame["ssh_failures"].isna().iloc[1]
