@@ -227,11 +227,11 @@ def main_bench() -> int:
         report("  prepare (factorise, bin)", timed(lambda: prepare(samples, window), args.repeat))
         data = PlotInput(prepare(samples, window), PlotThresholds())
         report(
-            "  draw 6 PNGs, 2 processes",
+            f"  draw {len(PLOTS)} PNGs, 2 processes",
             timed(lambda: render_plots(list(PLOTS), data, root / "fleet", workers=2), args.repeat),
         )
         report(
-            "  draw 6 PNGs, 1 process",
+            f"  draw {len(PLOTS)} PNGs, 1 process",
             timed(lambda: render_plots(list(PLOTS), data, root / "fleet", workers=1), args.repeat),
         )
         print(f"breakdown, {one}:")
@@ -241,11 +241,11 @@ def main_bench() -> int:
         mine = store.query_samples(*window, one)
         mine_data = PlotInput(prepare(mine, window), PlotThresholds())
         report(
-            "  draw 6 PNGs, 2 processes",
+            f"  draw {len(PLOTS)} PNGs, 2 processes",
             timed(lambda: render_plots(list(PLOTS), mine_data, root / "one", workers=2), args.repeat),
         )
         report(
-            "  draw 6 PNGs, 1 process",
+            f"  draw {len(PLOTS)} PNGs, 1 process",
             timed(lambda: render_plots(list(PLOTS), mine_data, root / "one", workers=1), args.repeat),
         )
         store.close()

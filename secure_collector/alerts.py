@@ -42,7 +42,7 @@ IMPOSTOR_TECHNIQUE = "T1557"
 _LEVEL_RANK = {"none": 0, "low": 1, "medium": 2, "high": 3}
 _FINDING_SEVERITY: dict[str, Severity] = {"low": "info", "medium": "warning", "high": "critical"}
 _SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
-_IDENTITY_KEYS = ("path", "address", "port", "exe", "process", "local", "remote")
+_IDENTITY_KEYS = ("path", "address", "port", "exe", "process", "name", "local", "remote")
 _ACKNOWLEDGED = "acknowledged"
 
 

@@ -176,3 +176,15 @@ def test_every_acknowledgement_is_audited_at_start(test_pki: TestPKI, start_agen
         ("expired", "path=/tmp/known-tool until=2020-01-31: vendor's diagnostics"),
     ]
     assert verify_file(agent.audit_log).ok
+
+
+def test_a_missing_executable_fires_once_whatever_its_pid() -> None:
+    engine = AlertEngine(Thresholds())
+
+    def missing(pid: int) -> Finding:
+        evidence = {"pid": pid, "name": "payload", "user": "www-data", "state": "missing"}
+        return Finding.model_validate(_finding(DELETED_EXECUTABLE, "medium", **evidence).as_wire())
+
+    first = engine.evaluate(Sample(agent="a", timestamp=1.0, findings=[missing(100), missing(101)]))
+    assert [alert.state for alert in first] == ["firing"]
+    assert engine.evaluate(Sample(agent="a", timestamp=2.0, findings=[missing(250)])) == []
