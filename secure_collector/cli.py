@@ -187,6 +187,9 @@ def _own_spool_dir(args: argparse.Namespace, config: CollectorConfig, shard: tup
     sweep = config.timeout * math.ceil(len(config.agents) / config.max_workers)
     wait = 0.0 if args.once else min(SERVICE_LOCK_WAIT_MAX, sweep + SERVICE_LOCK_WAIT_SLACK)
     try:
+        others = lock.others_held() if args.once else []
+        if others:  # another shard's service shares this spool_dir: a --once here is a probe too
+            return others[0]
         owned = lock.acquire(wait)
     except CollectorError as exc:
         raise _Fatal(f"{args.config}: {exc}") from exc

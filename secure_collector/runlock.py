@@ -4,8 +4,9 @@ The long-running collector holds ``spool_dir/collector.lock`` (``collector-IofN.
 so shards sharing a directory keep apart) for its whole life, with its PID written in it. ``--once`` tries
 the same lock without waiting: when it gets it, it is the only collector of that directory (run from
 cron, say) and stores as usual; when the service holds it, ``--once`` only polls and prints, touching
-neither storage (nor its lock), nor the spool, nor the alert state. A service that starts while a
-``--once`` run holds the lock waits for it (one sweep) instead of failing.
+neither storage (nor its lock), nor the spool, nor the alert state; the same when another shard's
+service holds its lock in that directory (they share the storage and the spool). A service that starts
+while a ``--once`` run holds the lock waits for it (one sweep) instead of failing.
 
 ``flock`` locks vanish with the process that held them, so a crash never leaves a stale lock behind.
 """
@@ -81,6 +82,22 @@ class RunLock:
         except OSError:
             return None
         return int(text) if text.isdigit() and len(text) <= 10 else None
+
+    def others_held(self) -> list[RunLock]:
+        """The other collectors' locks in this directory (other shards) that a live process holds."""
+        held = []
+        for path in sorted(self.path.parent.glob("collector*.lock")):
+            if path == self.path:
+                continue
+            other = RunLock(path, monotonic=self._monotonic)
+            try:
+                if not other.acquire():
+                    held.append(other)
+            except CollectorError:
+                continue  # not ours to judge: a lock file we cannot even open
+            finally:
+                other.release()
+        return held
 
     def release(self) -> None:
         if self._fd is not None:

@@ -120,3 +120,24 @@ def test_once_whose_sweep_only_reached_the_spool_exits_3(
     assert result.stdout.split()[:2] == ["localhost", "up"]
     assert "waits in the spool" in result.stderr
     assert list(Path(data["spool_dir"]).glob("*.spool"))
+
+
+def test_once_beside_another_shards_service_is_a_probe_too(
+    test_pki: TestPKI, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    agent = start_agent(test_pki)
+    data = collector_data(test_pki, tmp_path, [("localhost", agent.host, agent.port)], poll_interval=3600)
+    path = write_config(tmp_path, data)
+    spool_dir = Path(data["spool_dir"])
+    service = subprocess.Popen([*_program(), "--config", str(path), "--shard", "1/1"], stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        _wait_for((spool_dir / "alert-state-1of1.json").exists, service, "store its first sweep")
+        before = _tree(spool_dir, Path(data["storage"]["json_file"]).parent)
+        result = _run("--config", str(path), "--once")  # no --shard: shares the storage and the spool
+        assert result.returncode == 0 and f"pid {service.pid}" in result.stderr, result
+        assert "polling without storing" in result.stderr
+        assert _tree(spool_dir, Path(data["storage"]["json_file"]).parent) == before
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.communicate(timeout=RUN_TIMEOUT)
