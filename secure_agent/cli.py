@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
 from pki.configfile import load_config
 from pki.errors import PKIError
 from secure_agent import __version__
@@ -58,21 +60,57 @@ def _configure_logging(config: AgentConfig) -> None:
     root.setLevel(config.log_level)
 
 
-def check_listen(config: AgentConfig) -> None:
-    """``--check``: the agent could listen on ``host:port`` now (not taken by another program, nor by this
-    agent already running: stop it first). Raises :class:`AgentError` naming the address."""
+def _running_with(pid: int, config_path: Path) -> bool:
+    """Is process ``pid`` a secure-agent started with ``--config config_path``?"""
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.Error, OSError):
+        return False
+    if not any(Path(arg).name in ("secure-agent", "secure_agent") for arg in argv):
+        return False
+    given = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    given += [arg.removeprefix("--config=") for arg in argv if arg.startswith("--config=")]
+    return any(Path(path).resolve() == config_path.resolve() for path in given)
+
+
+def _listener_pid(host: str, port: int) -> int | None:
+    """The process listening on ``host:port`` (as far as this user may see), if any."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    wildcard = ("0.0.0.0", "::")  # noqa: S104 -- addresses compared against, not listened on
+    for connection in connections:
+        local = connection.laddr
+        if not isinstance(local, tuple) or len(local) != 2 or connection.status != psutil.CONN_LISTEN:
+            continue
+        address, bound = local
+        if bound == port and address in (host, *wildcard) and connection.pid is not None:
+            return connection.pid
+    return None
+
+
+def check_listen(config: AgentConfig, config_path: Path) -> str | None:
+    """``--check``: the agent could listen on ``host:port`` now. A port another program holds fails the
+    check (:class:`AgentError` naming the address); held by this agent itself, already running with this
+    config (a check before a reload), it passes with a note, returned."""
     if config.port == 0:
-        return
+        return None
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    where = f"[{config.host}]:{config.port}" if family == socket.AF_INET6 else f"{config.host}:{config.port}"
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no clash
         try:
             probe.bind((config.host, config.port))
         except OSError as exc:
-            where = f"[{config.host}]:{config.port}" if family == socket.AF_INET6 else f"{config.host}:{config.port}"
-            in_use = exc.errno == errno.EADDRINUSE
-            reason = "in use by another process (or by this agent, already running)" if in_use else exc.strerror
-            raise AgentError(f"port: cannot listen on {where}: {reason or exc}") from exc
+            if exc.errno != errno.EADDRINUSE:
+                raise AgentError(f"port: cannot listen on {where}: {exc.strerror or exc}") from exc
+            pid = _listener_pid(config.host, config.port)
+            if pid is not None and _running_with(pid, config_path):
+                return f"{where} is this agent's, running as pid {pid}"
+            holder = f" (pid {pid})" if pid is not None else ""
+            raise AgentError(f"port: cannot listen on {where}: in use by another process{holder}") from exc
+    return None
 
 
 def _fail(message: str) -> int:
@@ -100,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, AgentConfig)
         if args.check:
             check(config)
-            check_listen(config)
-            print(f"secure-agent: {args.config}: configuration, certificates, keys and port are usable")
+            note = check_listen(config, args.config)
+            print(f"secure-agent: {args.config}: configuration, certificates, keys and port are usable"
+                  + (f" ({note})" if note else ""))
             return EXIT_OK
         try:
             _configure_logging(config)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,3 +257,31 @@ def test_check_fails_when_the_port_is_taken(test_pki: TestPKI, tmp_path: Path) -
         _assert_one_line_refusal(result, f"127.0.0.1:{port}", "in use by another process")
     result = _run("--config", str(_config(test_pki, tmp_path, port=port)), "--check")  # released: usable again
     assert result.returncode == 0, result.stderr
+
+
+def test_check_beside_the_running_agent_itself_passes(test_pki: TestPKI, tmp_path: Path) -> None:
+    # the unit's advice: edit the config, --check, then reload; the running agent holds the port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = _config(test_pki, tmp_path, port=port)
+    agent = subprocess.Popen([sys.executable, "-m", "secure_agent", "--config", str(config)],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert agent.stderr is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:  # bounded: the agent logs "listening on" once it has bound
+            line = agent.stderr.readline()
+            if not line or _LISTENING.search(line):
+                break
+        result = _run("--config", str(config), "--check")
+        assert result.returncode == 0, result.stderr
+        assert f"127.0.0.1:{port} is this agent's, running as pid {agent.pid}" in result.stdout
+        other = tmp_path / "other"
+        other.mkdir()
+        stranger = _config(test_pki, other, port=port)  # another config wanting the same port
+        refusal = _run("--config", str(stranger), "--check")
+        _assert_one_line_refusal(refusal, f"in use by another process (pid {agent.pid})")
+    finally:
+        agent.terminate()
+        agent.communicate(timeout=15)
