@@ -290,7 +290,7 @@ def test_a_unix_socket_connection_needs_no_tls(server: MariaDBServer) -> None:
     store.close()
 
 
-def test_not_monitored_ssh_failures_are_null_also_in_tables_made_before(store: MySQLStore, server: MariaDBServer) -> None:
+def test_ssh_failures_not_monitored_are_null_in_old_tables_too(store: MySQLStore, server: MariaDBServer) -> None:
     # a database created by the previous schema (ssh_failures NOT NULL) is relaxed on first use
     store.write(Batch(samples=[sample(ts=T0, ssh_failures=3)]))
     store.close()
