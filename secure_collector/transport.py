@@ -4,8 +4,8 @@
 thread can drive hundreds of agents at once through a selector (:mod:`secure_collector.engine`); its
 :meth:`AgentConnection.call` drives one call to the end on its own, for ``--once`` tools and tests.
 
-It speaks just enough HTTP/1.1 for ``POST /RPC2``: the request is pre-built but for the ``Authorization``
-header (a fresh SMON1 token per call, bound to the body and the agent's name), and the answer must carry a
+HTTP/1.1 is h11's, through :class:`secure_collector.exchange.Exchange` (one per TCP connection): each
+request carries a fresh SMON1 token bound to the body and the agent's name, and the answer must carry a
 ``Content-Length`` of at most :data:`MAX_RESPONSE_BYTES` with no content or transfer coding. The whole call
 (connect, handshake, request, answer) has one deadline, ``timeout`` seconds after it began, so an agent
 that trickles bytes cannot hold a call longer. A kept-alive connection that the agent has closed in the
@@ -29,19 +29,15 @@ from secure_collector import wire
 from secure_collector.errors import (
     AgentAuthRefused,
     AgentBadResponse,
-    AgentRateLimited,
     AgentTimeout,
     AgentTLSFailure,
     AgentUnreachable,
     PollError,
 )
+from secure_collector.exchange import MAX_RESPONSE_BYTES, Exchange
+from storage.escape import escape
 
 DEFAULT_TIMEOUT = 10.0
-MAX_RESPONSE_BYTES = 1024 * 1024
-"""docs/protocol.md: a whole answer is at most 1 MiB."""
-MAX_HEADER_BYTES = 16 * 1024
-MAX_RETRY_AFTER = 3600.0
-USER_AGENT = "secure-collector/0.1"
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 _RECV_SIZE = 65536
@@ -55,8 +51,8 @@ _STAGE = {_CONNECTING: "connect", _HANDSHAKE: "TLS handshake", _SENDING: "reques
 
 
 def clean(text: str, limit: int = 80) -> str:
-    """Text a peer chose, made safe for a log line or a stored detail: printable and short."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    """Text a peer chose (or an error message quoting it), for a stored detail: escaped and short."""
+    return escape(text, limit)
 
 
 def is_ip_literal(host: str) -> bool:
@@ -101,11 +97,9 @@ class AgentConnection:
         self._max_response = max_response_bytes
         self._server_hostname = host.strip("[]")
         host_header = f"[{self._server_hostname}]" if ":" in self._server_hostname else self._server_hostname
-        self._head_prefix = (
-            f"POST /RPC2 HTTP/1.1\r\nHost: {host_header}:{port}\r\nUser-Agent: {USER_AGENT}\r\n"
-            "Content-Type: text/xml\r\nAccept-Encoding: identity\r\n"
-        ).encode("ascii")
-        self._bodies: dict[str, tuple[bytes, bytes]] = {}
+        self._host_header = f"{host_header}:{port}".encode("ascii")
+        self._exchange = Exchange(name, self._host_header, max_response=max_response_bytes)
+        self._bodies: dict[str, bytes] = {}
         self._sock: socket.socket | None = None
         self._state = _IDLE
         self._want = WRITE
@@ -114,11 +108,6 @@ class AgentConnection:
         self._resolved: list[Address] = []
         self._method = ""
         self._out = b""
-        self._buffer = bytearray()
-        self._body_at = -1
-        self._length = -1
-        self._headers: dict[str, str] = {}
-        self._status = 0
         self.deadline = 0.0
 
     # -- the driver's interface ------------------------------------------------------------------
@@ -195,7 +184,6 @@ class AgentConnection:
     def close(self) -> None:
         sock, self._sock = self._sock, None
         self._state = _IDLE
-        self._buffer = bytearray()
         if sock is not None:
             with contextlib.suppress(OSError):  # closing a broken socket: nothing left to do
                 sock.close()
@@ -228,6 +216,7 @@ class AgentConnection:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
+        self._exchange = Exchange(self.name, self._host_header, max_response=self._max_response)
         self._state = _CONNECTING
         self._want = WRITE
         code = sock.connect_ex(address)
@@ -283,17 +272,11 @@ class AgentConnection:
 
     # -- the exchange ----------------------------------------------------------------------------
     def _prepare_send(self) -> None:
-        cached = self._bodies.get(self._method)
-        if cached is None:
-            body = wire.request_body(self._method)
-            cached = (body, b"Content-Length: %d\r\n" % len(body))
-            self._bodies[self._method] = cached
-        body, length = cached
+        body = self._bodies.get(self._method)
+        if body is None:
+            body = self._bodies[self._method] = wire.request_body(self._method)
         token = tokens.sign(self._key_id, self._key, self.name, body)
-        self._out = b"".join((self._head_prefix, length, b"Authorization: ", token.encode("ascii"), b"\r\n\r\n", body))
-        self._buffer = bytearray()
-        self._body_at = -1
-        self._length = -1
+        self._out = self._exchange.request(body, token.encode("ascii"))
         self._state = _SENDING
         self._want = WRITE
         self._send()
@@ -335,6 +318,7 @@ class AgentConnection:
 
     def _receive(self) -> bytes | None:
         sock = self._socket()
+        exchange = self._exchange
         while True:
             try:
                 chunk = sock.recv(_RECV_SIZE)
@@ -350,62 +334,31 @@ class AgentConnection:
                 # its refusal arrives as an alert on the first read.
                 raise AgentTLSFailure(self.name, f"TLS error: {ssl_reason(exc)}") from None
             except OSError as exc:
-                if exc.errno in _STALE_ERRNOS and not self._buffer:
+                if exc.errno in _STALE_ERRNOS and not exchange.received:
                     self._stale_or(AgentUnreachable(self.name, os_detail(exc, "answer")))
                     return None
                 raise AgentUnreachable(self.name, os_detail(exc, "answer")) from None
             self._want = READ
-            if not chunk:
-                if not self._buffer:
-                    self._stale_or(AgentTLSFailure(self.name, "agent closed the connection without answering"))
-                    return None
-                raise AgentBadResponse(self.name, "connection closed before the answer was complete")
-            self._buffer += chunk
-            body = self._complete()
-            if body is not None:
-                return body
-
-    def _complete(self) -> bytes | None:
-        """The body once the answer is complete; checks the head as soon as it is there."""
-        if self._body_at < 0:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > MAX_HEADER_BYTES:
-                    raise AgentBadResponse(self.name, "HTTP head too large")
+            if not chunk and not exchange.received:
+                self._stale_or(AgentTLSFailure(self.name, "agent closed the connection without answering"))
                 return None
-            if end > MAX_HEADER_BYTES:
-                raise AgentBadResponse(self.name, "HTTP head too large")
-            self._status, self._headers = parse_head(self.name, bytes(self._buffer[:end]))
-            self._body_at = end + 4
-            headers = self._headers
-            if "transfer-encoding" in headers:
-                raise AgentBadResponse(self.name, "transfer coding refused")
-            coding = headers.get("content-encoding")
-            if coding is not None and coding.lower() != "identity":
-                raise AgentBadResponse(self.name, "content coding refused")
-            self._length = content_length(self.name, headers.get("content-length"), self._max_response)
-        have = len(self._buffer) - self._body_at
-        if have < self._length:
-            return None
-        if have > self._length:
-            raise AgentBadResponse(self.name, "bytes after the answer")
-        body = bytes(self._buffer[self._body_at :])
-        self._buffer = bytearray()
-        self._state = _IDLE
-        presented = _common_name(self._sock) if self._status == 401 else None
-        if self._headers.get("connection", "").lower() == "close":
-            self.close()
-        if self._status != 200:
-            self.close()
-            if presented is not None and presented != self.name:
-                # another agent behind this port refuses a token signed for ours: say that, not "token refused"
-                raise AgentAuthRefused(
-                    self.name,
-                    f"HTTP 401: name mismatch: the agent at {self._server_hostname}:{self.port} is "
-                    f"{clean(presented)!r}, not {self.name!r} (check agents[].port)",
-                )
-            raise_status(self.name, self._status, self._headers)
-        return body
+            try:
+                body = exchange.receive(chunk)
+            except AgentAuthRefused:
+                presented = _common_name(self._sock) if exchange.status == 401 else None
+                if presented is not None and presented != self.name:
+                    # another agent behind this port refuses a token signed for ours: say that, not "token refused"
+                    raise AgentAuthRefused(
+                        self.name,
+                        f"HTTP 401: name mismatch: the agent at {self._server_hostname}:{self.port} is "
+                        f"{escape(presented, 80)!r}, not {self.name!r} (check agents[].port)",
+                    ) from None
+                raise
+            if body is not None:
+                self._state = _IDLE
+                if not exchange.reusable:
+                    self.close()
+                return body
 
 
 def _common_name(sock: socket.socket | None) -> str | None:
@@ -414,51 +367,6 @@ def _common_name(sock: socket.socket | None) -> str | None:
         return None
     der = sock.getpeercert(binary_form=True)
     return tls.peer_identity(der).common_name if der else None
-
-
-def parse_head(agent: str, head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not (len(parts[1]) == 3 and parts[1].isdigit()):
-        raise AgentBadResponse(agent, "not an HTTP response")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise AgentBadResponse(agent, "malformed HTTP header")
-        key = name.lower()
-        if key in headers and key in ("content-length", "transfer-encoding"):
-            raise AgentBadResponse(agent, "repeated framing header")
-        headers[key] = value.strip()
-    if parts[0] == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
-        headers["connection"] = "close"
-    return int(parts[1]), headers
-
-
-def raise_status(agent: str, status: int, headers: dict[str, str]) -> None:
-    if status in (401, 403):
-        what = "request token refused" if status == 401 else "client identity not allowed"
-        raise AgentAuthRefused(agent, f"HTTP {status}: {what}")
-    if status == 429:
-        raise AgentRateLimited(agent, "HTTP 429: rate limited", retry_after(headers.get("retry-after")))
-    raise AgentBadResponse(agent, f"HTTP {status}")
-
-
-def content_length(agent: str, value: str | None, cap: int) -> int:
-    if value is None:
-        raise AgentBadResponse(agent, "no Content-Length")
-    if not value.isdigit() or len(value) > 12:
-        raise AgentBadResponse(agent, "malformed Content-Length")
-    length = int(value)
-    if length > cap:
-        raise AgentBadResponse(agent, f"answer larger than {cap} bytes")
-    return length
-
-
-def retry_after(value: str | None) -> float | None:
-    if value is None or not value.isdigit() or len(value) > 6:
-        return None
-    return min(float(value), MAX_RETRY_AFTER)
 
 
 def ssl_reason(exc: ssl.SSLError) -> str:

@@ -47,6 +47,7 @@ from storage import frames, jsonlines
 from storage.base import Batch
 from storage.config import StorageConfig
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
+from storage.escape import escape
 from storage.frames import FrameSpec
 from storage.lineindex import agent_key, agent_lines
 from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, Sample
@@ -61,7 +62,6 @@ INDEX_TAIL_BYTES = 16 * 1024 * 1024
 _READ_ATTEMPTS = 3
 _R = TypeVar("_R", Sample, Alert, AgentStatus)
 _AGENT = re.compile(AGENT_NAME_PATTERN)
-_CONTROL = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
 
 
 def sibling(json_file: Path, kind: str) -> Path:
@@ -89,11 +89,6 @@ class _RecentKeys:
             self._keys.discard(self._order.popleft())
 
 
-def _clean(text: str) -> str:
-    """Control characters escaped, so that one record stays one line of the human log."""
-    return text.translate(_CONTROL)
-
-
 def _number(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
@@ -114,10 +109,10 @@ def human_sample_line(sample: Sample) -> str:
 
 def human_alert_line(alert: Alert) -> str:
     """One line of the human-readable metrics log for ``alert``."""
-    technique = f" technique={_clean(alert.technique)}" if alert.technique else ""
-    message = f" {_clean(alert.message)}" if alert.message else ""
+    technique = f" technique={escape(alert.technique)}" if alert.technique else ""
+    message = f" {escape(alert.message)}" if alert.message else ""
     return (
-        f"{_utc(alert.timestamp)} {alert.agent} ALERT {alert.state} {alert.severity} {_clean(alert.metric)}"
+        f"{_utc(alert.timestamp)} {alert.agent} ALERT {alert.state} {alert.severity} {escape(alert.metric)}"
         f"={_number(alert.value, digits=2)} threshold={_number(alert.threshold, digits=2)}{technique}{message}\n"
     )
 

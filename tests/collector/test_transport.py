@@ -100,10 +100,14 @@ def test_connection_closed_by_the_agent_is_reopened_once_with_a_new_token(
         (http(b"oops", status="500 Internal Server Error"), AgentBadResponse, "HTTP 500"),
         (http(b"", status="401 Unauthorized"), AgentAuthRefused, "401"),
         (http(b"", status="403 Forbidden"), AgentAuthRefused, "403"),
-        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", AgentBadResponse, "not an HTTP response"),
-        (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 20000 + b"\r\n\r\n", AgentBadResponse, "head too large"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", AgentBadResponse, "repeated"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", AgentBadResponse, "malformed Content-Length"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", AgentBadResponse, "malformed HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 20000, AgentBadResponse, "malformed HTTP"),  # head > 16 KiB
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", AgentBadResponse, "malformed"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", AgentBadResponse, "malformed HTTP answer"),
+        # U+00B2 is one latin-1 byte that str.isdigit() accepts and int() refuses: it once stopped the collector
+        ("HTTP/1.1 200 OK\r\nContent-Length: 1\u00b2\r\n\r\nx".encode("latin-1"), AgentBadResponse, "malformed HTTP"),
+        ("HTTP/1.1 2\u00b200 OK\r\nContent-Length: 1\r\n\r\nx".encode("latin-1"), AgentBadResponse, "malformed HTTP"),
+        ("HTTP/1.1 200 OK\r\nContent-Length: \u0661\r\n\r\nx".encode(), AgentBadResponse, "malformed HTTP"),
         (http(b"<methodResponse>") + b"EXTRA", AgentBadResponse, "bytes after"),
         (http(b"<?xml version='1.0'?><methodResponse><params><param><value>"), AgentBadResponse, "malformed XML"),
         (xmlrpc_answer({"agent": "x"} | {f"k{i}": "v" * 500 for i in range(2500)}), AgentBadResponse, "larger than"),
@@ -119,11 +123,17 @@ def test_hostile_answers(
     assert refused.value.agent == "localhost"
 
 
-def test_rate_limited_reports_retry_after(test_pki: TestPKI, fake: Callable[[Responder], FakeAgent]) -> None:
-    agent = fake(lambda body: http(b"", status="429 Too Many Requests", headers={"Retry-After": "42"}))
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("42", 42.0), ("99999", 3600.0), ("4\u00b2", None), ("\u0664\u0662", None), ("-1", None)]
+)
+def test_rate_limited_reports_retry_after_in_ascii_digits_only(
+    test_pki: TestPKI, fake: Callable[[Responder], FakeAgent], value: str, seconds: float | None
+) -> None:
+    head = f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: {value}\r\nContent-Length: 0\r\n\r\n"
+    agent = fake(lambda body: head.encode("utf-8"))
     with pytest.raises(AgentRateLimited) as refused:
         _call(test_pki, agent)
-    assert refused.value.retry_after == 42.0
+    assert refused.value.retry_after == seconds
 
 
 def test_silent_or_trickling_agent_times_out_within_the_deadline(
