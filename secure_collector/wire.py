@@ -9,35 +9,32 @@ entity or DTD fetch; only XML's five predefined entities and character reference
 refuses any other entity reference. This is what defusedxml enforces with ``forbid_dtd=True`` (plus its
 entity and external-reference bans), decided once on the raw bytes instead of in a callback.
 
-Why not ``defusedxml.xmlrpc.DefusedExpatParser`` itself: it drives a Python callback per element, and a
-real answer (about 12 KB, 570 elements) costs 880 us to parse that way on the reference machine against
-about 150 us through the C tree builder of :mod:`xml.etree.ElementTree` used here -- the difference
-between missing and meeting the collector's throughput goal (docs/benchmarks.md). Its global
-``monkey_patch`` is never called in any case.
+The document must be UTF-8 in fact and in name: an XML declaration naming another encoding is refused
+(expat would otherwise read the bytes one way for us and another way for any other reader), and so is
+any processing instruction other than that declaration.
 
-The tree is then read strictly: ``methodResponse`` with one ``param`` or a ``fault``, and only
-``string``, ``int``/``i4``/``i8``, ``double``, ``boolean``, ``nil``, ``struct`` and ``array``.
-``dateTime``, ``base64``, extension types and unknown tags are refused, as are duplicate struct keys,
-non-finite numbers, more than :data:`MAX_ELEMENTS` elements, nesting deeper than :data:`MAX_DEPTH` and
-strings longer than :data:`MAX_STRING` characters. The size cap is the transport's.
+The tree is then read strictly: ``methodResponse`` with one ``param`` or a ``fault`` (a struct of exactly
+``faultCode``, an int, and ``faultString``, a string), and only ``string``, ``int``/``i4``/``i8``,
+``double``, ``boolean``, ``nil``, ``struct`` and ``array``. Numbers are ASCII digits (with XML white space
+around them), never what :func:`int` or :func:`float` would also take (Arabic-Indic or full-width digits,
+``1_000``, superscripts, ``infinity``). ``dateTime``, ``base64``, extension types and unknown tags are refused,
+as are duplicate struct keys, non-finite numbers, more than :data:`MAX_ELEMENTS` elements, nesting deeper
+than :data:`MAX_DEPTH` and strings longer than :data:`MAX_STRING` characters. The size cap is the transport's.
 
-**The fast path.** An agent's answer is what ``xmlrpc.client.dumps`` writes, byte for byte the same layout
-every time. :func:`_fast_value` reads exactly that layout (after the same checks on the raw bytes) with two
-regular-expression passes in C -- one proving the whole document is a sequence of the layout's tokens, one
-collecting them -- and a loop over about 130 tokens instead of about 350 elements, at about half the cost
-of the tree. It is a strict subset of the tree reader, never a second opinion: it accepts only the layout's
-literal markup, text without markup characters, entity or character references, carriage returns,
-characters XML forbids or ``]]>``, at most :data:`_FAST_CONTAINERS` nested containers, no fault; it turns
-text into values with the same function as the tree reader (:func:`_scalar`); and on anything else, or
-anything the tree reader would refuse, it gives up and the tree reader decides (tests compare the two).
+The reference is ``defusedxml.xmlrpc`` (expat through defusedxml's parser, unmarshalled by
+:mod:`xmlrpc.client`): whatever this reader accepts, the reference accepts with the same value, and what
+the reference accepts that this reader refuses is one of the refusals above (tests/collector/test_wire_reference.py).
+This reader drives expat's C tree builder instead of a Python callback per element, which is what keeps the
+collector within its throughput goal (docs/benchmarks.md, docs/fast-paths.md); ``monkey_patch`` is never called.
 """
 
 from __future__ import annotations
 
 import re
 import xmlrpc.client
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 from xml.etree.ElementTree import Element, ParseError, XMLParser
+from xml.parsers.expat import errors as expat_errors
 
 MAX_ELEMENTS = 100_000
 MAX_DEPTH = 32
@@ -71,20 +68,15 @@ def parse_response(body: bytes) -> Answer:
         raise WireError("DTDs, entities, comments and CDATA are not accepted")
     if body.count(b"<") > 2 * MAX_ELEMENTS:
         raise WireError("too many elements")
-    value = _fast_value(body)
-    if value is not _GIVE_UP:
-        return Answer(value, False)
-    return _tree_answer(body)
-
-
-def _tree_answer(body: bytes) -> Answer:
-    """The reference reader, for any document that passed :func:`parse_response`'s checks of the bytes."""
+    _check_declaration(body)
     # S314: no "<!" and a forced encoding mean no DTD and so no entity declaration (module docstring)
     parser = XMLParser(encoding="utf-8")  # noqa: S314 - also overrides any encoding the document declares
     try:
         parser.feed(body)
         root = parser.close()
     except ParseError as exc:
+        if exc.code == _UNBOUND_PREFIX:  # a prefix without its xmlns: the reference would read on
+            raise WireError("namespaces are not accepted") from None
         raise WireError(f"malformed XML (line {exc.position[0]})") from None
     except (ValueError, LookupError) as exc:
         raise WireError(f"not XML-RPC ({type(exc).__name__})") from None
@@ -99,10 +91,35 @@ def _tree_answer(body: bytes) -> Answer:
         if len(section) != 1:
             raise WireError("malformed fault")
         value = _value(section[0], 3)
-        if not isinstance(value, dict):
-            raise WireError("a fault is a struct")
+        if (
+            not isinstance(value, dict)
+            or value.keys() != {"faultCode", "faultString"}
+            or type(value["faultCode"]) is not int
+            or type(value["faultString"]) is not str
+        ):
+            raise WireError("a fault is a struct of faultCode and faultString")
         return Answer(value, True)
     raise WireError("not a methodResponse")
+
+
+_DECLARATION = re.compile(rb"(?:\xef\xbb\xbf)?<\?xml[ \t\r\n]([^>]*)\?>")
+_ENCODING = re.compile(rb"encoding[ \t\r\n]*=[ \t\r\n]*(?:\"([^\"]*)\"|'([^']*)')")
+_INTEGER = re.compile(r"[ \t\n\r]*[+-]?[0-9]+[ \t\n\r]*")
+_DOUBLE = re.compile(r"[ \t\n\r]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t\n\r]*")
+"""What ``repr(float)`` writes for finite numbers, and XML-RPC's own ``[+-]digits.digits``: ASCII only."""
+
+
+def _check_declaration(body: bytes) -> None:
+    """Refuse an encoding other than UTF-8 named in the XML declaration, and every other ``<?``."""
+    declaration = _DECLARATION.match(body)
+    start = 0
+    if declaration is not None:
+        encoding = _ENCODING.search(declaration.group(1))
+        if encoding is not None and (encoding.group(1) or encoding.group(2) or b"").lower() != b"utf-8":
+            raise WireError("malformed XML (not UTF-8)")
+        start = declaration.end()
+    if body.find(b"<?", start) >= 0:
+        raise WireError("processing instructions are not accepted")
 
 
 def _text(element: Element) -> str:
@@ -133,39 +150,41 @@ def _value(element: Element, depth: int) -> Any:
         return None
     if tag == "struct":
         return {}
+    if tag == "array":
+        raise WireError("malformed array")
     return _scalar(tag, typed.text or "", typed)
 
 
+_NON_FINITE = ("nan", "inf", "infinity")
+_UNBOUND_PREFIX = expat_errors.codes[expat_errors.XML_ERROR_UNBOUND_PREFIX]
+
+
 def _scalar(tag: str, text: str, element: Element | None = None) -> Any:
-    """The value of a leaf ``<tag>text</tag>``: one definition for the tree reader and the fast path."""
+    """The value of a leaf ``<tag>text</tag>``."""
     if tag == "string":
         if len(text) > MAX_STRING:
             raise WireError("string too long")
         return text
     if tag == "double":
-        if not text or len(text) > MAX_NUMBER_TEXT:
-            raise WireError("not a number")
-        try:
-            number = float(text)
-        except ValueError:
-            raise WireError("not a number") from None
-        if number - number != 0.0:  # inf - inf and nan - nan are nan
+        if len(text) > MAX_NUMBER_TEXT or _DOUBLE.fullmatch(text) is None:
+            finite = text.strip().lower().lstrip("+-") not in _NON_FINITE
+            raise WireError("not a number" if finite else "not a finite number")
+        number = float(text)
+        if number - number != 0.0:  # 1e999 is inf, and inf - inf is nan
             raise WireError("not a finite number")
         return number
-    if tag == "int" or tag == "i4" or tag == "i8" or tag == "boolean":
+    if tag == "int" or tag == "i4" or tag == "i8":
         if len(text) > MAX_STRING:
             raise WireError("string too long")
-        text = text.strip()
-        if len(text) > MAX_NUMBER_TEXT:
+        if _INTEGER.fullmatch(text) is None:
+            raise WireError("not an integer")
+        if len(text.strip()) > MAX_NUMBER_TEXT:
             raise WireError("number too long")
-        if tag == "boolean":
-            if text not in ("0", "1"):
-                raise WireError("not a boolean")
-            return text == "1"
-        try:
-            return int(text)
-        except ValueError:
-            raise WireError("not an integer") from None
+        return int(text)
+    if tag == "boolean":
+        if text != "0" and text != "1":  # exactly, as xmlrpc.client reads it
+            raise WireError("not a boolean")
+        return text == "1"
     raise WireError(f"unsupported type <{_tag(element) if element is not None else '?'}>")
 
 
@@ -202,113 +221,3 @@ def _container(element: Element, typed: Element, depth: int) -> Any:
 
 def _tag(element: Element) -> str:
     return "".join(ch if ch.isalnum() or ch in ".:-_" else "?" for ch in str(element.tag)[:32])
-
-
-# -- the fast path: the layout xmlrpc.client.dumps writes (module docstring) -------------------------
-_FAST_PROLOG: Final = b"<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n"
-_FAST_EPILOG: Final = b"</param>\n</params>\n</methodResponse>\n"
-_FAST_CONTAINERS: Final = (MAX_DEPTH - 4) // 3 + 1
-"""Open structs and arrays at most: even as nested arrays (3 levels each) the tree reader allows them."""
-_MEMBER_END: Final = "</member>\n"
-_STRUCT: Final = "<value><struct>\n"
-_STRUCT_END: Final = "</struct></value>\n"
-_ARRAY: Final = "<value><array><data>\n"
-_ARRAY_END: Final = "</data></array></value>\n"
-_TEXT = r"[^<&\r\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*"
-"""Character data without markup, references, carriage returns or characters XML 1.0 forbids."""
-_TYPES = ("string", "int", "i4", "i8", "double", "boolean")
-_TYPE = "(" + "|".join(_TYPES) + ")"
-_MARKS = "|".join(re.escape(mark) for mark in (_MEMBER_END, _STRUCT, _STRUCT_END, _ARRAY, _ARRAY_END))
-# The tokens, alternatives factored by their common prefixes (sre tries them in order). Groups:
-#  1 name, 2 type, 3 text   <member><name>N</name><value><T>X</T></value></member>
-#  1 name, 4 marker         <member><name>N</name><value><nil/></value></member>
-#  1 name, nothing else     <member><name>N</name>   (a struct or array follows)
-#  5 type, 6 text           <value><T>X</T></value>  (an array item)
-#  7 marker                 <value><nil/></value>    (an array item)
-#  8 mark                   <value><struct>  <value><array><data>
-#  9 mark                   </member>  </struct></value>  </data></array></value>
-_FAST_TOKEN = re.compile(
-    rf"<(?:member>\n<name>({_TEXT})</name>\n"
-    rf"(?:<value><{_TYPE}>({_TEXT})</\2></value>\n</member>\n|<value><nil/></value>(</member>)\n|)"
-    rf"|value>(?:<{_TYPE}>({_TEXT})</\5></value>\n|(<nil/>)</value>|(<struct>\n|<array><data>\n))"
-    r"|(/member>\n|/struct></value>\n|/data></array></value>\n))"
-)
-_LEAF = "(?:" + "|".join(f"<{tag}>{_TEXT}</{tag}>" for tag in _TYPES) + ")"
-# The same tokens without groups, in a row from the first byte to the last: what makes findall's
-# tokens the whole document (findall alone would skip what matches no token).
-_FAST_WHOLE = re.compile(
-    rf"(?:<member>\n<name>{_TEXT}</name>\n(?:<value>{_LEAF}</value>\n</member>\n|<value><nil/></value></member>\n|)"
-    rf"|<value>{_LEAF}</value>\n"
-    r"|<value><nil/></value>"
-    rf"|{_MARKS})*+"
-)
-_GIVE_UP: Final = object()
-_DONE: Final = object()
-
-
-def _fast_value(body: bytes) -> Any:
-    """The answer's value if ``body`` is in the layout of ``xmlrpc.client.dumps``; else :data:`_GIVE_UP`."""
-    if not body.startswith(_FAST_PROLOG) or not body.endswith(_FAST_EPILOG):
-        return _GIVE_UP
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return _GIVE_UP
-    if "]]>" in text:
-        return _GIVE_UP
-    start, end = len(_FAST_PROLOG), len(text) - len(_FAST_EPILOG)  # ASCII: as many characters as bytes
-    if _FAST_WHOLE.fullmatch(text, start, end) is None:
-        return _GIVE_UP  # something other than the layout's tokens, in a row
-    stack: list[tuple[Any, Any]] = []
-    container: Any = None  # the innermost open struct (dict) or array (list); None outside both
-    key: Any = None  # in a struct: the pending member's name, _DONE once its value is in, None between
-    result: Any = _GIVE_UP
-    try:
-        for name, type_, leaf, nil_member, item_type, item, nil_item, opening, closing in _FAST_TOKEN.findall(
-            text, start, end
-        ):
-            if type_ or nil_member or not (item_type or nil_item or opening or closing):  # a member
-                if key is not None or type(container) is not dict or name in container or len(name) > MAX_STRING:
-                    return _GIVE_UP
-                if type_:
-                    container[name] = _scalar(type_, leaf)
-                elif nil_member:
-                    container[name] = None
-                else:
-                    key = name  # its value follows
-                continue
-            if item_type:
-                value = _scalar(item_type, item)
-            elif nil_item:
-                value = None
-            elif opening:
-                if len(stack) >= _FAST_CONTAINERS:
-                    return _GIVE_UP
-                stack.append((container, key))
-                container = {} if opening == "<struct>\n" else []
-                key = None
-                continue
-            elif closing == "/member>\n":
-                if key is not _DONE:
-                    return _GIVE_UP
-                key = None
-                continue
-            else:  # the end of a struct or an array
-                if key is not None or type(container) is not (dict if closing == "/struct></value>\n" else list):
-                    return _GIVE_UP
-                value = container
-                container, key = stack.pop()
-            if type(container) is dict:
-                if key is None or key is _DONE:
-                    return _GIVE_UP
-                container[key] = value
-                key = _DONE
-            elif type(container) is list:
-                container.append(value)
-            elif result is _GIVE_UP:
-                result = value
-            else:
-                return _GIVE_UP
-    except WireError:
-        return _GIVE_UP  # the tree reader says why
-    return _GIVE_UP if stack else result
