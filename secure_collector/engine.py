@@ -8,6 +8,11 @@ costs its own work only (docs/benchmarks.md).
 
 Host names (not IP literals) are resolved on a small thread pool, so a slow DNS server delays only the
 agents it serves; :meth:`Engine.wake` (safe from other threads and signal handlers) interrupts a wait.
+
+The last line of defence: whatever one agent's call raises that is not a
+:class:`~secure_collector.errors.PollError` (a bug of ours that some answer reached) ends that call as
+``bad_response`` with a generic detail, logged once per agent and run; the other calls go on. It is the
+one place where ``except Exception`` decides anything, and it decides only that the agent failed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 METHOD = "get_metrics"
 RESOLVER_THREADS = 2
+UNEXPECTED_DETAIL = "answer could not be read (internal error)"
 
 
 class Stamper:
@@ -77,6 +83,9 @@ class Engine:
         self._resolver: ThreadPoolExecutor | None = None
         self._resolved: queue.SimpleQueue[tuple[str, list[Address] | OSError]] = queue.SimpleQueue()
         self._finished: list[PollResult] = []
+        self._reported: set[str] = set()
+        self.unexpected = 0
+        """Calls ended by the last line of defence (:meth:`_unexpected`)."""
 
     def __len__(self) -> int:
         """Calls in flight."""
@@ -121,10 +130,11 @@ class Engine:
     def _begin(self, connection: AgentConnection, addresses: list[Address] | None, now: float) -> None:
         try:
             connection.begin(METHOD, addresses, now)
+            self._watch(connection)
         except PollError as exc:
             self._fail(connection.name, exc)
-            return
-        self._watch(connection)
+        except Exception as exc:  # the last line of defence (module docstring)
+            self._fail(connection.name, self._unexpected(connection.name, exc))
 
     def _watch(self, connection: AgentConnection) -> None:
         fd = connection.fileno()
@@ -168,9 +178,25 @@ class Engine:
         except PollError as exc:
             self._fail(connection.name, exc)
             return
+        except Exception as exc:  # the last line of defence (module docstring)
+            self._fail(connection.name, self._unexpected(connection.name, exc))
+            return
         call = self._calls.pop(connection.name)
         latency = (time.monotonic() - call.started) * 1000
         self._finished.append(PollResult(connection.name, timestamp, "up", "", latency, sample))
+
+    def _unexpected(self, name: str, exc: Exception) -> PollError:
+        """The failure an unexpected exception in ``name``'s call stands for; logged once per agent."""
+        self.unexpected += 1
+        if name not in self._reported:
+            self._reported.add(name)
+            logger.error(
+                "%s: unexpected %s while polling it; counted as bad_response (logged once per agent)",
+                name,
+                type(exc).__name__,
+            )
+            logger.debug("%s: the unexpected error", name, exc_info=exc)
+        return AgentBadResponse(name, UNEXPECTED_DETAIL)
 
     def _fail(self, name: str, exc: PollError) -> None:
         call = self._calls.pop(name, None)
@@ -195,6 +221,8 @@ class Engine:
                 raise AgentTimeout(name, f"no answer within {call.connection.timeout:g} s")
             except PollError as exc:
                 self._fail(name, exc)
+            except Exception as exc:  # the last line of defence (module docstring)
+                self._fail(name, self._unexpected(name, exc))
 
     def _take_resolved(self) -> None:
         while True:

@@ -7,9 +7,11 @@ stored as one batch. Each agent has at most one poll in flight: if it is still b
 it is tried again, rounded up to a tick; its first good poll brings it back to every tick.
 
 A slow or dead agent never delays the others: calls run concurrently on one thread (:mod:`.engine`), every
-call ends by ``timeout``, failing agents are backed off, and agents whose last poll failed may hold at most
-a quarter of the ``max_workers`` slots, so the healthy ones always find one free. Storage runs on a thread
-of its own (:class:`Writer`), so a slow database never delays a poll either.
+call ends by ``timeout``, failing agents are backed off, and *restricted* agents -- those whose last poll
+failed, and those whose last poll took more than :data:`SLOW_SHARE` of ``timeout`` (slow, even if valid) --
+may hold at most a quarter of the ``max_workers`` slots together, so the healthy ones always find
+three quarters free. An agent is judged again by each poll: one quick good answer lifts the restriction.
+Storage runs on a thread of its own (:class:`Writer`), so a slow database never delays a poll either.
 
 ``--shard I/N`` keeps the agents that rendezvous (highest-random-weight) hashing assigns to shard I: each
 collector computes the same split from the agent names alone, and growing N to N+1 moves only about
@@ -39,6 +41,8 @@ DEFAULT_BACKOFF_MAX = 300.0
 MAX_BATCH_DELAY = 1.0
 """A sweep's batch is written when its last poll is in, or this many seconds after its first result."""
 BATCH_LIMIT = 5000
+SLOW_SHARE = 0.5
+"""A call that takes more than this share of ``timeout`` marks its agent slow."""
 
 
 # -- sharding ------------------------------------------------------------------------------------
@@ -75,10 +79,16 @@ class _Slot:
     due: float = 0.0
     failures: int = 0
     state: AgentState | None = None
+    slow: bool = False
 
     @property
     def failing(self) -> bool:
         return self.state is not None and self.state != "up"
+
+    @property
+    def restricted(self) -> bool:
+        """Failing or slow: it shares a quarter of the workers with the others like it."""
+        return self.slow or self.failing
 
 
 class Writer:
@@ -134,13 +144,13 @@ class Poller:
         self.interval = poll_interval
         self.max_workers = max_workers
         self.backoff_max = max(backoff_max, poll_interval)
-        self.failing_limit = max(1, max_workers // 4)
+        self.restricted_limit = max(1, max_workers // 4)
         self._monotonic = monotonic
         self._slots = {c.name: _Slot(c, position) for position, c in enumerate(connections)}
         self._order = [c.name for c in connections]
         self._engine = Engine(stamp)
         self._stop = threading.Event()
-        self._failing_in_flight = 0
+        self._restricted_in_flight = 0
         self.sweeps = 0
         self.skipped = 0
 
@@ -152,12 +162,12 @@ class Poller:
         slot = self._slots[name]
         if len(self._engine) >= self.max_workers:
             return False
-        return not (slot.failing and self._failing_in_flight >= self.failing_limit)
+        return not (slot.restricted and self._restricted_in_flight >= self.restricted_limit)
 
     def _start(self, name: str) -> None:
         slot = self._slots[name]
-        if slot.failing:
-            self._failing_in_flight += 1
+        if slot.restricted:
+            self._restricted_in_flight += 1
         self._engine.start(slot.connection)
 
     # -- --once --------------------------------------------------------------------------------
@@ -212,7 +222,7 @@ class Poller:
                 waiting: list[str] = []
                 for name in ready:
                     if self._startable(name):
-                        counted[name] = self._slots[name].failing
+                        counted[name] = self._slots[name].restricted
                         self._start(name)
                     else:
                         waiting.append(name)
@@ -234,13 +244,24 @@ class Poller:
             writer.close()
 
     def _account(
-        self, result: PollResult, counted_failing: bool, heap: list[tuple[float, int, str]], start: float
+        self, result: PollResult, counted: bool, heap: list[tuple[float, int, str]], start: float
     ) -> None:
         """Update the agent's state and put it back on the grid: the next tick, or later when failing."""
-        if counted_failing:
-            self._failing_in_flight -= 1
+        if counted:
+            self._restricted_in_flight -= 1
         slot = self._slots[result.agent]
         slot.state = result.state
+        slow = result.state == "up" and result.latency_ms > slot.connection.timeout * SLOW_SHARE * 1000
+        if slow != slot.slow:
+            slot.slow = slow
+            if slow:
+                logger.info(
+                    "%s: slow (%.0f ms, more than half of timeout); it now shares a quarter of the workers",
+                    result.agent,
+                    result.latency_ms,
+                )
+            else:
+                logger.info("%s: no longer slow", result.agent)
         now = self._monotonic()
         if result.state == "up":
             if slot.failures:

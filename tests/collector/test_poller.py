@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,14 +13,14 @@ import pytest
 from pki import tokens
 from secure_collector.alerts import AlertEngine
 from secure_collector.config import AgentEntry, Thresholds
-from secure_collector.engine import Stamper
+from secure_collector.engine import UNEXPECTED_DETAIL, Stamper
 from secure_collector.poller import Poller, parse_shard, select_shard, shard_of
 from secure_collector.sink import Delivery, Recorder
 from secure_collector.spool import Spool
 from secure_collector.transport import AgentConnection
 from storage.memory import MemoryStore
 from tests.collector.answers import good_answer
-from tests.collector.fakeagent import FakeAgent, http, xmlrpc_answer
+from tests.collector.fakeagent import FakeAgent, Responder, http, xmlrpc_answer
 from tests.plugins.agent import client_context
 from tests.plugins.pki import TestPKI
 
@@ -126,3 +128,79 @@ def test_a_silent_agent_does_not_delay_the_others(test_pki: TestPKI) -> None:
         assert max(b - a for a, b in itertools.pairwise(stamps)) < 0.1 * 2.5
     silent_states = [s.state for s in store.statuses if s.agent == "silent"]
     assert silent_states and set(silent_states) == {"timeout"}
+
+
+def _slow(name: str, delay: float) -> Responder:
+    """A valid answer, just before the collector's deadline: what a slow but healthy-looking agent does."""
+
+    def answer(body: bytes) -> bytes:
+        time.sleep(delay)  # the peer's behaviour under test, not synchronisation
+        return xmlrpc_answer(good_answer(name))
+
+    return answer
+
+
+def test_slow_but_valid_agents_share_a_quarter_of_the_workers(test_pki: TestPKI) -> None:
+    """Why #5: with max_workers 2, two agents answering validly near the timeout starved a healthy one."""
+    interval, timeout = 0.2, 1.0
+    slow = [FakeAgent(test_pki, _slow(f"slow{n}", 0.6 * timeout)) for n in range(2)]
+    good = FakeAgent(test_pki, lambda body: xmlrpc_answer(good_answer("good")))
+    try:
+        peers = {"slow0": slow[0], "slow1": slow[1], "good": good}
+        poller, store = _poller(test_pki, peers, interval=interval, workers=2, timeout=timeout)
+        assert poller.restricted_limit == 1
+        _run(poller, 15)
+    finally:
+        for peer in [*slow, good]:
+            peer.stop()
+    stamps = sorted(s.timestamp for s in store.samples if s.agent == "good")
+    # the first sweep judges the slow agents (both start before anyone knows); from then on the healthy
+    # agent is polled at every tick
+    settled = [t for t in stamps if t >= stamps[0] + timeout]
+    assert len(settled) >= 5
+    assert max(b - a for a, b in itertools.pairwise(settled)) < interval * 2
+    assert {s.state for s in store.statuses if s.agent.startswith("slow")} == {"up"}  # slow is not failing
+    assert poller._slots["slow0"].slow and not poller._slots["good"].slow
+
+
+class _BuggyConnection(AgentConnection):
+    """A connection whose answer reading has a bug that some answer reaches (what the defence is for)."""
+
+    def finish(self, body: bytes) -> object:
+        raise ValueError("invalid literal for int() with base 10: '\u00b2'")
+
+
+def test_an_unexpected_error_in_one_call_is_that_agents_bad_response_logged_once(
+    test_pki: TestPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = tokens.load_key(test_pki.collector_files()[2])
+    good = FakeAgent(test_pki, lambda body: xmlrpc_answer(good_answer("good")))
+    broken = FakeAgent(test_pki, lambda body: xmlrpc_answer(good_answer("broken")))
+    try:
+        connections = [
+            _BuggyConnection("broken", "127.0.0.1", broken.port, client_context(test_pki), "collector", key),
+            AgentConnection("good", "127.0.0.1", good.port, client_context(test_pki), "collector", key),
+        ]
+        store = MemoryStore()
+        spool = Spool(test_pki.root.parent / f"spool-{next(_spools)}", 8 * 1024 * 1024)
+        poller = Poller(
+            connections, Recorder(Delivery(store, spool), AlertEngine(Thresholds())), poll_interval=1, max_workers=2
+        )
+        with caplog.at_level(logging.INFO, logger="secure_collector"):
+            sweeps = [poller.poll_once() for _ in range(3)]
+        poller.close()
+    finally:
+        good.stop()
+        broken.stop()
+    for results in sweeps:
+        assert [(r.agent, r.state, r.detail) for r in results] == [
+            ("broken", "bad_response", UNEXPECTED_DETAIL),
+            ("good", "up", ""),
+        ]
+    assert poller._engine.unexpected == 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        "broken: unexpected ValueError while polling it; counted as bad_response (logged once per agent)"
+    ]
+    assert all(r.exc_info is None for r in errors)  # no traceback at ERROR; DEBUG has it
+    assert len(store.samples) == 3
