@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from secure_collector.config import Thresholds
+from storage.escape import escape
 from storage.models import AgentState, Alert, Finding, Sample, Severity
 
 DEFAULT_TEMPERATURE = 70.0
@@ -53,13 +54,6 @@ class _Active(NamedTuple):
 
 FiringState = dict[str, dict[str, Severity]]
 """What is firing: agent -> metric -> severity (what :mod:`.alertstate` keeps across restarts)."""
-
-
-def printable(text: str, limit: int = MAX_MESSAGE) -> str:
-    """Untrusted text for a log line or a stored message: control characters escaped, length capped."""
-    if not text.isprintable():
-        text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else "?" for ch in text)
-    return text[:limit]
 
 
 _METRIC_CACHE: dict[tuple[object, ...], str] = {}
@@ -236,7 +230,7 @@ class AlertEngine:
                         value,
                         None,
                         severity,
-                        f"{finding.kind}: {printable(finding.summary)}",
+                        f"{finding.kind}: {escape(finding.summary, MAX_MESSAGE)}",
                         technique=finding.technique,
                     )
                 )
@@ -271,7 +265,7 @@ class AlertEngine:
                 None,
                 None,
                 severity,
-                printable(f"{state}: {detail}"),
+                escape(f"{state}: {detail}", MAX_MESSAGE),
                 technique=technique,
             )
         ]

@@ -45,7 +45,8 @@ MAX_BYTES = 64 * 1024 * 1024
 MAX_METRICS = 1024
 """Per agent: 5 levels, the threat level, the agent's state and at most 256 findings per answer, with room."""
 _METRIC_PATTERN = (
-    r"^(cpu_usage|cpu_temperature|system_load|memory_usage|disk_usage|threat_level|agent_state|security\.[\s\S]+)$"
+    r"^(cpu_usage|cpu_temperature|system_load|memory_usage|disk_usage|threat_level|agent_state"
+    r"|security\.[a-z][a-z0-9_]{0,39}\.[0-9a-f]{10})$"
 )
 
 AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME_PATTERN)]

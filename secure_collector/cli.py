@@ -41,6 +41,7 @@ from secure_collector.spool import Spool
 from secure_collector.transport import AgentConnection
 from storage import open_store
 from storage.errors import StorageConfigError, StorageUnavailable
+from storage.escape import escape
 
 logger = logging.getLogger("secure_collector")
 
@@ -50,6 +51,14 @@ SERVICE_LOCK_WAIT_SLACK = 10.0
 SERVICE_LOCK_WAIT_MAX = 600.0
 """At start the service waits this long at most for a ``--once`` run holding ``spool_dir`` (one sweep)."""
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record's message escaped (:func:`storage.escape.escape`): one record is one line, whatever
+    a message quotes. The sites that log agent text escape it too; this holds for the ones not yet written."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
 
 
 class _Fatal(Exception):
@@ -107,7 +116,7 @@ def _setup_logging(config: CollectorConfig, handlers: list[logging.Handler]) -> 
         except OSError as exc:
             raise _Fatal(f"{log_file}: cannot open log_file: {exc.strerror or exc}") from exc
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        handler.setFormatter(OneLineFormatter(_LOG_FORMAT))
         root.addHandler(handler)
 
 
@@ -203,7 +212,7 @@ def _own_spool_dir(args: argparse.Namespace, config: CollectorConfig, shard: tup
 
 
 def status_line(result: PollResult, width: int) -> str:
-    detail = f"  {result.detail}" if result.detail else ""
+    detail = f"  {escape(result.detail)}" if result.detail else ""
     return f"{result.agent:<{width}}  {result.state:<12}  {result.latency_ms:8.1f} ms{detail}"
 
 

@@ -33,6 +33,7 @@ from secure_collector.config import AgentEntry
 from secure_collector.engine import Engine, Stamper
 from secure_collector.sink import PollResult, Recorder
 from secure_collector.transport import AgentConnection
+from storage.escape import escape
 from storage.models import AgentState
 
 logger = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class Poller:
             delay = min(self.interval * 2 ** min(slot.failures - 1, 30), self.backoff_max)
             if result.retry_after is not None:
                 delay = max(delay, min(result.retry_after, self.backoff_max))
-            logger.info("%s: %s (%s); next try in %.1f s", result.agent, result.state, result.detail, delay)
+            logger.info("%s: %s (%s); next try in %.1f s", result.agent, result.state, escape(result.detail), delay)
         missed = int((now - slot.due) / self.interval + 1e-9) - 1 if slot.due else 0
         if missed > 0:
             self.skipped += missed

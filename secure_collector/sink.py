@@ -24,6 +24,7 @@ from secure_collector.hook import AlertHook
 from secure_collector.spool import Spool
 from storage.base import Batch, Store
 from storage.errors import StorageError
+from storage.escape import escape
 from storage.models import AgentState, AgentStatus, Alert, Sample
 
 logger = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class Recorder:
                     "agent": result.agent,
                     "timestamp": result.timestamp,
                     "state": result.state,
-                    "detail": result.detail[:256],
+                    "detail": escape(result.detail)[:256],
                     "latency_ms": max(0.0, round(result.latency_ms, 3)),
                 }
             )
@@ -202,7 +203,12 @@ class Recorder:
             self._alerts.extend(alerts)
             for alert in alerts:
                 logger.warning(
-                    "ALERT %s %s %s %s: %s", alert.agent, alert.metric, alert.state, alert.severity, alert.message
+                    "ALERT %s %s %s %s: %s",
+                    alert.agent,
+                    escape(alert.metric),
+                    alert.state,
+                    alert.severity,
+                    escape(alert.message),
                 )
                 if self.hook is not None:
                     self.hook.submit(alert)

@@ -3,8 +3,12 @@
 :class:`MetricsAnswer` is a strict pydantic model of docs/protocol.md: exact types (an ``int`` is not a
 ``str``, a ``bool`` is not a number), ranges, no NaN or infinity, strings of at most :data:`MAX_TEXT`
 characters, at most :data:`MAX_FINDINGS` findings, :data:`MAX_DISKS` disks and :data:`MAX_CORES` per-core
-values. Unknown keys are ignored (a newer agent may send more) and never stored. Anything else makes the
-whole answer a "bad response": nothing of it is stored.
+values. Unknown keys are ignored (a newer agent may send more) and never stored. Identifiers an agent
+chooses -- finding kinds, evidence keys, the keys of ``unavailable``, the version -- are held to strict
+patterns (:data:`IDENTIFIER`), so they can appear in metric names and log lines as they are; free text
+(summaries, mounts, reasons) is escaped wherever it is printed (:func:`storage.escape.escape`). Anything
+else makes the whole answer a "bad response": nothing of it is stored, and the error names the field
+by a path whose agent-chosen parts are escaped too.
 
 :func:`to_sample` turns a valid answer into a :class:`storage.models.Sample`. Its timestamp is the
 **collector's** clock when the answer arrived, not the agent's: the agent's clock is as untrusted as the
@@ -19,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from storage.escape import escape
 from storage.models import AGENT_NAME_PATTERN, Finding, Sample
 
 MAX_TEXT = 512
@@ -33,6 +38,11 @@ MAX_REASON = 256
 STORED_DISKS = 16
 """The fullest disks kept in a sample's ``extra["disks"]`` (mount and percent)."""
 
+IDENTIFIER = r"^[a-z][a-z0-9_]{0,63}$"
+"""Finding kinds and evidence keys: lower-case letters, digits and underscores, as the agent's own."""
+METRIC_KEY = r"^[a-z][a-z0-9_.]{0,63}$"
+VERSION = r"^[A-Za-z0-9.+_-]{0,64}$"
+
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Percent = Annotated[float, Field(ge=0, le=100)]
 Celsius = Annotated[float, Field(ge=-100, le=250)]
@@ -40,7 +50,7 @@ Load = Annotated[float, Field(ge=0, le=1e6)]
 Bytes = Annotated[float, Field(ge=0, le=MAX_BYTES)]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Level = Literal["none", "low", "medium", "high"]
-EvidenceKey = Annotated[str, Field(min_length=1, max_length=64)]
+EvidenceKey = Annotated[str, Field(pattern=IDENTIFIER)]
 EvidenceValue = Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[int, Field(ge=-(2**63), le=2**63)] | float | None
 
 
@@ -90,7 +100,7 @@ class DiskSection(_Wire):
 
 
 class FindingSection(_Wire):
-    kind: Annotated[str, Field(min_length=1, max_length=64)]
+    kind: Annotated[str, Field(pattern=IDENTIFIER)]
     severity: Literal["low", "medium", "high"]
     technique: Annotated[str, Field(max_length=32, pattern=r"^T\d{4}(\.\d{3})?$")] | None = None
     summary: Text = ""
@@ -111,7 +121,7 @@ class MetricsAnswer(_Wire):
 
     agent: Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]
     timestamp: Annotated[float, Field(ge=0, le=1e11)]
-    version: Text = ""
+    version: Annotated[str, Field(pattern=VERSION)] = ""
     cpu_usage: Percent | None = None
     cpu_temperature: Celsius | None = None
     load_1: Load | None = None
@@ -128,7 +138,7 @@ class MetricsAnswer(_Wire):
     disks: Annotated[list[DiskSection], Field(max_length=MAX_DISKS)] = []
     security: SecuritySection = SecuritySection()
     unavailable: Annotated[
-        dict[Annotated[str, Field(max_length=64)], Text | None], Field(max_length=MAX_UNAVAILABLE)
+        dict[Annotated[str, Field(pattern=METRIC_KEY)], Text | None], Field(max_length=MAX_UNAVAILABLE)
     ] = {}
 
 
@@ -144,8 +154,8 @@ def validate_answer(value: Any, expected_agent: str) -> MetricsAnswer:
         answer = MetricsAnswer.model_validate(value)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(answer)"
-        raise AnswerInvalid(f"invalid field {where[:120]}: {first['type']}") from None
+        where = escape(".".join(str(part) for part in first["loc"]), 120) or "(answer)"
+        raise AnswerInvalid(f"invalid field {where}: {first['type']}") from None
     if answer.agent != expected_agent:
         raise AnswerInvalid("answer names another agent")
     return answer
@@ -217,5 +227,5 @@ def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
         return Sample.model_validate(values)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(sample)"
-        raise AnswerInvalid(f"invalid sample field {where[:120]}: {first['type']}") from None
+        where = escape(".".join(str(part) for part in first["loc"]), 120) or "(sample)"
+        raise AnswerInvalid(f"invalid sample field {where}: {first['type']}") from None

@@ -151,3 +151,31 @@ def test_a_long_temperature_reason_is_cut_to_what_storage_keeps() -> None:
     sample = to_sample(validate_answer(answer, "localhost"), 1.0)
     assert sample.temperature_reason == "r" * 256
     assert Sample.model_validate(sample.model_dump()) == sample
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("security.findings.0.kind", "ssh_bruteforce\n2024-01-01 WARNING forged"),
+        ("security.findings.0.kind", "SSH-Bruteforce"),
+        ("security.findings.0.kind", "x" * 65),
+        ("security.findings.0.kind", ""),
+        ("version", "0.1.0\x1b[2J"),
+        ("version", "0.1.0 \u202e"),
+    ],
+)
+def test_identifiers_are_held_to_strict_patterns(path: str, value: str) -> None:
+    with pytest.raises(AnswerInvalid) as refused:
+        validate_answer(_nested(path, value), "localhost")
+    assert str(refused.value).isprintable()
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("security.findings.0.evidence", "pid\ndb-01 up"), ("unavailable", "cpu\r\x85\u2028x"), ("unavailable", "A")],
+)
+def test_agent_chosen_keys_are_held_to_patterns_and_escaped_in_the_error(path: str, key: str) -> None:
+    with pytest.raises(AnswerInvalid) as refused:
+        validate_answer(_nested(path, {key: "v"}), "localhost")
+    message = str(refused.value)
+    assert message.isprintable() and len(message.splitlines()) == 1
