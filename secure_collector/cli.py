@@ -34,6 +34,7 @@ from secure_collector.alertstate import AlertState, state_path
 from secure_collector.config import CollectorConfig
 from secure_collector.errors import CollectorError
 from secure_collector.hook import AlertHook
+from secure_collector.outbox import outbox_dir
 from secure_collector.poller import Poller, parse_shard, select_shard
 from secure_collector.runlock import RunLock, lock_path
 from secure_collector.sink import Delivery, LazyStore, PollResult, Recorder
@@ -82,13 +83,16 @@ class Collector:
 
     def close(self) -> None:
         self.poller.close()
+        if self.hook is not None:
+            # alerts still waiting stay in the outbox for the next start; storage learns how many
+            self.hook.close(SHUTDOWN_FLUSH_SECONDS)
+            if self.poller.recorder is not None:
+                self.poller.recorder.flush(final=True)
         if self.delivery is not None:
             self.delivery.retry(force=True)
             self.delivery.store.close()
         if self.spool is not None:
             self.spool.close()
-        if self.hook is not None:
-            self.hook.close(SHUTDOWN_FLUSH_SECONDS)
         self.lock.release()
 
 
@@ -163,8 +167,9 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         probe = Poller(connections, None, poll_interval=config.poll_interval, max_workers=config.max_workers)
         return Collector(config, probe, None, None, None, lock)
     try:
-        hook = AlertHook(config.alert_command) if config.alert_command else None
         spool = Spool(config.spool_dir, config.spool_max_bytes)
+        outbox = outbox_dir(config.spool_dir, shard)
+        hook = AlertHook(config.alert_command, outbox, timeout=config.alert_timeout) if config.alert_command else None
     except CollectorError as exc:
         raise _Fatal(f"{args.config}: {exc}") from exc
     try:

@@ -64,6 +64,8 @@ class CollectorConfig(_Section):
     backoff_max: float = Field(default=300, ge=1, le=86_400)
     # argv of a program that receives each alert as one JSON document on stdin; never run through a shell
     alert_command: tuple[str, ...] | None = None
+    # seconds alert_command may take per alert before it is killed (and the alert retried)
+    alert_timeout: float = Field(default=10, gt=0, le=300)
 
     @field_validator("agents")
     @classmethod

@@ -5,8 +5,14 @@ replay has emptied the spool, so storage always receives batches in the order th
 are retried with a capped exponential delay, not on every sweep, so a dead database is not hammered.
 
 :class:`Recorder` turns :class:`PollResult` records into samples, statuses and alerts (one
-:class:`~secure_collector.alerts.AlertEngine`, used by one thread), batches them per sweep and delivers;
-then it saves what is firing (:mod:`.alertstate`) if that changed, so a restart does not fire it again.
+:class:`~secure_collector.alerts.AlertEngine`, used by one thread), batches them per sweep, hands the
+alerts to ``alert_command``'s durable outbox (:mod:`.hook`), delivers the batch, and then saves what is
+firing (:mod:`.alertstate`) if that changed, so a restart does not fire it again. An alert that the state
+file records as firing has therefore been stored (or spooled) and written to the outbox, from which it
+is removed only once the command exited 0: "notified" means exactly that.
+
+Storage keeps every alert, up to :data:`STORED_PER_POLL` per agent and poll; beyond that bound (a flood
+of fresh findings), the most severe are kept and the rest become one counted ``alert_summary`` record.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import NamedTuple, Protocol
 from secure_collector.alerts import AlertEngine
 from secure_collector.alertstate import AlertState
 from secure_collector.errors import SpoolError
-from secure_collector.hook import AlertHook
+from secure_collector.hook import AlertHook, storage_summary
+from secure_collector.outbox import SEVERITY_RANK
 from secure_collector.spool import Spool
 from storage.base import Batch, Store
 from storage.errors import StorageError
@@ -31,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 RETRY_MIN = 1.0
 RETRY_MAX = 30.0
+STORED_PER_POLL = 64
+"""Alerts of one agent stored one by one per poll (an honest poll raises at most a dozen or so)."""
 
 
 class PollResult(NamedTuple):
@@ -178,15 +187,27 @@ class Recorder:
         self._samples: list[Sample] = []
         self._alerts: list[Alert] = []
         self._statuses: list[AgentStatus] = []
+        self._reported = False
 
     def __len__(self) -> int:
         return len(self._statuses)
 
     def add(self, result: PollResult) -> None:
-        alerts = self.engine.evaluate_state(result.agent, result.state, result.timestamp, result.detail)
         if result.sample is not None:
             self._samples.append(result.sample)
-            alerts += self.engine.evaluate(result.sample)
+        try:
+            alerts = self.engine.evaluate_state(result.agent, result.state, result.timestamp, result.detail)
+            if result.sample is not None:
+                alerts += self.engine.evaluate(result.sample)
+        except Exception as exc:  # the last line of defence for one agent's alerts (engine.py)
+            if not self._reported:
+                self._reported = True
+                logger.error("%s: evaluating alerts failed (%s); none raised", result.agent, type(exc).__name__)
+            alerts = []
+        if len(alerts) > STORED_PER_POLL:
+            ordered = sorted(alerts, key=lambda a: -SEVERITY_RANK[a.severity])
+            kept, rest = ordered[: STORED_PER_POLL - 1], ordered[STORED_PER_POLL - 1 :]
+            alerts = [*kept, storage_summary(result.agent, result.timestamp, rest, STORED_PER_POLL - 1)]
         # validated (in pydantic-core, cheaper than model_construct's Python loop); every value is ours
         self._statuses.append(
             AgentStatus.model_validate(
@@ -210,15 +231,19 @@ class Recorder:
                     alert.severity,
                     escape(alert.message),
                 )
-                if self.hook is not None:
-                    self.hook.submit(alert)
 
     def add_all(self, results: Sequence[PollResult]) -> None:
         for result in results:
             self.add(result)
 
-    def flush(self) -> None:
-        """Deliver what has accumulated as one batch."""
+    def flush(self, *, final: bool = False) -> None:
+        """Hand the alerts to the outbox, then deliver what has accumulated as one batch.
+
+        ``final`` (at exit): also store, per agent, how many alerts still wait for ``alert_command``.
+        """
+        if self.hook is not None:
+            self._alerts.extend(self.hook.submit(self._alerts))
+            self._alerts.extend(self.hook.delivery_alerts(final=final))
         if not self._statuses and not self._alerts:
             return
         batch = Batch(tuple(self._samples), tuple(self._alerts), tuple(self._statuses))

@@ -15,6 +15,7 @@ from secure_collector.alerts import AlertEngine, finding_metric
 from secure_collector.config import Thresholds
 from secure_collector.errors import AlertHookError
 from secure_collector.hook import AlertHook
+from secure_collector.outbox import alert_id
 from storage.models import Alert, Finding, Sample
 
 _clock = iter(range(1, 10_000))
@@ -124,29 +125,32 @@ def test_hook_receives_alert_json_on_stdin_without_a_shell(tmp_path: Path) -> No
         f"import sys\nopen({str(out)!r}, 'ab').write(sys.argv[1].encode() + b' ' + sys.stdin.buffer.read() + b'\\n')",
     )
     pwned = tmp_path / "pwned"
-    hook = AlertHook([str(script), f"$(touch {pwned}); `touch {pwned}`"])
+    hook = AlertHook([str(script), f"$(touch {pwned}); `touch {pwned}`"], tmp_path / "outbox")
     alert = AlertEngine(Thresholds()).evaluate(_sample(cpu_usage=99))[0]
-    hook.submit(alert)
-    hook.close(timeout=30)
+    hook.submit([alert])
+    assert hook.close(timeout=30) == 0
     assert hook.delivered == 1 and hook.failed == 0
     argument, _, document = out.read_text().partition(" {")
     assert argument.startswith("$(touch") and not pwned.exists()  # an argument, never shell text
     received = json.loads("{" + document)
     assert received["agent"] == "web1" and received["metric"] == "cpu_usage" and received["state"] == "firing"
+    assert received["id"] == alert_id(alert) and len(received["id"]) == 32
+    assert not list((tmp_path / "outbox").iterdir())  # taken: nothing left waiting
 
 
 def test_hook_that_hangs_is_killed_after_its_timeout(tmp_path: Path) -> None:
     script = _script(tmp_path, "import time\ntime.sleep(60)")
-    hook = AlertHook([str(script)], timeout=0.5)
-    hook.submit(AlertEngine(Thresholds()).evaluate(_sample(cpu_usage=99))[0])
+    hook = AlertHook([str(script)], tmp_path / "outbox", timeout=0.5)
+    hook.submit(AlertEngine(Thresholds()).evaluate(_sample(cpu_usage=99))[:1])
     started = time.monotonic()
-    hook.close(timeout=30)
+    assert hook.close(timeout=1.0) == 1  # killed, retried later: it waits in the outbox
     assert time.monotonic() - started < 10
     assert hook.failed == 1 and hook.delivered == 0
+    assert len(list((tmp_path / "outbox").glob("*.alert"))) == 1
 
 
 def test_hook_must_be_an_executable_program(tmp_path: Path) -> None:
     with pytest.raises(AlertHookError, match="alert_command"):
-        AlertHook([str(tmp_path / "missing")])
+        AlertHook([str(tmp_path / "missing")], tmp_path / "outbox")
     with pytest.raises(AlertHookError, match="alert_command"):
-        AlertHook([])
+        AlertHook([], tmp_path / "outbox")
