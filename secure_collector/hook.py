@@ -113,6 +113,7 @@ class AlertHook:
         self._wall = wall
         self._lock = threading.Condition()
         self._agents: dict[str, _Agent] = {}
+        self._waiting: dict[str, _Agent] = {}  # the agents with alerts in the outbox
         self._pending = 0
         self._closing = False
         self._deadline: float | None = None
@@ -161,8 +162,9 @@ class AlertHook:
             agent.flooding = False
         admitted = True
         if alert.metric.startswith("security."):
-            agent.tokens = min(float(SECURITY_BURST), agent.tokens + (now - agent.refilled) / SECURITY_REFILL)
-            agent.refilled = now
+            elapsed = max(0.0, now - agent.refilled)
+            agent.tokens = min(float(SECURITY_BURST), agent.tokens + elapsed / SECURITY_REFILL)
+            agent.refilled = max(now, agent.refilled)
             if agent.tokens >= 1.0:
                 agent.tokens -= 1.0
             else:
@@ -205,7 +207,9 @@ class AlertHook:
         return agent
 
     def _enqueue(self, entry: Entry) -> None:
-        bisect.insort(self._agent(entry.alert.agent).queue, entry, key=_key)
+        agent = self._agent(entry.alert.agent)
+        bisect.insort(agent.queue, entry, key=_key)
+        self._waiting[entry.alert.agent] = agent
         self._pending += 1
 
     # -- delivery (the hook's thread) ------------------------------------------------------------
@@ -214,16 +218,18 @@ class AlertHook:
         if now < self._pause_until:
             return None, self._pause_until - now
         best: Entry | None = None
-        best_key: tuple[int, int, int] | None = None
+        best_key: tuple[int, int, int, int] | None = None
         wait = 3600.0
-        for agent in self._agents.values():
-            for entry in agent.queue:
-                if entry.next_try <= now:
-                    key = (-entry.rank, agent.served, entry.seq)
-                    if best_key is None or key < best_key:
-                        best, best_key = entry, key
-                    break
-                wait = min(wait, entry.next_try - now)
+        for agent in self._waiting.values():
+            for entry in agent.queue:  # a few dozen at most: an agent's share and its summary
+                if entry.next_try > now:
+                    wait = min(wait, entry.next_try - now)
+                    continue
+                # fewer failed attempts first: an alert the command keeps refusing does not hold back
+                # the others of its severity (its own backoff outgrows the global pause)
+                key = (-entry.rank, entry.attempts, agent.served, entry.seq)
+                if best_key is None or key < best_key:
+                    best, best_key = entry, key
         return best, wait
 
     def _run(self) -> None:
@@ -261,6 +267,7 @@ class AlertHook:
                 logger.warning("%s: cannot remove a delivered alert (%s)", self.outbox.directory, exc.strerror or exc)
             if not agent.queue:
                 agent.served = 0  # a new backlog starts with a clean slate
+                del self._waiting[entry.alert.agent]
             return
         self.failed += 1
         self._consecutive_failures += 1
