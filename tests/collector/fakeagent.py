@@ -10,16 +10,28 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 import threading
 import xmlrpc.client
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from pki import tls
 from tests.plugins.pki import TestPKI
 
-Responder = Callable[[bytes], bytes | None]
-"""Gets the raw request body; returns raw bytes to send back, or None to send nothing and hold the line."""
+
+class Reply(NamedTuple):
+    """Bytes to send, in ``pieces`` writes, and what the connection does then."""
+
+    data: bytes
+    after: Literal["keep", "close", "abort", "reset"] = "keep"
+    """keep serving; close with TLS close_notify; abort (TCP FIN, no close_notify); reset (TCP RST)."""
+    pieces: int = 1
+
+
+Responder = Callable[[bytes], bytes | Reply | None]
+"""Gets the raw request body; returns raw bytes (or a :class:`Reply`) to send back, or None to send
+nothing and hold the line."""
 
 SOCKET_TIMEOUT = 5.0
 
@@ -80,7 +92,13 @@ class FakeAgent:
                     if answer is None:
                         self._stop.wait(SOCKET_TIMEOUT)
                         return
-                    conn.sendall(answer)
+                    reply = answer if isinstance(answer, Reply) else Reply(answer)
+                    step = max(1, -(-len(reply.data) // max(1, reply.pieces)))
+                    for start in range(0, len(reply.data), step):
+                        conn.sendall(reply.data[start : start + step])
+                    if reply.after != "keep":
+                        _end(conn, reply.after)
+                        return
         except (OSError, ssl.SSLError, ValueError):
             return
 
@@ -101,6 +119,16 @@ class FakeAgent:
         self._accept.join(SOCKET_TIMEOUT)
         for thread in self._threads:
             thread.join(SOCKET_TIMEOUT)
+
+
+def _end(conn: ssl.SSLSocket, how: str) -> None:
+    """End the connection as a hostile or broken peer would."""
+    if how == "close":
+        with contextlib.suppress(OSError, ssl.SSLError):
+            conn.unwrap()  # TLS close_notify, then the TCP close
+    elif how == "reset":
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # "abort": closing without close_notify is what leaving the ``with`` block does
 
 
 def _read_request(conn: ssl.SSLSocket) -> bytes | None:
