@@ -237,7 +237,11 @@ class AlertHook:
             with self._lock:
                 while True:
                     now = self._clock()
-                    if self._closing and (self._deadline is None or now >= self._deadline or not self._pending):
+                    if self._closing and (
+                        not self._pending
+                        or (self._deadline is not None and now >= self._deadline)
+                        or now < self._pause_until  # failing: no backoff at exit, the next start retries
+                    ):
                         return
                     entry, wait = self._next(now)
                     if entry is not None:
