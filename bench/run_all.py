@@ -100,6 +100,16 @@ BENCHES = (
     ),
     Bench("flood", 90),
     Bench("collector", 150),
+    Bench(
+        "slow_agents",
+        150,
+        quick_args=("--agents", "40", "--slow", "4", "--sweeps", "4", "--interval", "1", "--timeout", "0.5"),
+        limits=(
+            "the healthy sweep is one collector thread's CPU for 200 polls plus the agents' CPU on the same "
+            "cores; the slow agents add their own polls (20 a sweep, a quarter of the workers at most) and the "
+            "TLS work of their answers"
+        ),
+    ),
     Bench("storage", 120),
     Bench("viz", 90),
 )
