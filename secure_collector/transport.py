@@ -50,11 +50,6 @@ _IDLE, _CONNECTING, _HANDSHAKE, _SENDING, _RECEIVING = range(5)
 _STAGE = {_CONNECTING: "connect", _HANDSHAKE: "TLS handshake", _SENDING: "request", _RECEIVING: "answer"}
 
 
-def clean(text: str, limit: int = 80) -> str:
-    """Text a peer chose (or an error message quoting it), for a stored detail: escaped and short."""
-    return escape(text, limit)
-
-
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -68,7 +63,7 @@ def resolve(host: str, port: int) -> list[Address]:
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise OSError(errno.EHOSTUNREACH, f"cannot resolve {clean(host)}") from exc
+        raise OSError(errno.EHOSTUNREACH, f"cannot resolve {escape(host, 80)}") from exc
     return [(int(family), tuple(address)) for family, _, _, _, address in infos]
 
 
@@ -246,7 +241,7 @@ class AgentConnection:
                 self._socket(), server_hostname=self._server_hostname, do_handshake_on_connect=False
             )
         except (ssl.SSLError, OSError) as exc:
-            raise AgentTLSFailure(self.name, f"cannot start TLS: {clean(str(exc))}") from None
+            raise AgentTLSFailure(self.name, f"cannot start TLS: {escape(str(exc), 80)}") from None
         self._state = _HANDSHAKE
         self._handshake()
 
@@ -263,7 +258,8 @@ class AgentConnection:
             self._want = WRITE
             return
         except ssl.SSLCertVerificationError as exc:
-            raise AgentTLSFailure(self.name, f"agent certificate rejected: {clean(exc.verify_message or '')}") from None
+            reason = escape(exc.verify_message or "", 80)
+            raise AgentTLSFailure(self.name, f"agent certificate rejected: {reason}") from None
         except ssl.SSLError as exc:
             raise AgentTLSFailure(self.name, f"handshake failed: {ssl_reason(exc)}") from None
         except OSError as exc:
@@ -371,11 +367,11 @@ def _common_name(sock: socket.socket | None) -> str | None:
 
 def ssl_reason(exc: ssl.SSLError) -> str:
     reason = exc.reason or type(exc).__name__
-    return clean(str(reason)).lower().replace("_", " ")
+    return escape(str(reason), 80).lower().replace("_", " ")
 
 
 def os_detail(exc: OSError, stage: str) -> str:
     if exc.errno is not None:
         name = errno.errorcode.get(exc.errno, str(exc.errno))
-        return f"{stage}: {name} ({clean(exc.strerror or '')})"
-    return f"{stage}: {clean(str(exc))}"
+        return f"{stage}: {name} ({escape(exc.strerror or '', 80)})"
+    return f"{stage}: {escape(str(exc), 80)}"
