@@ -180,7 +180,7 @@ class AlertEngine:
             severity: Severity = "critical" if value >= critical else "warning"
             if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
                 message = f"{metric} {value:g}{unit} at or above {threshold:g}{unit}"
-                alerts.append(_alert(sample.agent, sample.timestamp, metric, value, threshold, severity, message))
+                alerts.append(make_alert(sample.agent, sample.timestamp, metric, value, threshold, severity, message))
                 self._put(active, metric, _Active(severity, threshold * self._keep))
         elif current is not None:
             clear_below = current.clear_below if current.clear_below is not None else threshold * self._keep
@@ -188,7 +188,7 @@ class AlertEngine:
                 self._drop(active, metric)
                 message = f"{metric} {value:g}{unit} back below {clear_below:g}{unit}"
                 alerts.append(
-                    _alert(sample.agent, sample.timestamp, metric, value, threshold, "info", message, "cleared")
+                    make_alert(sample.agent, sample.timestamp, metric, value, threshold, "info", message, "cleared")
                 )
 
     def _threat(self, alerts: list[Alert], active: dict[str, _Active], sample: Sample) -> None:
@@ -199,13 +199,14 @@ class AlertEngine:
             severity = _FINDING_SEVERITY[sample.threat_level]
             if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
                 message = f"threat level {sample.threat_level} ({sample.security_issues} findings)"
-                alerts.append(_alert(sample.agent, sample.timestamp, "threat_level", rank, limit, severity, message))
+                alert = make_alert(sample.agent, sample.timestamp, "threat_level", rank, limit, severity, message)
+                alerts.append(alert)
             self._put(active, "threat_level", _Active(severity, None))
         elif current is not None:
             self._drop(active, "threat_level")
             message = f"threat level back to {sample.threat_level}"
             alerts.append(
-                _alert(sample.agent, sample.timestamp, "threat_level", rank, limit, "info", message, "cleared")
+                make_alert(sample.agent, sample.timestamp, "threat_level", rank, limit, "info", message, "cleared")
             )
 
     def _findings(self, alerts: list[Alert], active: dict[str, _Active], sample: Sample) -> None:
@@ -223,7 +224,7 @@ class AlertEngine:
                 count = finding.evidence.get("count")
                 value = float(count) if isinstance(count, int | float) and not isinstance(count, bool) else None
                 alerts.append(
-                    _alert(
+                    make_alert(
                         sample.agent,
                         sample.timestamp,
                         metric,
@@ -237,7 +238,7 @@ class AlertEngine:
         for metric in [m for m in active if m.startswith("security.") and m not in seen]:
             self._drop(active, metric)
             alerts.append(
-                _alert(
+                make_alert(
                     sample.agent, sample.timestamp, metric, None, None, "info", "finding no longer reported", "cleared"
                 )
             )
@@ -251,14 +252,14 @@ class AlertEngine:
             if current is None:
                 return []
             self._drop(active, "agent_state")
-            return [_alert(agent, timestamp, "agent_state", None, None, "info", "agent answers again", "cleared")]
+            return [make_alert(agent, timestamp, "agent_state", None, None, "info", "agent answers again", "cleared")]
         severity: Severity = "critical" if state in ("tls_failure", "auth_refused") else "warning"
         if current is not None and _SEVERITY_RANK[severity] <= _SEVERITY_RANK[current.severity]:
             return []
         self._put(active, "agent_state", _Active(severity, None))
         technique = IMPOSTOR_TECHNIQUE if state == "tls_failure" else None
         return [
-            _alert(
+            make_alert(
                 agent,
                 timestamp,
                 "agent_state",
@@ -276,7 +277,7 @@ class AlertEngine:
                 self._revision += 1
 
 
-def _alert(
+def make_alert(
     agent: str,
     timestamp: float,
     metric: str,

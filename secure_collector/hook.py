@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from secure_collector.alerts import make_alert
 from secure_collector.errors import AlertHookError
 from secure_collector.outbox import SEVERITY_RANK, Entry, Outbox
 from storage.escape import escape
@@ -358,16 +359,7 @@ class AlertHook:
 def _alert(
     agent: str, timestamp: float, metric: str, value: float | None, severity: Severity, message: str, state: str = ""
 ) -> Alert:
-    return Alert(
-        agent=agent,
-        timestamp=timestamp,
-        metric=metric,
-        value=value,
-        threshold=None,
-        severity=severity,
-        state="cleared" if state == "cleared" else "firing",
-        message=message[:512],
-    )
+    return make_alert(agent, timestamp, metric, value, None, severity, message, state)
 
 
 def _summary_alert(agent: str, timestamp: float, count: int, severity: Severity) -> Alert:

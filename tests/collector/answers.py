@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import strategies as st
+
 
 def good_answer(name: str = "localhost", **changes: Any) -> dict[str, Any]:
     answer: dict[str, Any] = {
@@ -78,3 +80,19 @@ def good_answer(name: str = "localhost", **changes: Any) -> dict[str, Any]:
     }
     answer.update(changes)
     return answer
+
+
+def xmlrpc_values(text: st.SearchStrategy[str], size: int = 5, leaves: int = 30) -> st.SearchStrategy[Any]:
+    """Values of every type an agent sends (nil, booleans, 32-bit ints, finite doubles, ``text``), nested."""
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**31), max_value=2**31 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | text
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=size) | st.dictionaries(text, inner, max_size=size),
+        max_leaves=leaves,
+    )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pki import tokens
 from secure_collector.wire import MAX_DEPTH, WireError, parse_response, request_body
-from tests.collector.answers import good_answer
+from tests.collector.answers import good_answer, xmlrpc_values
 from tests.plugins.agent import StartAgent, connect
 from tests.plugins.pki import TestPKI
 
@@ -130,18 +130,7 @@ def test_billion_laughs_refused_in_milliseconds() -> None:
 
 
 _text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=50)
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**31), max_value=2**31 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | _text
-)
-_values = st.recursive(
-    _scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_text, inner, max_size=5),
-    max_leaves=30,
-)
+_values = xmlrpc_values(_text)
 
 
 @settings(max_examples=150, deadline=None)

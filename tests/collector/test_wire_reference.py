@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secure_collector.wire import WireError, parse_response
-from tests.collector.answers import good_answer
+from tests.collector.answers import good_answer, xmlrpc_values
 
 REFUSED = ("refused", None)
 
@@ -109,16 +109,7 @@ def check(body: bytes) -> tuple[str, Any]:
 
 # -- documents -----------------------------------------------------------------------------------
 _text = st.text(max_size=30)
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**31), max_value=2**31 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | _text
-)
-_values = st.recursive(
-    _scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4), max_leaves=20
-)
+_values = xmlrpc_values(_text, 4, 20)
 
 
 def _dumps(value: Any) -> bytes:
