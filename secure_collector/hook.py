@@ -17,8 +17,9 @@ failure, retried with backoff. What happens to an alert, in order:
    alert of the same severity, the one served least since its backlog began goes next (round robin),
    so one agent's flood cannot hold another's critical alert back. A failure retries that alert after
    1, 2, 4 ... up to :data:`RETRY_MAX` seconds and pauses all deliveries after consecutive failures
-   (up to :data:`PAUSE_MAX`), so a dead receiver is not hammered. Entries left at exit are sent at the
-   next start.
+   (up to :data:`PAUSE_MAX`), so a dead receiver is not hammered. At exit (:meth:`AlertHook.close`) it
+   keeps delivering for a bounded time but sits out no pause: what is left, logged with its count, is
+   sent at the next start.
 
 The document on stdin is the stored alert's fields plus ``id`` (:func:`.outbox.alert_id`): the same alert
 always carries the same id, so a receiver can drop the rare second copy that at-least-once implies.
