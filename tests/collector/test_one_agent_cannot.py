@@ -155,9 +155,9 @@ def test_3_one_agents_flood_does_not_keep_anothers_critical_alert_from_the_comma
     polls = itertools.count()
 
     def flood(body: bytes) -> bytes:
-        base = next(polls) * 1000  # fresh pids each poll: 256 new findings and 256 gone, every poll
+        base = next(polls) * 1000  # fresh paths each poll: 256 new findings and 256 gone, every poll
         findings = [
-            {"kind": "exec_from_tmp", "severity": "high", "summary": "x", "evidence": {"pid": base + n}}
+            {"kind": "exec_from_tmp", "severity": "high", "summary": "x", "evidence": {"path": f"/tmp/{base + n}"}}
             for n in range(256)
         ]
         answer = good_answer("hostile")

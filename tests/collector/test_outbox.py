@@ -144,7 +144,7 @@ def test_storage_keeps_the_most_severe_alerts_of_a_poll_and_counts_the_rest(tmp_
     from tests.collector.answers import good_answer
 
     findings = [
-        {"kind": "exec_from_tmp", "severity": "high" if n == 200 else "low", "evidence": {"pid": n}}
+        {"kind": "exec_from_tmp", "severity": "high" if n == 200 else "low", "evidence": {"path": f"/tmp/{n}"}}
         for n in range(256)
     ]
     answer = good_answer()
