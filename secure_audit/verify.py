@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from secure_agent.audit import GENESIS
+from pki.auditchain import GENESIS
 from secure_audit.segments import ChainVerdict, UnreadableSegment, rotated_segments, verify_segments
 
 EXIT_INTACT = 0
