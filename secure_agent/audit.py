@@ -101,11 +101,12 @@ logger = logging.getLogger(__name__)
 RETRY_FIRST = 1.0  # seconds until a broken log is first tried again...
 RETRY_MAX = 10.0  # ...doubling up to this
 RESUMED_EVENT = "audit_resumed"
+CHANGED_EVENT = "log_changed"
 REPAIR_EVENT = "repair"
 DEFAULT_SYNC_INTERVAL = 1.0
 PENDING_SYNC_DELAY = 0.1  # seconds a written record waits at most for its fdatasync (sync_due)
 
-_OWN_EVENTS = frozenset({ROTATE_EVENT, RESUMED_EVENT, REPAIR_EVENT})  # the log's records about itself
+_OWN_EVENTS = frozenset({ROTATE_EVENT, RESUMED_EVENT, REPAIR_EVENT, CHANGED_EVENT})  # the log's records about itself
 _SYNCED_EVENTS = frozenset({"start", "stop", "reload"}) | _OWN_EVENTS
 
 
@@ -180,6 +181,7 @@ class AuditLog:
         self._rotate_at: int | None = None  # after a failed rotation: the size at which to try again
         self._waker: Callable[[], None] | None = None
         self._live_inode: int | None = None
+        self._mtime = 0  # of the live segment after our last write: another writer changes it
         self._collected_inode: int | None = None  # the segment of the newest record a collector fetched
         self._unwritten = _Unwritten()
         self._failure: str | None = None  # why writing failed, until a record says so
@@ -259,6 +261,7 @@ class AuditLog:
         self._fd = fd
         self._live_inode = info.st_ino
         self._size = tail.size
+        self._mtime = os.fstat(fd).st_mtime_ns
         self._broken = None
         if new_segment:
             detail = self._rotate_detail or "continues the previous segment"
@@ -298,6 +301,8 @@ class AuditLog:
     def record(self, event: str, outcome: str, **fields: object) -> str:
         """Write one record; return its hash. Raises :class:`AuditError` if it cannot be written."""
         with self._lock:
+            if self._fd is not None and self._broken is None:
+                self._check_unchanged_locked()
             digest = self._write_locked(self._clock(), event, outcome, fields)
             self._rotate_if_due_locked()
             return digest
@@ -330,7 +335,39 @@ class AuditLog:
             raise AuditError(f"{self.path}: cannot write the audit log: {exc.strerror or exc}") from exc
         self._prev, self._seq = sealed.hash, self._seq + 1
         self._size += len(data)
+        self._note_mtime_locked()
         return sealed.hash
+
+    def _note_mtime_locked(self) -> None:
+        if self._fd is not None:
+            try:
+                self._mtime = os.fstat(self._fd).st_mtime_ns
+            except OSError:
+                self._mtime = 0  # the next record finds the file "changed" and reopens it: harmless
+
+    def _check_unchanged_locked(self) -> None:
+        """If the live file is not what our last write left (cut, rewritten, replaced, deleted), go on from
+        what is on disk now and say so in a ``log_changed`` record: a host copy that keeps one chain."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+            unchanged = (info.st_ino, info.st_size, info.st_mtime_ns) == (self._live_inode, self._size, self._mtime)
+        except OSError:
+            unchanged = False
+        if unchanged:
+            return
+        expected, size = self._prev, self._size
+        logger.warning("%s: the audit log changed under the agent; going on from what is on disk", self.path)
+        self._close_locked()
+        try:
+            self._open_locked()
+        except AuditError as exc:
+            self._fail_locked(str(exc), self._clock())
+            raise
+        detail = (
+            f"the log changed under the agent: it had written {size} bytes ending with hash {expected[:16]}; "
+            f"it now holds {self._size} bytes ending with {self._prev[:16]}"
+        )
+        self._write_locked(self._clock(), CHANGED_EVENT, "ok", {"detail": detail})
 
     def _fail_locked(self, reason: str, now: float, event: str | None = None) -> None:
         """Undo what a failed write left (cut back to the last whole record), mark broken, start retrying."""
@@ -338,6 +375,7 @@ class AuditLog:
             try:
                 if os.fstat(self._fd).st_size > self._size:
                     os.ftruncate(self._fd, self._size)
+                    self._note_mtime_locked()
             except OSError as exc:  # the retry cuts it before it writes anything
                 logger.error("%s: cannot cut a failed write back (%s); retrying", self.path, exc.strerror or exc)
         self._broken = reason
@@ -376,6 +414,7 @@ class AuditLog:
             else:
                 if os.fstat(self._fd).st_size > self._size:
                     os.ftruncate(self._fd, self._size)
+                    self._note_mtime_locked()
                 self._broken = None
             self._resume_locked()
         except (OSError, AuditError) as exc:
