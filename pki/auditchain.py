@@ -14,7 +14,9 @@ Chain
     line is ``canonical(record with "hash")``. A checker recomputes every hash, checks every ``prev``
     against the hash before it, and checks that the line is exactly canonical, so editing any byte,
     deleting, inserting or reordering a line is detected at that line. A segment that continues another
-    (rotation) starts with a ``rotate`` record whose ``prev`` is the last hash of the segment before.
+    (rotation) starts with a ``rotate`` record whose ``prev`` is the last hash of the segment before and
+    whose ``seq`` is 0 again, so a copy of several segments in one file (the collector's central copy)
+    verifies as one chain.
 
 Lives in ``pki`` because the agent and the collector share only this package.
 """
@@ -143,8 +145,8 @@ def check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] 
         return "lacks hash, prev or seq"
     if previous != prev:
         return "does not follow the record before it (a record was deleted, inserted or reordered)"
-    if seq is not None and number != seq:
-        return f"sequence number {number}, expected {seq}"
+    if seq is not None and number != seq and not (number == 0 and record.get("event") == ROTATE_EVENT):
+        return f"sequence number {number}, expected {seq}"  # a rotate record starts a segment: its seq is 0
     if record_hash(record) != digest:
         return "hash does not match its content (edited)"
     if canonical(record) != line:

@@ -206,14 +206,14 @@ class MySQLStore:
 
     def _ensure_schema(self, conn: pymysql.connections.Connection[Any]) -> None:
         version = self._version(conn)
-        if version is None or version < SCHEMA_VERSION:
-            self._apply_schema(conn)  # every statement is idempotent: an older schema is brought up to date
-        elif version > SCHEMA_VERSION:
+        if version is not None and version > SCHEMA_VERSION:
             raise StorageConfigError(
                 f"mysql {self.where}: database schema version {version} is newer than this program's "
                 f"({SCHEMA_VERSION})"
             )
-        else:
+        if version is None or version < SCHEMA_VERSION:
+            self._apply_schema(conn)  # every statement is idempotent: an older schema is brought up to date
+        if version is not None:
             self._nullable_ssh_failures(conn)
 
     def _nullable_ssh_failures(self, conn: pymysql.connections.Connection[Any]) -> None:
