@@ -104,7 +104,7 @@ class _Trail:
 
     after: str  # the hash to ask after next ("": from the oldest record on the host)
     tail: str  # the hash of the current copy's last record ("": no copy yet)
-    tail_text: str  # that record described, for messages
+    loaded_text: str  # that record described, as storage gave it (until a record of this run replaces it)
     new_copy: bool  # the next good record starts a new copy
     fresh: bool = False  # nothing of this agent was ever copied: its oldest record must start a chain
     broke_at: float | None = None
@@ -117,6 +117,12 @@ class _Trail:
     error: str | None = None
     more: bool = False
     active: bool = False
+    last: ChainRecord | None = None  # the current copy's last record, when it came in this run
+
+    @property
+    def tail_text(self) -> str:
+        """The current copy's last record described, for messages (only made when one is needed)."""
+        return self.last.describe() if self.last is not None else self.loaded_text
 
     def start_sweep(self) -> None:
         self.entries, self.breaks, self.fetched, self.error, self.more, self.active = [], [], 0, None, False, True
@@ -232,7 +238,7 @@ class AuditTrail:
                     trail.after = claimed.group(1)  # ask past it next time
                 continue
             trail.entries.append(entry)
-            trail.tail, trail.after, trail.tail_text = record.hash, record.hash, record.describe()
+            trail.tail, trail.after, trail.last = record.hash, record.hash, record
 
     def _entry(self, agent: str, trail: _Trail, record: ChainRecord) -> AuditEntry | None:
         if record.agent != agent:

@@ -16,8 +16,11 @@ byte with a newline each, so that ``secure-audit verify`` reads it as it reads t
 copy is renamed ``<agent>.<UTC time of the break>.log`` (``-2``, ``-3`` ... if that name is taken). A new
 copy is written as ``.<agent>.new`` and renamed into place after the old one was renamed away, so a crash
 in between leaves either the old copy or both, never a mix. Files are 0600 (they name clients), written
-with one ``write`` per agent per batch and fsync'd; a torn last line (a crash mid-write) is cut when the
-copy is next opened.
+with one ``write`` per agent per batch; a torn last line (a crash mid-write) is cut when the copy is next
+opened. Appends are not fsync'd (a new copy and its rename are): what a power loss takes from the end of a
+copy is fetched again, because the collector goes on from the copy's last record on disk and the agent
+keeps a segment for ``audit_rotation.backup_count`` segments after a collector has fetched it. One fsync
+per agent per sweep was most of what storing the trail cost (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -171,8 +174,6 @@ class AuditCopies:
                 written = os.write(fd, data)
                 if written != len(data):
                     raise OSError(f"short write ({written} of {len(data)} bytes)")
-                if self.fsync:
-                    os.fsync(fd)
             except OSError:
                 os.ftruncate(fd, size)  # never leave part of a record behind
                 raise

@@ -212,3 +212,68 @@ def test_a_forged_record_with_a_valid_seal_but_no_place_in_the_chain_is_a_break(
     assert [found.kind for found in outcome.breaks] == ["link"]
     assert outcome.entries[0].new_copy and outcome.entries[0].prev == "cd" * 32
     assert GENESIS not in outcome.breaks[0].came
+
+
+def _reference(line: str) -> str | None:
+    """The reference check of a line's seal: record_hash over the parsed record, then canonical form."""
+    from pki.auditchain import canonical, record_hash
+
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return "json"
+    if not isinstance(record, dict):
+        return "json"
+    if not isinstance(record.get("hash"), str) or not isinstance(record.get("prev"), str) or type(
+        record.get("seq")
+    ) is not int:
+        return "lacks hash, prev or seq"
+    if record_hash(record) != record["hash"]:
+        return "hash does not match its content (edited)"
+    if canonical(record) != line:
+        return "not in canonical form (edited)"
+    return None
+
+
+_FIELD_NAMES = st.sampled_from(["agent", "detail", "event", "method", "path", "reason", "address", "version"])
+_TRICKY = st.text(st.sampled_from(['"', "\\", "h", "a", "s", ":", ",", "{", "}", "é", "\n", "x"]), max_size=12)
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False),
+                    _TRICKY, st.just('"hash":"' + "ab" * 32 + '",'))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(_FIELD_NAMES, _VALUES, max_size=6),
+    edit=st.sampled_from(["none", "char", "spaces", "move hash", "other hash", "drop", "duplicate hash"]),
+    at=st.integers(0, 10_000),
+    char=st.sampled_from(["x", '"', " ", "\\", "0"]),
+)
+def test_the_seal_check_of_a_record_is_the_references(fields: dict[str, Any], edit: str, at: int, char: str) -> None:
+    """read_record hashes the canonical text once (pki.auditchain._seal_problem): it must say what the
+    reference (record_hash, then canonical) says, for sealed lines and for every kind of edit to them."""
+    from pki.auditchain import read_record
+
+    line = seal(fields, "cd" * 32, 3).line
+    record = json.loads(line)
+    if edit == "char":
+        spot = at % len(line)
+        line = line[:spot] + char + line[spot + 1 :]
+    elif edit == "spaces":
+        line = json.dumps(record, sort_keys=True)
+    elif edit == "move hash":
+        line = json.dumps({"hash": record.pop("hash"), **record}, separators=(",", ":"))
+    elif edit == "other hash":
+        line = line.replace(record["hash"], "ef" * 32)
+    elif edit == "drop":
+        record.pop(sorted(record)[at % len(record)])
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    elif edit == "duplicate hash":
+        line = line[:-1] + f',"hash":"{record["hash"]}"}}'
+    expected = _reference(line)
+    found = read_record(line)
+    if expected is None:
+        assert not isinstance(found, str) and found.line == line
+    elif expected == "json":
+        assert isinstance(found, str) and "JSON" in found
+    else:
+        assert found == expected
