@@ -184,7 +184,8 @@ class AuditRefusalsConfig(_Section):
     per_second: float = Field(default=1.0, gt=0, le=10_000)
     per_source_burst: int = Field(default=10, ge=1, le=100_000)
     per_source_per_second: float = Field(default=0.1, gt=0, le=10_000)
-    summary_interval: float = Field(default=60.0, ge=0.1, le=86_400)
+    # at most 33 summary records per interval: 10 s at the shortest keeps summaries a bounded trickle too
+    summary_interval: float = Field(default=60.0, ge=10, le=86_400)
 
 
 class AgentConfig(_Section):

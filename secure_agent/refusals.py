@@ -18,8 +18,9 @@ written as ``refusals_suppressed`` records ``summary_interval`` seconds after th
 (the server's accept loop asks :meth:`RefusalRecorder.due` how long it may sleep, and is woken through
 :meth:`RefusalRecorder.set_waker` when counting starts: an idle agent never wakes) and at stop. At most
 :data:`MAX_GROUPS` groups are counted between two summaries (later sources fold into one ``*`` group) and at most
-:data:`MAX_SUMMARY_RECORDS` records are written per summary, the largest groups first, the rest folded
-into one ``*`` record with the number of groups in ``sources``: summaries are bounded too.
+:data:`MAX_SUMMARY_RECORDS` records are written per summary, the largest groups first, the rest (and the
+``*`` group) folded into one ``*`` record with the number of groups in ``sources``: summaries are bounded
+too, at most 33 records per ``summary_interval`` (10 s at the least).
 
 Served calls, start, stop and reload records do not come through here: nothing limits them but the
 rate limit of admitted clients.
@@ -170,9 +171,10 @@ class RefusalRecorder:
             self._due = None
         if not groups:
             return
-        ordered = sorted(groups.items(), key=lambda item: (-item[1].count, item[0]))
-        kept = ordered[:MAX_SUMMARY_RECORDS]
-        rest = ordered[MAX_SUMMARY_RECORDS:]
+        named = [(key, group) for key, group in groups.items() if key[0] != OTHERS]
+        named.sort(key=lambda item: (-item[1].count, item[0]))
+        kept, rest = named[:MAX_SUMMARY_RECORDS], named[MAX_SUMMARY_RECORDS:]
+        rest += [(key, group) for key, group in groups.items() if key[0] == OTHERS]  # folded when counted
         summaries: list[tuple[str, str, _Group]] = [(source, refusal, group) for (source, refusal), group in kept]
         if rest:
             folded = _Group(0, rest[0][1].first, rest[0][1].last, folded=0)
