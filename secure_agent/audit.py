@@ -57,10 +57,8 @@ import os
 import stat
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 from pki.auditchain import (
     GENESIS,
@@ -72,9 +70,15 @@ from pki.auditchain import (
     record_hash,
     verify_lines,
 )
-from secure_agent.audit_file import Tail, check_audit_path, read_tail, verify_file
-from secure_agent.audit_record import FIELDS, MAX_TEXT, Sealed, clip, seal, utc_timestamp
-from secure_agent.audit_rotation import RotationPolicy, numbered_segments, predecessor, shift_segments
+from secure_agent.audit_file import Segment, Tail, check_audit_path, read_tail, verify_file
+from secure_agent.audit_record import FIELDS, MAX_TEXT, Sealed, Unwritten, clip, seal, utc_timestamp
+from secure_agent.audit_rotation import (
+    RotationPolicy,
+    numbered_segments,
+    predecessor,
+    segment_number,
+    shift_segments,
+)
 from secure_agent.errors import AuditError
 
 __all__ = [
@@ -84,6 +88,7 @@ __all__ = [
     "MAX_TEXT",
     "AuditLog",
     "Sealed",
+    "Segment",
     "Verdict",
     "canonical",
     "check_audit_path",
@@ -108,39 +113,6 @@ PENDING_SYNC_DELAY = 0.1  # seconds a written record waits at most for its fdata
 
 _OWN_EVENTS = frozenset({ROTATE_EVENT, RESUMED_EVENT, REPAIR_EVENT, CHANGED_EVENT})  # the log's records about itself
 _SYNCED_EVENTS = frozenset({"start", "stop", "reload"}) | _OWN_EVENTS
-
-
-class Segment(NamedTuple):
-    """One segment of the log opened for reading (:meth:`AuditLog.open_segments`); the caller closes ``fd``."""
-
-    number: int  # 0: the live one
-    fd: int
-    inode: int
-    size: int  # bytes of whole records (for the live one: as of the snapshot)
-
-
-class _Unwritten:
-    """What could not be written while the log was broken: counts per event, first and last time."""
-
-    def __init__(self) -> None:
-        self.events: Counter[str] = Counter()
-        self.first = 0.0
-        self.last = 0.0
-
-    def add(self, event: str, now: float) -> None:
-        if not self.events:
-            self.first = now
-        self.events[event] += 1
-        self.last = now
-
-    def fields(self, reason: str) -> dict[str, object]:
-        return {
-            "detail": reason,
-            "count": sum(self.events.values()),
-            "events": ",".join(f"{event}={count}" for event, count in sorted(self.events.items())) or None,
-            "first": utc_timestamp(self.first) if self.events else None,
-            "last": utc_timestamp(self.last) if self.events else None,
-        }
 
 
 class AuditLog:
@@ -183,7 +155,7 @@ class AuditLog:
         self._live_inode: int | None = None
         self._mtime = 0  # of the live segment after our last write: another writer changes it
         self._collected_inode: int | None = None  # the segment of the newest record a collector fetched
-        self._unwritten = _Unwritten()
+        self._unwritten = Unwritten()
         self._failure: str | None = None  # why writing failed, until a record says so
         self._retry_first = retry_first
         self._retry_wake = threading.Event()
@@ -429,7 +401,7 @@ class AuditLog:
             return
         fields = self._unwritten.fields(self._failure or "unknown")
         self._write_locked(self._clock(), RESUMED_EVENT, "ok", fields)
-        self._unwritten = _Unwritten()
+        self._unwritten = Unwritten()
         self._failure = None
 
     # -- rotation and retention --------------------------------------------------------------------
@@ -474,13 +446,7 @@ class AuditLog:
             return None
         if inode == self._live_inode:
             return 0
-        try:
-            for segment, number in numbered_segments(self.path).items():
-                if segment.stat().st_ino == inode:
-                    return number
-        except OSError:
-            return None
-        return None  # compressed or removed since: what is left is newer, and not known to be fetched
+        return segment_number(self.path, inode)  # None: compressed or removed since, so not known to be fetched
 
     def mark_collected(self, inode: int) -> None:
         """A collector holds every record up to one in the segment ``inode`` (it asked ``get_audit`` for
@@ -492,13 +458,8 @@ class AuditLog:
             if current is None or inode == self._live_inode:
                 self._collected_inode = inode
                 return
-            numbers = {}
-            try:
-                for segment, number in numbered_segments(self.path).items():
-                    numbers[segment.stat().st_ino] = number
-            except OSError:
-                return
-            if inode in numbers and (current not in numbers or numbers[inode] < numbers[current]):
+            new, old = segment_number(self.path, inode), segment_number(self.path, current)
+            if new is not None and (old is None or new < old):
                 self._collected_inode = inode
 
     def open_segments(self) -> list[Segment]:

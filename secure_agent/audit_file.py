@@ -97,3 +97,12 @@ def check_audit_path(path: Path) -> None:
         os.close(fd)
     if not os.access(path, os.W_OK):
         raise AuditError(f"{path}: the audit log is not writable")
+
+
+class Segment(NamedTuple):
+    """One segment of the log opened for reading (:meth:`AuditLog.open_segments`); the caller closes ``fd``."""
+
+    number: int  # 0: the live one
+    fd: int
+    inode: int
+    size: int  # bytes of whole records (for the live one: as of the snapshot)

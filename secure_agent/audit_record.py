@@ -3,7 +3,8 @@
 :func:`seal` writes the canonical line of :mod:`pki.auditchain` with the record's hash, encoding each
 half of the record (the keys before ``hash`` and those after) once. Client-supplied strings (method
 names, paths, subjects) are cut to :data:`MAX_TEXT` characters, so a record stays one bounded line
-whatever the client sends.
+whatever the client sends. :class:`Unwritten` counts the records a broken log could not take, for the
+``audit_resumed`` record that says so once it works again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -85,3 +87,27 @@ def seal(fields: Mapping[str, object], prev: str, seq: int) -> Sealed:
     before = canonical(low)[:-1] + "," if low else "{"  # '{"key":value,' or '{'
     digest = hashlib.sha256(f"{before}{after}".encode("ascii")).hexdigest()  # record_hash: no "hash" yet
     return Sealed(f'{before}"hash":"{digest}",{after}', digest)
+
+
+class Unwritten:
+    """What could not be written while the log was broken: counts per event, first and last time."""
+
+    def __init__(self) -> None:
+        self.events: Counter[str] = Counter()
+        self.first = 0.0
+        self.last = 0.0
+
+    def add(self, event: str, now: float) -> None:
+        if not self.events:
+            self.first = now
+        self.events[event] += 1
+        self.last = now
+
+    def fields(self, reason: str) -> dict[str, object]:
+        return {
+            "detail": reason,
+            "count": sum(self.events.values()),
+            "events": ",".join(f"{event}={count}" for event, count in sorted(self.events.items())) or None,
+            "first": utc_timestamp(self.first) if self.events else None,
+            "last": utc_timestamp(self.last) if self.events else None,
+        }

@@ -31,7 +31,15 @@ from typing import NamedTuple
 
 from pki.auditchain import ROTATE_EVENT
 
-__all__ = ["ROTATE_EVENT", "RotationPolicy", "numbered_segments", "predecessor", "segment_path", "shift_segments"]
+__all__ = [
+    "ROTATE_EVENT",
+    "RotationPolicy",
+    "numbered_segments",
+    "predecessor",
+    "segment_number",
+    "segment_path",
+    "shift_segments",
+]
 
 COMPRESSED_SUFFIX = ".gz"
 
@@ -71,6 +79,17 @@ def numbered_segments(path: Path) -> dict[Path, int]:
         if match is not None:
             found[path.parent / entry.name] = int(match.group(1))
     return found
+
+
+def segment_number(path: Path, inode: int) -> int | None:
+    """The number of the rotated segment beside ``path`` whose inode is ``inode`` (None: there is none)."""
+    try:
+        for segment, number in numbered_segments(path).items():
+            if segment.stat().st_ino == inode:
+                return number
+    except OSError:
+        return None
+    return None
 
 
 def shift_segments(path: Path, keep: int) -> list[int]:
