@@ -7,7 +7,7 @@ CPU for served calls with and without a flood of refusals.
 ``bench.bench_collector``) and the collector as ``secure-collector`` builds it, file store included.
 Sweeps alternate between two pollers over the same connections and store: one without the audit trail,
 one with it (``get_audit`` after ``get_metrics`` on the same connection, every record's seal and link
-checked, the central copies written and fsync'd). At a 30 s interval the agent has closed the kept-alive
+checked, the central copies written). At a 30 s interval the agent has closed the kept-alive
 connection by the next poll (``server.idle_timeout`` 15 s), so every sweep reconnects (``--kept-alive``
 to keep connections instead). Between sweeps each agent gets ``--noise`` denied connections from another
 address (a scanner's knocks, recorded within the refusal budget): with the collector's own calls, the
@@ -48,16 +48,14 @@ from bench import bench_collector
 from bench.clients import Caller, CallFailed, ours_request, tls_context
 from bench.measure import cpu_times
 from bench.peers import Server, make_pki, start_agent
-from bench.result import emit, goal
-from pki import make_certs, tokens
-from pki.tls import client_context
+from bench.result import goal, show
+from pki import make_certs
 from secure_collector.alerts import AlertEngine
 from secure_collector.audittrail import AuditTrail
 from secure_collector.config import Thresholds
 from secure_collector.poller import Poller
 from secure_collector.sink import Delivery, Recorder
 from secure_collector.spool import Spool
-from secure_collector.transport import AgentConnection
 from storage.config import StorageConfig
 from storage.factory import open_store
 
@@ -107,13 +105,7 @@ def collector_half(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list
                 raise SystemExit("make_certs failed")
         children, ports = bench_collector._start_agents(root, args.agents, args.processes)
         try:
-            collectors = root / "collectors"
-            context = client_context(collectors / "collector.crt", collectors / "collector.key", root / "ca.crt")
-            key = tokens.load_key(collectors / "collector.hmac")
-            connections = [
-                AgentConnection(name, "127.0.0.1", port, context, "collector", key, timeout=10.0)
-                for name, port in sorted(ports.items())
-            ]
+            connections = bench_collector.connections_to(root, ports)
             data = Path(scratch) / "data"
             store = open_store(StorageConfig(type="file", json_file=data / "metrics.json"))
             delivery = Delivery(store, Spool(data / "spool", 64 * 1024 * 1024))
@@ -322,8 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "goals": goals,
         "notes": [
             "collector: what the trail adds per poll is one more request on the connection get_metrics opened "
-            "(a token, a small answer), the seal and link check of a few records, and a write + fsync of each "
-            "agent's central copy in the storage thread",
+            "(a token, a small answer), the seal and link check of a few records, and a write to each agent's "
+            "central copy in the storage thread (not fsync'd: what a power loss takes is fetched again)",
             "agent: a denied connection costs the agent an accept() and a close in its accept loop; its refusal "
             "record is now counted into a summary once the budget is spent, instead of a write(2) each",
         ],
@@ -331,14 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    result = run(_parse(argv))
-    for table in result["tables"]:
-        print(table["title"])
-        for row in table["rows"]:
-            print("  " + ", ".join(f"{key}: {value}" for key, value in row.items()))
-    for item in result["goals"]:
-        print(f"{item['name']}: {item['value']:.3g} {item['unit']} (goal {item['op']} {item['target']})")
-    emit(result)
+    show(run(_parse(argv)))
     return 0
 
 

@@ -104,10 +104,7 @@ def read_record(raw: str | bytes) -> ChainRecord | str:
     loaded = _load(raw)
     if isinstance(loaded, str):
         return loaded
-    line, record = loaded
-    digest, previous, number = record.get("hash"), record.get("prev"), record.get("seq")
-    if not isinstance(digest, str) or not isinstance(previous, str) or type(number) is not int:
-        return "lacks hash, prev or seq"
+    line, record, digest, previous, number = loaded
     problem = _seal_problem(line, record, digest)
     if problem is not None:
         return problem
@@ -131,8 +128,16 @@ class Verdict(NamedTuple):
     problem: str | None = None
 
 
-def _load(raw: str | bytes) -> tuple[str, dict[str, Any]] | str:
-    """The line (without its newline) and its JSON object, or what is wrong with it."""
+class _Loaded(NamedTuple):
+    line: str  # without the newline
+    record: dict[str, Any]
+    hash: str
+    prev: str
+    seq: int
+
+
+def _load(raw: str | bytes) -> _Loaded | str:
+    """The line (without its newline), its JSON object and its chain fields, or what is wrong with it."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("ascii")
@@ -147,7 +152,10 @@ def _load(raw: str | bytes) -> tuple[str, dict[str, Any]] | str:
         return "not a JSON record"
     if not isinstance(record, dict):
         return "not a JSON object"
-    return line, record
+    digest, previous, number = record.get("hash"), record.get("prev"), record.get("seq")
+    if not isinstance(digest, str) or not isinstance(previous, str) or type(number) is not int:
+        return "lacks hash, prev or seq"
+    return _Loaded(line, record, digest, previous, number)
 
 
 def check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] | str:
@@ -155,10 +163,7 @@ def check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] 
     loaded = _load(raw)
     if isinstance(loaded, str):
         return loaded
-    line, record = loaded
-    digest, previous, number = record.get("hash"), record.get("prev"), record.get("seq")
-    if not isinstance(digest, str) or not isinstance(previous, str) or type(number) is not int:
-        return "lacks hash, prev or seq"
+    line, record, digest, previous, number = loaded
     if previous != prev:
         return "does not follow the record before it (a record was deleted, inserted or reordered)"
     if seq is not None and number != seq and not (number == 0 and record.get("event") == ROTATE_EVENT):

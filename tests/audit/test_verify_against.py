@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from secure_agent.audit import AuditLog, seal
+from secure_agent.audit import AuditLog
 from secure_agent.audit_rotation import RotationPolicy
 from secure_audit.segments import rotated_segments
-from tests.audit.helpers import run_verify
+from tests.audit.helpers import resealed, run_verify
 
 SEGMENT = 2048
 
@@ -78,14 +78,7 @@ def test_a_cut_tail_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path,
 def test_a_rewritten_chain_is_held_differently(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     host, lines = host_log(tmp_path, 12)
     records = [json.loads(line) for line in host.read_text().splitlines()]
-    prev, out_lines = records[0]["prev"], []
-    for number, record in enumerate(records):
-        fields = {k: v for k, v in record.items() if k not in ("hash", "prev", "seq")}
-        if number == 3:
-            fields["request_id"] = "forged"
-        sealed = seal(fields, prev, record["seq"])
-        out_lines.append(sealed.line)
-        prev = sealed.hash
+    out_lines = resealed(host.read_text().splitlines(), 3)
     copy = central(tmp_path, lines)
     host.write_text("".join(f"{line}\n" for line in out_lines))
     code, _, err = against(capsys, host, copy)

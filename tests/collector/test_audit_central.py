@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 
 from pki.auditchain import GENESIS
-from secure_agent.audit import seal
 from secure_audit.segments import rotated_segments
 from secure_collector import cli
 from storage import open_store
 from storage.memory import MemoryStore
-from tests.audit.helpers import run_program
+from tests.audit.helpers import resealed, run_program
 from tests.collector.helpers import WIDE, collector_data, load, write_config
 from tests.plugins.agent import RunningAgent, StartAgent, rpc_call
 from tests.plugins.mariadb import MariaDBServer
@@ -166,17 +165,7 @@ def _delete_unfetched_segment(agent: RunningAgent) -> None:
 
 def _rewrite_chain(agent: RunningAgent) -> None:
     """The live segment rewritten in place with valid hashes from its first record on (one value changed)."""
-    lines = agent.audit_log.read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    prev = records[0]["prev"]
-    out = []
-    for number, record in enumerate(records):
-        fields = {k: v for k, v in record.items() if k not in ("hash", "prev", "seq")}
-        if number == 1:
-            fields["request_id"] = "forged"
-        sealed = seal(fields, prev, record["seq"])
-        out.append(sealed.line)
-        prev = sealed.hash
+    out = resealed(agent.audit_log.read_text().splitlines(), 1)
     agent.audit_log.write_text("".join(f"{line}\n" for line in out))
 
 
