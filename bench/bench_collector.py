@@ -125,14 +125,19 @@ def _stop_agents(children: list[subprocess.Popen[str]]) -> None:
 
 
 # -- the collector -------------------------------------------------------------------------------
-def _collector(root: Path, ports: dict[str, int], workers: int, data: Path) -> tuple[Poller, Delivery]:
+def connections_to(root: Path, ports: dict[str, int]) -> list[AgentConnection]:
+    """The collector's connections to the agents ``ports`` names, with the ``make_certs`` material in ``root``."""
     collectors = root / "collectors"
     context = client_context(collectors / "collector.crt", collectors / "collector.key", root / "ca.crt")
     key = tokens.load_key(collectors / "collector.hmac")
-    connections = [
+    return [
         AgentConnection(name, "127.0.0.1", port, context, "collector", key, timeout=10.0)
         for name, port in sorted(ports.items())
     ]
+
+
+def _collector(root: Path, ports: dict[str, int], workers: int, data: Path) -> tuple[Poller, Delivery]:
+    connections = connections_to(root, ports)
     store = open_store(StorageConfig(type="file", json_file=data / "metrics.json", metrics_file=data / "metrics.log"))
     delivery = Delivery(store, Spool(data / "spool", 64 * 1024 * 1024))
     recorder = Recorder(delivery, AlertEngine(Thresholds()))

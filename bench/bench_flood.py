@@ -38,7 +38,7 @@ from typing import Any
 from bench.clients import Caller, CallFailed, Series, ours_request, tls_context
 from bench.measure import cpu_times, summarize
 from bench.peers import COLLECTOR_NAME, Pki, Server, make_pki, start_agent
-from bench.result import emit, goal
+from bench.result import goal, show
 from pki import make_certs
 from pki.tls import client_context
 from pki.tokens import load_key, sign
@@ -209,14 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    result = run(_parse(argv))
-    for table in result["tables"]:
-        print(table["title"])
-        for row in table["rows"]:
-            print("  " + ", ".join(f"{key}: {value}" for key, value in row.items()))
-    for item in result["goals"]:
-        print(f"{item['name']}: {item['value']:.3g} {item['unit']} (goal {item['op']} {item['target']})")
-    emit(result)
+    show(run(_parse(argv)))
     return 0
 
 

@@ -203,12 +203,14 @@ def start_agent(
     rate_limit: tuple[float, int] | None = None,
     log_level: str = "WARNING",
     audit_dir: Path | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Server:
     """Our agent from ``make_certs``' ``agent-localhost.json``, on a free port, audit log in ``workdir``.
 
     ``rate_limit`` (per second, burst) replaces the default 10/s that would refuse a latency benchmark;
     ``check_interval`` sets the background security scan period (the config default is 30 s);
-    ``audit_dir`` puts the audit log elsewhere (an experiment: on tmpfs its fdatasync costs nothing).
+    ``audit_dir`` puts the audit log elsewhere (an experiment: on tmpfs its fdatasync costs nothing);
+    ``extra`` sets further top-level config keys (e.g. ``audit_refusals``).
     """
     reason = agent_available()
     if reason is not None:
@@ -222,6 +224,7 @@ def start_agent(
         config["check_interval"] = check_interval
     if rate_limit is not None:
         config["security"]["rate_limit"] = {"per_second": rate_limit[0], "burst": rate_limit[1]}
+    config.update(extra or {})
     path = workdir / "agent.json"
     path.write_text(json.dumps(config, indent=2))
     return _spawn(OURS, [*agent_command(), "--config", str(path)], port, workdir, tls=True)

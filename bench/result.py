@@ -77,6 +77,18 @@ def _judge(name: str, value: float | None, op: str, target: float, unit: str, de
     return Goal(name=name, value=value, op=op, target=target, unit=unit, met=met, miss=miss, detail=detail)
 
 
+def show(result: dict[str, Any]) -> None:
+    """The result's tables and goals for a reader, then the ``BENCH_RESULT`` line (:func:`emit`)."""
+    for table in result.get("tables", []):
+        print(table["title"])
+        for row in table["rows"]:
+            print("  " + ", ".join(f"{key}: {value}" for key, value in row.items()))
+    for item in result.get("goals", []):
+        value = "not measured" if item["value"] is None else f"{item['value']:.3g} {item['unit']}"
+        print(f"{item['name']}: {value} (goal {item['op']} {item['target']})")
+    emit(result)
+
+
 def emit(result: dict[str, Any]) -> None:
     """Print the result line (last, on stdout, one line)."""
     print(PREFIX + json.dumps(result, separators=(",", ":"), default=str), flush=True)

@@ -112,6 +112,17 @@ BENCHES = (
     ),
     Bench("storage", 120),
     Bench("viz", 90),
+    Bench(
+        "audit",
+        150,
+        quick_args=("--agents", "10", "--rounds", "2", "--seconds", "2"),
+        limits=(
+            "collector: at a 30 s interval every poll starts with a TLS handshake, which dominates its CPU; the "
+            "trail adds one request on the same connection, the check of a few records and a write per "
+            "agent's central copy. Agent: a denied connection is an accept() and a close in the accept loop, "
+            "which shares the interpreter lock with the connection threads serving calls."
+        ),
+    ),
 )
 
 

@@ -60,8 +60,11 @@ kill -TERM "$AGENT_PID"
 wait "$AGENT_PID" || true
 trap - EXIT
 secure-audit verify "$OUT/pki/data/audit-localhost.log"
+# the collector's central copy of it (copied every sweep): the host must hold every record of it
+secure-audit verify "$OUT/pki/data/audit-localhost.log" --collector-config "$OUT/pki/collector.json" --agent localhost
 
 echo
 echo "Stored samples:  $OUT/pki/data/metrics_data.json"
 echo "Dashboard:       $OUT/dashboard/index.html"
 echo "Audit log:       $OUT/pki/data/audit-localhost.log"
+echo "Central copy:    $OUT/pki/data/audit/localhost.log"

@@ -4,38 +4,29 @@ Record format
     A record is a JSON object whose values are strings, integers, floats, booleans or null. Every
     record has ``time`` (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), ``event``, ``outcome``, ``agent``,
     ``seq`` (0, 1, 2 ... within one file), ``prev`` and ``hash``; the other fields are those of
-    :data:`FIELDS` that apply (peer address, certificate subject/fingerprint/serial, method, request
-    id, key id, reason, HTTP status ...). A ``call`` record (a request whose token passed
-    verification) also carries the token's ``ts`` (integer Unix seconds) and ``nonce`` (32 hex
-    digits): the agent reads them back at start to refuse replays across a restart
+    :data:`~secure_agent.audit_record.FIELDS` that apply (peer address, certificate subject,
+    fingerprint and serial, method, request id, key id, reason, HTTP status ...). A ``call`` record
+    (a request whose token passed verification) also carries the token's ``ts`` (integer Unix
+    seconds) and ``nonce`` (32 hex digits): the agent reads them back at start to refuse replays across a restart
     (:mod:`secure_agent.audit_replay`). The token's signature and the keys are never recorded.
     Record times never decrease from one record to the next (the clock is read under the lock that
     orders the writes) unless the system clock is stepped back.
 
-Canonical form
-    ``canonical(r) = json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``.
-    Pure ASCII, with every control character escaped, so a record is always exactly one line.
-
-Chain
-    ``hash = sha256(canonical(record without "hash")).hexdigest()`` where the record includes
-    ``prev``, the ``hash`` of the record before (:data:`GENESIS`, 64 zeros, for the first record of a
-    log). The line written is ``canonical(record with "hash") + "\\n"``. A verifier recomputes every
-    hash, checks every ``prev`` against the hash before it, and checks that the line is exactly
-    canonical, so editing any byte, deleting, inserting or reordering a line is detected at that
-    line. Truncating the *tail* is not detectable from the file alone: compare the last hash with
-    the one in the agent's log at stop, or a copy kept elsewhere.
+Format and chain
+    Canonical JSON, SHA-256 over each record without its ``hash``, ``prev`` linking to the record
+    before: :mod:`pki.auditchain`, shared with the collector (which checks every record it copies)
+    and ``secure-audit verify``. Truncating the *tail* is not detectable from the file alone: the
+    collector's copy (``get_audit``, :mod:`secure_agent.audit_reader`) is what shows it.
 
 Rotation
     A new segment's first record carries ``prev`` = the last hash of the segment before, so
     ``verify_lines(segment, prev=last_hash_of_previous_segment)`` checks a chain across files.
     :meth:`AuditLog.reopen` opens a (new) file at the configured path and keeps ``prev`` going.
     Given a :class:`~secure_agent.audit_rotation.RotationPolicy`, the log rotates itself by size
-    between two records (:mod:`secure_agent.audit_rotation`). Every segment that continues another
-    starts with a ``rotate`` record, and a first open that finds an empty live file next to
-    ``audit.log.1`` continues that segment's chain instead of starting a new one.
-
-Client-supplied strings (method names, paths, subjects) are cut to :data:`MAX_TEXT` characters
-before they are recorded, so a record stays bounded whatever the client sends.
+    between two records (:mod:`secure_agent.audit_rotation`), keeping every segment that holds a record
+    no collector has fetched yet (:meth:`AuditLog.mark_collected`) up to the policy's ceiling. Every
+    segment that continues another starts with a ``rotate`` record, and a first open that finds an empty
+    live file next to ``audit.log.1`` continues that segment's chain instead of starting a new one.
 
 Durability (fsync policy)
     Each record is one ``write(2)`` on an ``O_APPEND`` descriptor: it is in the kernel when the
@@ -48,258 +39,88 @@ Durability (fsync policy)
     log is never synced (nor woken for). The agent reads the
     nonces of accepted tokens back from these records at start (:mod:`secure_agent.audit_replay`):
     a token whose record a power loss took, and dated after the next start, can be replayed once.
-    A failed write marks the log broken; the agent then refuses calls until :meth:`reopen` works.
+
+Failures (a full disk)
+    A write or sync that fails is undone: the file is cut back to the end of the last whole record, so
+    no partial record is ever left behind, and the log is *broken*: :meth:`AuditLog.record` raises (the
+    agent answers 503) and counts what it could not write. A timer tries again (:data:`RETRY_FIRST`,
+    doubling to :data:`RETRY_MAX` seconds); once a write works, an ``audit_resumed`` record says how many
+    records could not be written, of which events, and between which times, and the log serves again:
+    no signal, no restart. A torn last line found at open (a power loss mid-write) is cut the same way
+    and a ``repair`` record says so, instead of refusing to start.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import logging
-import math
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
 
-from secure_agent.audit_rotation import ROTATE_EVENT, RotationPolicy, predecessor, shift_segments
+from pki.auditchain import (
+    GENESIS,
+    MAX_LINE,
+    ROTATE_EVENT,
+    Verdict,
+    canonical,
+    parse_timestamp,
+    record_hash,
+    verify_lines,
+)
+from secure_agent.audit_file import Segment, Tail, check_audit_path, read_tail, verify_file
+from secure_agent.audit_record import FIELDS, MAX_TEXT, Sealed, Unwritten, clip, seal, utc_timestamp
+from secure_agent.audit_rotation import (
+    RotationPolicy,
+    numbered_segments,
+    predecessor,
+    segment_number,
+    shift_segments,
+)
 from secure_agent.errors import AuditError
+
+__all__ = [
+    "FIELDS",
+    "GENESIS",
+    "MAX_LINE",
+    "MAX_TEXT",
+    "AuditLog",
+    "Sealed",
+    "Segment",
+    "Verdict",
+    "canonical",
+    "check_audit_path",
+    "clip",
+    "parse_timestamp",
+    "record_hash",
+    "seal",
+    "utc_timestamp",
+    "verify_file",
+    "verify_lines",
+]
 
 logger = logging.getLogger(__name__)
 
-GENESIS = "0" * 64
-MAX_TEXT = 128  # characters kept of any one string field
-MAX_LINE = 16_384  # bytes: no record we write comes close (fields x MAX_TEXT x 6 for \\uXXXX escapes)
+RETRY_FIRST = 1.0  # seconds until a broken log is first tried again...
+RETRY_MAX = 10.0  # ...doubling up to this
+RESUMED_EVENT = "audit_resumed"
+CHANGED_EVENT = "log_changed"
+REPAIR_EVENT = "repair"
 DEFAULT_SYNC_INTERVAL = 1.0
 PENDING_SYNC_DELAY = 0.1  # seconds a written record waits at most for its fdatasync (sync_due)
-_TAIL_BYTES = MAX_LINE + 1
 
-FIELDS = frozenset(
-    {
-        "time", "event", "outcome", "reason", "agent", "peer", "subject", "common_name", "fingerprint",
-        "serial", "method", "http_method", "path", "status", "request_id", "key_id", "address",
-        "version", "detail", "connections", "suppressed", "ts", "nonce",
-    }
-)
-_SYNCED_EVENTS = frozenset({"start", "stop", "reload", ROTATE_EVENT})
-
-Scalar = str | int | float | bool | None
-
-
-# one encoder for every record: json.dumps with options builds a new one per call
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def canonical(record: Mapping[str, Scalar]) -> str:
-    return _CANONICAL.encode(record)
-
-
-def record_hash(record: Mapping[str, Scalar]) -> str:
-    """SHA-256 (hex) of the canonical form of ``record`` without its ``hash`` field."""
-    body = {key: value for key, value in record.items() if key != "hash"}
-    return hashlib.sha256(canonical(body).encode("ascii")).hexdigest()
-
-
-def clip(value: object) -> Scalar:
-    """A value fit for a record: scalars as they are, strings cut to MAX_TEXT, anything else as text."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    text = value if isinstance(value, str) else str(value)
-    if len(text) > MAX_TEXT:
-        return f"{text[:MAX_TEXT]}...(+{len(text) - MAX_TEXT} chars)"
-    return text
-
-
-_second_text: tuple[float, str] = (math.nan, "")  # the last whole second formatted, shared by threads
-
-
-def utc_timestamp(seconds: float) -> str:
-    """``2026-03-10T03:22:00.123456Z``: what ``datetime.fromtimestamp(seconds, UTC).strftime(...%fZ)``
-    writes (microseconds rounded half to even, as datetime does), the date part formatted once a second."""
-    global _second_text
-    fraction, whole = math.modf(seconds)
-    micro = round(fraction * 1e6)
-    if micro >= 1_000_000:
-        whole, micro = whole + 1.0, micro - 1_000_000
-    elif micro < 0:
-        whole, micro = whole - 1.0, micro + 1_000_000
-    cached_second, text = _second_text
-    if cached_second != whole:
-        text = dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_text = (whole, text)
-    return f"{text}.{micro:06d}Z"
-
-
-class Sealed(NamedTuple):
-    line: str  # without the newline
-    hash: str
-
-
-def seal(fields: Mapping[str, object], prev: str, seq: int) -> Sealed:
-    """The line for a record with ``fields`` following the record whose hash is ``prev``.
-
-    The line is the canonical form of the record with its ``hash``; the hash is over the canonical form
-    without it. Keys sort, so ``hash`` sits between the keys before it and those after it (``prev`` and
-    ``seq`` are always after): each half is encoded once and both texts are joined from them.
-    """
-    unknown = set(fields) - FIELDS
-    if unknown:
-        raise ValueError(f"unknown audit fields: {sorted(unknown)}")
-    low: dict[str, Scalar] = {}
-    high: dict[str, Scalar] = {"prev": prev, "seq": seq}
-    for key, value in fields.items():
-        if value is not None:
-            (low if key < "hash" else high)[key] = clip(value)
-    after = canonical(high)[1:]  # '"key":value,...}'
-    before = canonical(low)[:-1] + "," if low else "{"  # '{"key":value,' or '{'
-    digest = hashlib.sha256(f"{before}{after}".encode("ascii")).hexdigest()  # record_hash: no "hash" yet
-    return Sealed(f'{before}"hash":"{digest}",{after}', digest)
-
-
-class Verdict(NamedTuple):
-    ok: bool
-    records: int
-    last_hash: str  # hash of the last good record (``prev`` as given when there is none)
-    bad_line: int | None = None  # 1-based line number of the first bad record
-    problem: str | None = None
-
-
-def _check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] | str:
-    """(hash, seq) of a good line, or the problem with it."""
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("ascii")
-        except UnicodeDecodeError:
-            return "not ASCII (edited)"
-    line = raw[:-1] if raw.endswith("\n") else raw
-    if len(line) > MAX_LINE:
-        return "line too long"
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return "not a JSON record"
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    digest, previous, number = record.get("hash"), record.get("prev"), record.get("seq")
-    if not isinstance(digest, str) or not isinstance(previous, str) or type(number) is not int:
-        return "lacks hash, prev or seq"
-    if previous != prev:
-        return "does not follow the record before it (a record was deleted, inserted or reordered)"
-    if seq is not None and number != seq:
-        return f"sequence number {number}, expected {seq}"
-    if record_hash(record) != digest:
-        return "hash does not match its content (edited)"
-    if canonical(record) != line:
-        return "not in canonical form (edited)"
-    return digest, number
-
-
-def verify_lines(lines: Iterable[str | bytes], prev: str = GENESIS, *, first_line: int = 1) -> Verdict:
-    """Check a chain of records; ``prev`` is the hash the first record must follow.
-
-    Stops at the first bad record and names its line number (counted from ``first_line``).
-    """
-    count = 0
-    seq: int | None = None
-    number = first_line
-    for number, raw in enumerate(lines, start=first_line):
-        result = _check_line(raw, prev, seq)
-        if isinstance(result, str):
-            return Verdict(False, count, prev, number, result)
-        prev, last_seq = result
-        seq = last_seq + 1
-        count += 1
-    return Verdict(True, count, prev)
-
-
-def verify_file(path: Path, prev: str = GENESIS) -> Verdict:
-    """Verify an audit file, reading it line by line (bounded line length). Raises OSError."""
-    with open(path, "rb") as handle:
-        return verify_lines(iter(lambda: handle.readline(MAX_LINE + 2), b""), prev)
-
-
-def parse_timestamp(text: object) -> float | None:
-    """Unix seconds of a record's ``time``, or None if it is not one of ours."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
-    except ValueError:
-        return None
-
-
-class _Tail(NamedTuple):
-    prev: str
-    seq: int
-    time: float | None
-
-
-def _read_tail(fd: int, size: int) -> _Tail:
-    """Where to go on appending to a file of ``size`` bytes open for reading at ``fd``."""
-    if size == 0:
-        return _Tail(GENESIS, 0, None)
-    start = max(0, size - _TAIL_BYTES)
-    data = os.pread(fd, size - start, start)
-    if not data.endswith(b"\n"):
-        raise ValueError("does not end with a complete record (torn write?)")
-    lines = data[:-1].split(b"\n")
-    if start > 0 and len(lines) < 2:
-        raise ValueError("last record is too long")
-    last = lines[-1]
-    try:
-        record = json.loads(last)
-    except ValueError:
-        raise ValueError("last record is not JSON") from None
-    if not isinstance(record, dict) or type(record.get("seq")) is not int or record_hash(record) != record.get("hash"):
-        raise ValueError("last record is not a sealed audit record")
-    return _Tail(str(record["hash"]), int(record["seq"]) + 1, parse_timestamp(record.get("time")))
-
-
-def check_audit_path(path: Path) -> None:
-    """Could an audit log be kept at ``path``? Checks without creating or changing anything.
-
-    Raises :class:`AuditError` naming the file.
-    """
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise AuditError(f"{path}: cannot create the audit log: {parent} is not writable") from None
-        return
-    except OSError as exc:
-        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise AuditError(f"{path}: the audit log must be a regular file")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
-    try:
-        _read_tail(fd, info.st_size)
-    except ValueError as exc:
-        raise AuditError(f"{path}: {exc}; check it with secure-audit verify and move it aside") from exc
-    except OSError as exc:
-        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    if not os.access(path, os.W_OK):
-        raise AuditError(f"{path}: the audit log is not writable")
+_OWN_EVENTS = frozenset({ROTATE_EVENT, RESUMED_EVENT, REPAIR_EVENT, CHANGED_EVENT})  # the log's records about itself
+_SYNCED_EVENTS = frozenset({"start", "stop", "reload"}) | _OWN_EVENTS
 
 
 class AuditLog:
     """Appends sealed records to ``path`` (mode 0600), continuing the chain of an existing file.
 
     Thread-safe. :meth:`record` raises :class:`AuditError` when the record cannot be written;
-    from then on every call raises until :meth:`reopen` succeeds (fail closed).
+    from then on every call raises until the log works again (fail closed): a timer retries by
+    itself, and :meth:`reopen` tries at once.
     """
 
     def __init__(
@@ -310,6 +131,7 @@ class AuditLog:
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         clock: Callable[[], float] = time.time,
         rotation: RotationPolicy | None = None,
+        retry_first: float = RETRY_FIRST,
     ) -> None:
         self.path = path
         self.agent = agent
@@ -324,11 +146,21 @@ class AuditLog:
         self._pending_since = 0.0  # when the oldest record not yet synced was written
         self._broken: str | None = "not open"
         self._opened = False
+        self._closed = False
         self.last_time: float | None = None  # time of the last record found in the file when opened
         self._rotation = rotation
         self._size = 0  # bytes in the live segment
         self._rotate_at: int | None = None  # after a failed rotation: the size at which to try again
         self._waker: Callable[[], None] | None = None
+        self._live_inode: int | None = None
+        self._mtime = 0  # of the live segment after our last write: another writer changes it
+        self._collected_inode: int | None = None  # the segment of the newest record a collector fetched
+        self._unwritten = Unwritten()
+        self._failure: str | None = None  # why writing failed, until a record says so
+        self._retry_first = retry_first
+        self._retry_wake = threading.Event()
+        self._retrying: threading.Thread | None = None
+        self._repaired = 0  # torn bytes cut at the last open, until a record says so
 
     @property
     def last_hash(self) -> str:
@@ -344,10 +176,11 @@ class AuditLog:
             self._open_locked()
 
     def reopen(self) -> None:
-        """Close and open the file at ``path`` again (after an error, or for a rotation), keeping ``prev``."""
+        """Close and open the file at ``path`` again (after an error), keeping ``prev``; tries at once."""
         with self._lock:
             self._close_locked()
             self._open_locked()
+            self._resume_locked()
 
     def _open_locked(self) -> None:
         path = self.path
@@ -363,7 +196,11 @@ class AuditLog:
             if not stat.S_ISREG(info.st_mode):
                 raise AuditError(f"{path}: the audit log must be a regular file")
             os.fchmod(fd, 0o600)  # records name clients and methods: the owner only
-            tail = _read_tail(fd, info.st_size)
+            tail = read_tail(fd, info.st_size)
+            if tail.torn:
+                os.ftruncate(fd, tail.size)  # a torn record (power loss mid-write): cut, and said below
+                logger.warning("%s: cut %d bytes of a torn record at the end", path, tail.torn)
+                self._repaired += tail.torn
         except ValueError as exc:
             os.close(fd)
             self._broken = str(exc)
@@ -375,7 +212,7 @@ class AuditLog:
                 raise
             raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
         new_segment = False
-        if info.st_size > 0:
+        if tail.size > 0:
             self._prev, self._seq = tail.prev, tail.seq
             self.last_time = tail.time
         elif not self._opened:
@@ -394,12 +231,22 @@ class AuditLog:
             new_segment = self._prev != GENESIS
         self._opened = True
         self._fd = fd
-        self._size = info.st_size
+        self._live_inode = info.st_ino
+        self._size = tail.size
+        self._mtime = os.fstat(fd).st_mtime_ns
         self._broken = None
         if new_segment:
-            self._write_locked(self._clock(), ROTATE_EVENT, "ok", {"detail": "continues the previous segment"})
+            detail = self._rotate_detail or "continues the previous segment"
+            self._rotate_detail = None
+            self._write_locked(self._clock(), ROTATE_EVENT, "ok", {"detail": detail})
+        if self._repaired:
+            detail = f"cut {self._repaired} bytes of a torn record at the end (a crash or a full disk mid-write)"
+            self._write_locked(self._clock(), REPAIR_EVENT, "ok", {"detail": detail, "count": self._repaired})
+            self._repaired = 0
 
-    def _predecessor_tail(self) -> _Tail | None:
+    _rotate_detail: str | None = None
+
+    def _predecessor_tail(self) -> Tail | None:
         """Where ``audit.log.1`` ends, for a first open of an empty live file. Raises AuditError."""
         earlier = predecessor(self.path)
         if earlier is None:
@@ -410,7 +257,10 @@ class AuditLog:
             self._broken = f"cannot read {earlier}"
             raise AuditError(f"{earlier}: cannot read the audit log: {exc.strerror or exc}") from exc
         try:
-            return _read_tail(fd, os.fstat(fd).st_size)
+            tail = read_tail(fd, os.fstat(fd).st_size)
+            if tail.torn:
+                raise ValueError("does not end with a complete record (torn write?)")
+            return tail
         except ValueError as exc:
             self._broken = str(exc)
             raise AuditError(f"{earlier}: {exc}; check it with secure-audit verify and move it aside") from exc
@@ -423,12 +273,16 @@ class AuditLog:
     def record(self, event: str, outcome: str, **fields: object) -> str:
         """Write one record; return its hash. Raises :class:`AuditError` if it cannot be written."""
         with self._lock:
+            if self._fd is not None and self._broken is None:
+                self._check_unchanged_locked()
             digest = self._write_locked(self._clock(), event, outcome, fields)
             self._rotate_if_due_locked()
             return digest
 
     def _write_locked(self, now: float, event: str, outcome: str, fields: Mapping[str, object]) -> str:
         if self._broken is not None or self._fd is None:
+            if self._opened and not self._closed and event not in _OWN_EVENTS:
+                self._unwritten.add(event, now)
             raise AuditError(f"{self.path}: audit log unusable: {self._broken}")
         sealed = seal(
             {"time": utc_timestamp(now), "event": event, "outcome": outcome, "agent": self.agent, **fields},
@@ -448,33 +302,196 @@ class AuditLog:
                 if self._waker is not None:
                     self._waker()  # a sync is pending now: whoever runs sync_if_due should know when
         except OSError as exc:
-            self._broken = f"write failed: {exc.strerror or exc}"
+            reason = f"write failed: {exc.strerror or exc}"
+            self._fail_locked(reason, now, event)
             raise AuditError(f"{self.path}: cannot write the audit log: {exc.strerror or exc}") from exc
         self._prev, self._seq = sealed.hash, self._seq + 1
         self._size += len(data)
+        self._note_mtime_locked()
         return sealed.hash
+
+    def _note_mtime_locked(self) -> None:
+        if self._fd is not None:
+            try:
+                self._mtime = os.fstat(self._fd).st_mtime_ns
+            except OSError:
+                self._mtime = 0  # the next record finds the file "changed" and reopens it: harmless
+
+    def _check_unchanged_locked(self) -> None:
+        """If the live file is not what our last write left (cut, rewritten, replaced, deleted), go on from
+        what is on disk now and say so in a ``log_changed`` record: a host copy that keeps one chain."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+            unchanged = (info.st_ino, info.st_size, info.st_mtime_ns) == (self._live_inode, self._size, self._mtime)
+        except OSError:
+            unchanged = False
+        if unchanged:
+            return
+        expected, size = self._prev, self._size
+        logger.warning("%s: the audit log changed under the agent; going on from what is on disk", self.path)
+        self._close_locked()
+        try:
+            self._open_locked()
+        except AuditError as exc:
+            self._fail_locked(str(exc), self._clock())
+            raise
+        detail = (
+            f"the log changed under the agent: it had written {size} bytes ending with hash {expected[:16]}; "
+            f"it now holds {self._size} bytes ending with {self._prev[:16]}"
+        )
+        self._write_locked(self._clock(), CHANGED_EVENT, "ok", {"detail": detail})
+
+    def _fail_locked(self, reason: str, now: float, event: str | None = None) -> None:
+        """Undo what a failed write left (cut back to the last whole record), mark broken, start retrying."""
+        if self._fd is not None:
+            try:
+                if os.fstat(self._fd).st_size > self._size:
+                    os.ftruncate(self._fd, self._size)
+                    self._note_mtime_locked()
+            except OSError as exc:  # the retry cuts it before it writes anything
+                logger.error("%s: cannot cut a failed write back (%s); retrying", self.path, exc.strerror or exc)
+        self._broken = reason
+        if self._failure is None:
+            self._failure = reason
+        if event is not None and event not in _OWN_EVENTS:
+            self._unwritten.add(event, now)
+        logger.error("%s: %s; calls are refused until it can be written again", self.path, reason)
+        self._start_retry_locked()
+
+    # -- recovering ---------------------------------------------------------------------------------
+
+    def _start_retry_locked(self) -> None:
+        if self._closed or (self._retrying is not None and self._retrying.is_alive()):
+            return
+        self._retry_wake.clear()
+        self._retrying = threading.Thread(target=self._retry_loop, name="audit-retry", daemon=True)
+        self._retrying.start()
+
+    def _retry_loop(self) -> None:
+        delay = self._retry_first
+        while not self._retry_wake.wait(delay):
+            with self._lock:
+                if self._closed or self._broken is None:
+                    return
+                if self._try_resume_locked():
+                    logger.info("%s: writable again; serving", self.path)
+                    return
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _try_resume_locked(self) -> bool:
+        """One attempt to make the log writable again; True when it is."""
+        try:
+            if self._fd is None:
+                self._open_locked()
+            else:
+                if os.fstat(self._fd).st_size > self._size:
+                    os.ftruncate(self._fd, self._size)
+                    self._note_mtime_locked()
+                self._broken = None
+            self._resume_locked()
+        except (OSError, AuditError) as exc:
+            if self._broken is None:
+                self._broken = f"still failing: {exc}"
+            return False
+        return self._broken is None
+
+    def _resume_locked(self) -> None:
+        """After a failure: the record that says what could not be written (raises AuditError if it still cannot)."""
+        if self._failure is None and not self._unwritten.events:
+            return
+        fields = self._unwritten.fields(self._failure or "unknown")
+        self._write_locked(self._clock(), RESUMED_EVENT, "ok", fields)
+        self._unwritten = Unwritten()
+        self._failure = None
+
+    # -- rotation and retention --------------------------------------------------------------------
 
     def _rotate_if_due_locked(self) -> None:
         """Rotate once the live segment is full; a record already written is never affected.
 
         If renaming fails, writing goes on in the same file and rotation is tried again a little
-        later; if the new segment cannot be opened, the log is broken (calls refused) until a reopen.
+        later; if the new segment cannot be opened, the log is broken (calls refused) until the
+        retry timer or a reopen succeeds.
         """
         policy = self._rotation
         if policy is None or self._size < max(policy.max_bytes, self._rotate_at or 0):
             return
+        collected = self._collected_number_locked()
+        keep = policy.keep(collected)
         self._close_locked()
         try:
-            shift_segments(self.path, policy.backup_count)
+            deleted = shift_segments(self.path, keep)
         except OSError as exc:
             logger.error("%s: cannot rotate the audit log (%s); writing on to the same file", self.path, exc)
             self._rotate_at = self._size + policy.max_bytes // 16 + 1
         else:
             self._rotate_at = None
+            uncollected = [number for number in deleted if collected is None or number <= collected]
+            if uncollected:
+                self._rotate_detail = (
+                    f"continues the previous segment; deleted {len(uncollected)} segment(s) holding records no "
+                    f"collector had fetched (audit_rotation.max_backup_count {policy.ceiling})"
+                )
+                logger.warning("%s: %s", self.path, self._rotate_detail)
         try:
             self._open_locked()
         except AuditError as exc:
             logger.error("%s", exc)
+            self._fail_locked(str(exc), self._clock())
+
+    def _collected_number_locked(self) -> int | None:
+        """The number of the segment holding the newest record a collector fetched (0: live), or None."""
+        inode = self._collected_inode
+        if inode is None:
+            return None
+        if inode == self._live_inode:
+            return 0
+        return segment_number(self.path, inode)  # None: compressed or removed since, so not known to be fetched
+
+    def mark_collected(self, inode: int) -> None:
+        """A collector holds every record up to one in the segment ``inode`` (it asked ``get_audit`` for
+        what follows it): retention may delete the segments before that one. Never moves back."""
+        with self._lock:
+            current = self._collected_inode
+            if inode == current or current == self._live_inode:
+                return
+            if current is None or inode == self._live_inode:
+                self._collected_inode = inode
+                return
+            new, old = segment_number(self.path, inode), segment_number(self.path, current)
+            if new is not None and (old is None or new < old):
+                self._collected_inode = inode
+
+    def open_segments(self) -> list[Segment]:
+        """The plain segments, oldest first, each open for reading, as one consistent snapshot.
+
+        Taken under the writer's lock, so no rotation happens meanwhile and the live segment's size
+        is at a record boundary. Segments older than a compressed one are left out. The caller closes
+        every ``fd``. Raises OSError.
+        """
+        with self._lock:
+            opened: list[Segment] = []
+            try:
+                rotated = sorted(numbered_segments(self.path).items(), key=lambda item: item[1])
+                for path, number in rotated:  # newest first, until a compressed one
+                    if path.name.endswith(".gz"):
+                        break
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    info = os.fstat(fd)
+                    opened.append(Segment(number, fd, info.st_ino, info.st_size))
+                if self._fd is not None:
+                    fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    info = os.fstat(fd)
+                    live = Segment(0, fd, info.st_ino, min(self._size, info.st_size))
+                    opened.insert(0, live)
+            except OSError:
+                for done in opened:
+                    os.close(done.fd)
+                raise
+        opened.reverse()
+        return opened
+
+    # -- syncing and closing -----------------------------------------------------------------------
 
     def set_waker(self, waker: Callable[[], None] | None) -> None:
         """``waker()`` is called (under the log's lock; it must not block) when a sync becomes pending."""
@@ -507,7 +524,8 @@ class AuditLog:
             try:
                 os.fdatasync(self._fd)
             except OSError as exc:
-                self._broken = f"sync failed: {exc.strerror or exc}"
+                self._dirty = False  # what is written stays; the retry proves the disk works again
+                self._fail_locked(f"sync failed: {exc.strerror or exc}", self._clock())
                 return
             self._last_sync, self._dirty = self._clock(), False
 
@@ -515,6 +533,8 @@ class AuditLog:
         with self._lock:
             self._close_locked()
             self._broken = "closed"
+            self._closed = True
+            self._retry_wake.set()
 
     def _close_locked(self) -> None:
         if self._fd is None:

@@ -53,7 +53,8 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
-from secure_agent.audit import GENESIS, MAX_LINE, parse_timestamp, utc_timestamp
+from pki.auditchain import GENESIS, MAX_LINE, parse_timestamp
+from secure_agent.audit_record import utc_timestamp
 from secure_agent.audit_rotation import COMPRESSED_SUFFIX, segment_path
 
 logger = logging.getLogger(__name__)

@@ -154,13 +154,38 @@ class ServerLimits(_Section):
 
 
 class AuditRotationConfig(_Section):
-    """Size-based rotation of ``audit_log`` keeping one hash chain (:mod:`secure_agent.audit_rotation`).
+    """Size-based rotation of ``audit_log`` keeping one hash chain, and its retention
+    (:mod:`secure_agent.audit_rotation`).
 
-    The defaults keep 13 segments of at most 16 MiB (about 200 MiB); a record is about 600 bytes.
+    The defaults keep 13 segments of at most 16 MiB (about 200 MiB) once a collector has copied them,
+    and up to 25 (about 400 MiB) while it has not; a record is about 600 bytes.
     """
 
     max_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024**4)
     backup_count: int = Field(default=12, ge=1, le=1000)
+    max_backup_count: int | None = Field(default=None, ge=1, le=10_000)  # None: twice backup_count
+
+    @model_validator(mode="after")
+    def _ceiling(self) -> AuditRotationConfig:
+        if self.max_backup_count is not None and self.max_backup_count < self.backup_count:
+            raise ValueError("max_backup_count must not be below backup_count")
+        return self
+
+    @property
+    def ceiling(self) -> int:
+        """Rotated segments kept at most, while a collector has not copied them."""
+        return self.max_backup_count if self.max_backup_count is not None else 2 * self.backup_count
+
+
+class AuditRefusalsConfig(_Section):
+    """The budget of refusal records (:mod:`secure_agent.refusals`): globally, then per source."""
+
+    burst: int = Field(default=100, ge=1, le=100_000)
+    per_second: float = Field(default=1.0, gt=0, le=10_000)
+    per_source_burst: int = Field(default=10, ge=1, le=100_000)
+    per_source_per_second: float = Field(default=0.1, gt=0, le=10_000)
+    # at most 33 summary records per interval: 10 s at the shortest keeps summaries a bounded trickle too
+    summary_interval: float = Field(default=60.0, ge=10, le=86_400)
 
 
 class AgentConfig(_Section):
@@ -176,6 +201,7 @@ class AgentConfig(_Section):
     server: ServerLimits = ServerLimits()
     audit_log: Path
     audit_rotation: AuditRotationConfig = AuditRotationConfig()
+    audit_refusals: AuditRefusalsConfig = AuditRefusalsConfig()
 
     @field_validator("host")
     @classmethod

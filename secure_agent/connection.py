@@ -12,7 +12,8 @@
    identity Content-Encoding only (415) -> body -> request token (401) -> defused XML, caps ->
    dispatch -> audit record -> response. A refusal ends the connection.
 
-Every step that refuses writes one audit record. A served call is answered only once its audit
+Every step that refuses writes one audit record, within the refusal budget (:mod:`secure_agent.refusals`:
+what goes over it is counted into summary records). A served call is answered only once its audit
 record is written; when the audit log fails, the call is refused with 503 (fail closed). The record
 of every call whose token passed (served, faulted, or refused for want of the record) carries the
 token's key id, ``ts`` and ``nonce``: the audit log is the replay cache that survives a restart
@@ -40,6 +41,7 @@ from secure_agent.dispatch import handle_call
 from secure_agent.errors import AuditError
 from secure_agent.guard import identity_refusal
 from secure_agent.httpframe import HTTPRefusal, Reader, ReadTimeout
+from secure_agent.refusals import source_of
 
 if TYPE_CHECKING:
     from secure_agent.server import AgentServer
@@ -93,7 +95,7 @@ class Connection:
 
     # -- audit ------------------------------------------------------------------------------------
 
-    def _audit(self, event: str, outcome: str, **fields: object) -> bool:
+    def _fields(self, fields: dict[str, object]) -> dict[str, object]:
         identity = self._identity
         if identity is not None:
             fields.update(
@@ -102,12 +104,23 @@ class Connection:
                 fingerprint=identity.fingerprint,
                 serial=identity.serial,
             )
+        fields.update(peer=self.peer, request_id=self._request_id)
+        return fields
+
+    def _audit(self, event: str, outcome: str, **fields: object) -> bool:
+        """A record that is always written (a call): False when the log cannot take it."""
         try:
-            self.server.audit.record(event, outcome, peer=self.peer, request_id=self._request_id, **fields)
+            self.server.audit.record(event, outcome, **self._fields(fields))
         except AuditError as exc:
             logger.error("%s", exc)
             return False
         return True
+
+    def _refusal(self, event: str, reason: str, **fields: object) -> None:
+        """A refusal's record, within the refusal budget: by certificate once known, else by network."""
+        identity = self._identity
+        source = identity.fingerprint if identity is not None else source_of(self.host)
+        self.server.refusals.refuse(source, event, reason, self._fields(fields))
 
     # -- the connection ---------------------------------------------------------------------------
 
@@ -121,21 +134,21 @@ class Connection:
             # many reads it takes, so a peer that trickles its handshake is cut off as well.
             sock.do_handshake()
         except OSError as exc:
-            self.server.pre_auth.record(self.host, "handshake_failed", peer=self.peer, reason=_handshake_reason(exc))
+            self._refusal("handshake_failed", _handshake_reason(exc))
             return
         der = sock.getpeercert(binary_form=True)
         if der is None:
-            self._audit("identity_refused", "refused", reason="no_certificate")
+            self._refusal("identity_refused", "no_certificate")
             return
         try:
             self._identity = _identity_of(der)
         except ValueError:  # verified by OpenSSL, yet not parseable by cryptography: refuse, do not guess
-            self._audit("identity_refused", "refused", reason="unparseable_certificate")
+            self._refusal("identity_refused", "unparseable_certificate")
             return
         reader = Reader(sock)
         refusal = identity_refusal(self._policy, self._identity.common_name, self._identity.serial, time.time())
         if refusal is not None:  # before any request byte is read
-            self._audit("identity_refused", "refused", reason=refusal, status=403)
+            self._refusal("identity_refused", refusal, status=403)
             self._answer_refused_head(reader, 403)
             return
         self._serve(reader)
@@ -182,7 +195,7 @@ class Connection:
         except ReadTimeout:
             return self._refuse(408, "bad_request", "request_timeout")
         except (EOFError, OSError):
-            self._audit("bad_request", "refused", reason="incomplete_request")
+            self._refusal("bad_request", "incomplete_request")
             return False
         request_fields: dict[str, object] = {"http_method": head.method, "path": head.target}
         if server.audit.broken is not None:
@@ -208,7 +221,7 @@ class Connection:
         except ReadTimeout:
             return self._refuse(408, "bad_request", "request_timeout", fields=request_fields)
         except (EOFError, OSError):
-            self._audit("bad_request", "refused", reason="incomplete_body", **request_fields)
+            self._refusal("bad_request", "incomplete_body", **request_fields)
             return False
         token: Token | None = None
         try:
@@ -246,8 +259,14 @@ class Connection:
         headers: Mapping[str, str] | None = None,
         fields: Mapping[str, object] | None = None,
     ) -> bool:
-        """Audit a refusal, answer it with a generic body, and end the connection (returns False)."""
-        self._audit(event, "refused", reason=reason, status=status, **(fields or {}))
+        """Audit a refusal, answer it with a generic body, and end the connection (returns False).
+
+        A call whose own record could not be written is recorded (tried) as such; every other refusal
+        goes through the refusal budget."""
+        if event == "call":
+            self._audit(event, "refused", reason=reason, status=status, **(fields or {}))
+        else:
+            self._refusal(event, reason, status=status, **(fields or {}))
         self._send_refusal(status, headers)
         return False
 

@@ -1,4 +1,4 @@
-"""The XML-RPC methods of the contract and nothing else: ``ping``, ``get_metrics``, ``get_info``.
+"""The XML-RPC methods of the contract and nothing else: ``ping``, ``get_metrics``, ``get_info``, ``get_audit``.
 
 Built on :class:`xmlrpc.server.SimpleXMLRPCDispatcher` with plain registered functions: no
 instance is registered (so no attribute walking and no dotted names), no introspection or
@@ -21,11 +21,12 @@ from typing import Any, NamedTuple, Protocol
 from xmlrpc.server import SimpleXMLRPCDispatcher
 
 from secure_agent import xmlwire
+from secure_agent.audit_reader import ParamsError, check_params
 from secure_agent.xmlsafe import Call, XMLRefused, parse_call
 
 logger = logging.getLogger(__name__)
 
-METHODS: Mapping[str, int] = {"ping": 0, "get_metrics": 0, "get_info": 0}  # name -> number of parameters
+METHODS: Mapping[str, int] = {"ping": 0, "get_metrics": 0, "get_info": 0, "get_audit": 2}  # name -> parameters
 
 FAULTS: Mapping[str, tuple[int, str]] = {
     "parse": (-32700, "parse error"),
@@ -51,6 +52,12 @@ class MetricsSource(Protocol):
     def snapshot_response(self) -> bytes: ...
 
     def info(self) -> dict[str, Any]: ...
+
+
+class AuditSource(Protocol):
+    """What the dispatcher needs of :class:`secure_agent.audit_reader.AuditReader`."""
+
+    def get_audit(self, after: str, limit: int) -> dict[str, Any]: ...
 
 
 class Outcome(NamedTuple):
@@ -82,11 +89,16 @@ class PreparedAnswer:
         return self.value()
 
 
-def register_contract(dispatcher: SimpleXMLRPCDispatcher, metrics: MetricsSource) -> None:
+def register_contract(dispatcher: SimpleXMLRPCDispatcher, metrics: MetricsSource, audit: AuditSource) -> None:
     """Register the contract's methods, and only those, on ``dispatcher`` (our SimpleXMLRPCServer)."""
     dispatcher.register_function(_ping, "ping")
     dispatcher.register_function(PreparedAnswer(metrics.snapshot, metrics.snapshot_response), "get_metrics")
     dispatcher.register_function(metrics.info, "get_info")
+
+    def get_audit(*params: Any) -> dict[str, Any]:
+        return audit.get_audit(*check_params(params))
+
+    dispatcher.register_function(get_audit, "get_audit")
     if set(dispatcher.funcs) != set(METHODS):
         raise RuntimeError("the registered methods differ from the contract")
 
@@ -113,6 +125,8 @@ def handle_call(dispatcher: SimpleXMLRPCDispatcher, body: bytes) -> Outcome:
             return Outcome(function.respond(), name, None)
         result = dispatcher._dispatch(name, call.params)
         return Outcome(xmlwire.method_response(result), name, None)
+    except ParamsError:
+        return Outcome(fault_body("params"), name, "params")
     except Exception:  # a failing probe or an unmarshallable value: log it, tell the client nothing
         logger.exception("method %s failed", name)
         return Outcome(fault_body("internal"), name, "internal")

@@ -40,12 +40,13 @@ from secure_agent.errors import AuditError, StartupError
 from secure_agent.guard import Policy, load_policy
 from secure_agent.probes import acknowledge
 from secure_agent.ratelimit import RateLimiter
+from secure_agent.refusals import Budget, RefusalRecorder
 from secure_agent.server import AgentServer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 5.0
-_RESTART_ONLY = ("name", "host", "port", "server", "metrics", "audit_log", "audit_rotation")
+_RESTART_ONLY = ("name", "host", "port", "server", "metrics", "audit_log", "audit_rotation", "audit_refusals")
 
 
 
@@ -111,7 +112,8 @@ class Agent:
         self.started_at = clock()
         policy = check(config)
         security = config.security
-        rotation = RotationPolicy(config.audit_rotation.max_bytes, config.audit_rotation.backup_count)
+        kept = config.audit_rotation
+        rotation = RotationPolicy(kept.max_bytes, kept.backup_count, kept.ceiling)
         self.audit = AuditLog(
             config.audit_log, config.name, sync_interval=config.server.audit_sync_interval, rotation=rotation
         )
@@ -121,6 +123,14 @@ class Agent:
             raise StartupError(str(exc)) from exc
         self._verifier = self._verifier_with_recorded_tokens(config, policy, clock)
         self._limiter = RateLimiter(security.rate_limit.per_second, security.rate_limit.burst)
+        refusals = config.audit_refusals
+        budget = Budget(
+            refusals.burst,
+            refusals.per_second,
+            refusals.per_source_burst,
+            refusals.per_source_per_second,
+            refusals.summary_interval,
+        )
         try:
             self._metrics = metrics(config)
             self._server = AgentServer(
@@ -132,6 +142,7 @@ class Agent:
                 audit=self.audit,
                 limits=config.server,
                 metrics=self._metrics,
+                refusals=RefusalRecorder(self.audit, budget),
             )
         except BaseException:
             self.audit.close()
@@ -146,7 +157,7 @@ class Agent:
         """A verifier whose replay cache holds the tokens the audit log shows accepted within the window."""
         window = config.security.max_clock_skew
         preload = recorded_tokens(
-            config.audit_log, now=self.started_at, window=window, backup_count=config.audit_rotation.backup_count
+            config.audit_log, now=self.started_at, window=window, backup_count=config.audit_rotation.ceiling
         )
         floor = _token_floor(self.started_at, self.audit.last_time)
         raised = preload.floor(window, self.started_at)

@@ -13,8 +13,9 @@ the stdlib's HTTP request handler is not used: :mod:`secure_agent.httpframe` fra
 
 The accept loop (:meth:`AgentServer.serve`) sleeps in one ``select`` on the listening socket and a
 socketpair, with no periodic tick: an idle agent's accept thread does not wake at all. It wakes for a
-connection, for :meth:`AgentServer.stop` (a byte on the socketpair), and, while audit records wait for
-their ``fdatasync``, when that sync is due (:meth:`secure_agent.audit.AuditLog.sync_due`).
+connection, for :meth:`AgentServer.stop` (a byte on the socketpair), while audit records wait for
+their ``fdatasync`` when that sync is due (:meth:`secure_agent.audit.AuditLog.sync_due`), and while
+refusals are counted when their summary is due (:meth:`secure_agent.refusals.RefusalRecorder.due`).
 """
 
 from __future__ import annotations
@@ -33,21 +34,25 @@ from xmlrpc.server import SimpleXMLRPCServer
 
 from pki.tokens import Verifier
 from secure_agent.audit import AuditLog
+from secure_agent.audit_reader import AuditReader
 from secure_agent.config import ServerLimits
 from secure_agent.connection import Connection, format_peer
 from secure_agent.dispatch import MetricsSource, register_contract
-from secure_agent.errors import AuditError
 from secure_agent.guard import Policy, address_allowed
 from secure_agent.ratelimit import RateLimiter
+from secure_agent.refusals import RefusalRecorder, source_of
 
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 128
-PRE_AUTH_RECORD_BURST = 100  # audit records of pre-authentication refusals per address at once...
-PRE_AUTH_RECORDS_PER_SECOND = 5.0  # ...and per second after that (the rest are counted)
-MAX_SUPPRESSED_ADDRESSES = 10_000
 MAX_IDLE_WORKERS = 4  # connection threads kept waiting for the next connection...
 WORKER_IDLE_TIME = 60.0  # ...for this many seconds (more than a 30 s poll interval), then they end
+
+
+def _earliest(*delays: float | None) -> float | None:
+    """The shortest of the delays given, None when none is (select then waits for a socket)."""
+    known = [delay for delay in delays if delay is not None]
+    return min(known) if known else None
 
 
 class Slots:
@@ -147,49 +152,6 @@ class Workers:
         return self._waiting
 
 
-class PreAuthAudit:
-    """Audit records of refusals before a client is identified, bounded per source address.
-
-    Anyone who can reach the port can cause these (a denied address, a failed handshake), so one
-    record each would let an unauthenticated peer write to our disk at line rate and push real
-    history out of the rotated segments. Each address gets :data:`PRE_AUTH_RECORD_BURST` records at
-    once and :data:`PRE_AUTH_RECORDS_PER_SECOND` after that; what is left out is counted and the
-    count goes into that address's next record (``suppressed``), or into one record per address
-    at stop. Nothing goes unrecorded; floods are recorded in sum.
-    """
-
-    def __init__(self, audit: AuditLog) -> None:
-        self._audit = audit
-        self._limiter = RateLimiter(PRE_AUTH_RECORDS_PER_SECOND, PRE_AUTH_RECORD_BURST)
-        self._suppressed: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def record(self, host: str, event: str, **fields: object) -> None:
-        if not self._limiter.take(host).allowed:
-            with self._lock:
-                if host in self._suppressed or len(self._suppressed) < MAX_SUPPRESSED_ADDRESSES:
-                    self._suppressed[host] += 1
-                    return
-            # beyond that many flooding addresses, record rather than forget
-        with self._lock:
-            suppressed = self._suppressed.pop(host, 0)
-        try:
-            self._audit.record(event, "refused", suppressed=suppressed or None, **fields)
-        except AuditError as exc:
-            logger.error("%s", exc)
-
-    def flush(self) -> None:
-        """One record per address whose refusals were counted but not yet recorded."""
-        with self._lock:
-            pending, self._suppressed = self._suppressed, Counter()
-        for host, count in pending.items():
-            try:
-                self._audit.record("refusals_suppressed", "refused", peer=host, suppressed=count)
-            except AuditError as exc:
-                logger.error("%s", exc)
-                return
-
-
 class AgentServer(SimpleXMLRPCServer):
     """Listener, dispatcher registry and the state every connection shares.
 
@@ -211,6 +173,7 @@ class AgentServer(SimpleXMLRPCServer):
         audit: AuditLog,
         limits: ServerLimits,
         metrics: MetricsSource,
+        refusals: RefusalRecorder | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, logRequests=False, allow_none=True, bind_and_activate=False)
@@ -222,7 +185,7 @@ class AgentServer(SimpleXMLRPCServer):
         self.limits = limits
         self.stopping = False
         self.slots = Slots(limits.max_connections, limits.max_connections_per_ip)
-        self.pre_auth = PreAuthAudit(audit)
+        self.refusals = refusals or RefusalRecorder(audit)  # refusal records, within their budget
         self._connections: set[Connection] = set()
         self._idle = threading.Condition()
         # wakes the accept loop: a byte from stop(), or from the audit log when a sync becomes pending
@@ -233,7 +196,8 @@ class AgentServer(SimpleXMLRPCServer):
         self._served.set()
         self.workers = Workers(self._work)
         audit.set_waker(self.wake)
-        register_contract(self, metrics)
+        self.refusals.set_waker(self.wake)
+        register_contract(self, metrics, AuditReader(audit))
 
     def open(self) -> None:
         """Bind and listen; raises OSError (the caller names the address)."""
@@ -270,13 +234,14 @@ class AgentServer(SimpleXMLRPCServer):
                         return
                     raise
                 while not self.stopping:
-                    for key, _ in selector.select(self.audit.sync_due()):
+                    for key, _ in selector.select(_earliest(self.audit.sync_due(), self.refusals.due())):
                         if key.data == "wake":
                             with contextlib.suppress(OSError):
                                 self._wake_r.recv(4096)
                         elif not self.stopping:
                             self._accept_one()
                     self.audit.sync_if_due()
+                    self.refusals.flush_if_due()
         finally:
             self._served.set()
 
@@ -317,9 +282,8 @@ class AgentServer(SimpleXMLRPCServer):
         return True
 
     def _deny(self, client_address: Any, reason: str) -> None:
-        self.pre_auth.record(
-            str(client_address[0]), "connection_denied", peer=format_peer(client_address), reason=reason
-        )
+        host = str(client_address[0])
+        self.refusals.refuse(source_of(host), "connection_denied", reason, {"peer": format_peer(client_address)})
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
@@ -364,7 +328,7 @@ class AgentServer(SimpleXMLRPCServer):
                 connection.cut()
         self.workers.close()
         self.server_close()
-        self.pre_auth.flush()
+        self.refusals.close()
 
     def server_close(self) -> None:
         super().server_close()

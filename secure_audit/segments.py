@@ -26,9 +26,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from secure_agent.audit import GENESIS, MAX_LINE, verify_lines
+from pki.auditchain import GENESIS, MAX_LINE, ROTATE_EVENT, verify_lines
 
-ROTATE_EVENT = "rotate"
 _MAX_SEGMENTS = 100_000
 
 

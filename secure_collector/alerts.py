@@ -19,7 +19,10 @@ Metrics and thresholds (names of the predecessor's ``thresholds.*``):
   clears when the agent stops reporting it, carrying its ATT&CK technique; a finding the agent reports
   as acknowledged (``evidence.acknowledged``, :mod:`secure_agent.probes.acknowledge`) fires nothing;
 - ``agent_state``: an agent that stops answering fires (critical for a rejected certificate, which is what
-  an impostor looks like: ATT&CK T1557, Adversary-in-the-Middle) and clears on its first good poll.
+  an impostor looks like: ATT&CK T1557, Adversary-in-the-Middle) and clears on its first good poll;
+- ``audit_chain``: an agent's audit trail does not continue what the collector holds (:mod:`.audittrail`):
+  critical, ATT&CK T1070 (Indicator Removal), fired at every break with what was expected and what came, and
+  cleared only once ``audit_fetch.alert_hold`` seconds passed without another.
 
 What is firing outlives the process: :meth:`AlertEngine.export` and :meth:`AlertEngine.restore` hand it to
 and from :mod:`.alertstate`, and :attr:`AlertEngine.revision` says when it changed.
@@ -28,7 +31,7 @@ and from :mod:`.alertstate`, and :attr:`AlertEngine.revision` says when it chang
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from secure_collector.config import Thresholds
@@ -40,6 +43,8 @@ DEFAULT_TEMPERATURE = 70.0
 TEMPERATURE_CRITICAL_MARGIN = 15.0
 MAX_MESSAGE = 512
 IMPOSTOR_TECHNIQUE = "T1557"
+INDICATOR_REMOVAL_TECHNIQUE = "T1070"
+AUDIT_CHAIN = "audit_chain"
 _LEVEL_RANK = {"none": 0, "low": 1, "medium": 2, "high": 3}
 _FINDING_SEVERITY: dict[str, Severity] = {"low": "info", "medium": "warning", "high": "critical"}
 _SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
@@ -91,6 +96,7 @@ class AlertEngine:
         self._keep = 1.0 - thresholds.hysteresis
         self._active: dict[str, dict[str, _Active]] = {}
         self._revision = 0
+        self._audit_breaks: dict[str, float] = {}  # agent -> time of its last audit chain break
 
     @property
     def revision(self) -> int:
@@ -270,6 +276,31 @@ class AlertEngine:
                 technique=technique,
             )
         ]
+
+    # -- audit trails ------------------------------------------------------------------------------
+    def evaluate_audit(self, agent: str, timestamp: float, breaks: Sequence[str], hold: float) -> list[Alert]:
+        """``audit_chain``: one critical alert per poll that found breaks (their messages joined); cleared
+        once ``hold`` seconds passed since the last break (a restored alert's hold starts at the restart)."""
+        active = self._active.setdefault(agent, {})
+        if breaks:
+            self._audit_breaks[agent] = timestamp
+            self._put(active, AUDIT_CHAIN, _Active("critical", None))
+            message = breaks[0] if len(breaks) == 1 else f"{breaks[0]} (and {len(breaks) - 1} more breaks)"
+            return [
+                make_alert(
+                    agent, timestamp, AUDIT_CHAIN, float(len(breaks)), None, "critical", escape(message, MAX_MESSAGE),
+                    technique=INDICATOR_REMOVAL_TECHNIQUE,
+                )
+            ]
+        if AUDIT_CHAIN not in active:
+            return []
+        since = self._audit_breaks.setdefault(agent, timestamp)
+        if timestamp - since < hold:
+            return []
+        self._drop(active, AUDIT_CHAIN)
+        del self._audit_breaks[agent]
+        message = f"no audit chain break for {hold:g} s"
+        return [make_alert(agent, timestamp, AUDIT_CHAIN, None, None, "info", message, "cleared")]
 
     def forget(self, agents: Iterable[str]) -> None:
         for agent in agents:

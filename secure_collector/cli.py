@@ -31,6 +31,7 @@ from pki.tls import client_context
 from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
 from secure_collector.alertstate import AlertState, state_path
+from secure_collector.audittrail import AuditTrail
 from secure_collector.config import CollectorConfig
 from secure_collector.errors import CollectorError
 from secure_collector.hook import AlertHook
@@ -184,13 +185,15 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
     engine = AlertEngine(config.thresholds)
     state = AlertState(state_path(config.spool_dir, shard))
     state.load(engine, {a.name for a in agents})
-    recorder = Recorder(delivery, engine, hook, state)
+    trail = AuditTrail([a.name for a in agents], max_records_per_sweep=config.audit_fetch.max_records_per_sweep)
+    recorder = Recorder(delivery, engine, hook, state, trail, audit_hold=config.audit_fetch.alert_hold)
     poller = Poller(
         connections,
         recorder,
         poll_interval=config.poll_interval,
         max_workers=config.max_workers,
         backoff_max=config.backoff_max,
+        follow_up=trail,
     )
     return Collector(config, poller, delivery, spool, hook, lock)
 
@@ -216,20 +219,26 @@ def _own_spool_dir(args: argparse.Namespace, config: CollectorConfig, shard: tup
     return lock
 
 
-def status_line(result: PollResult, width: int) -> str:
-    detail = f"  {escape(result.detail)}" if result.detail else ""
-    return f"{result.agent:<{width}}  {result.state:<12}  {result.latency_ms:8.1f} ms{detail}"
+def status_line(result: PollResult, width: int, stored: tuple[str, str] | None = None) -> str:
+    """One agent's line for ``--once``: its state as stored (``audit_broken`` beside ``up``) and the detail."""
+    state, detail = stored if stored is not None else (result.state, result.detail)
+    shown = f"  {escape(detail)}" if detail else ""
+    return f"{result.agent:<{width}}  {state:<12}  {result.latency_ms:8.1f} ms{shown}"
 
 
 def run_once(collector: Collector) -> int:
     delivery = collector.delivery
     if delivery is not None and delivery.backlog:
         delivery.retry(force=True)
+    recorder = collector.poller.recorder
+    if recorder is not None:
+        recorder.load_audit_tails()
     results = collector.poller.poll_once()
     width = max((len(r.agent) for r in results), default=0)
+    stored = recorder.last_state if recorder is not None else {}
     for result in results:
-        print(status_line(result, width), flush=True)
-    if not all(r.state == "up" for r in results):
+        print(status_line(result, width, stored.get(result.agent)), flush=True)
+    if not all(r.state == "up" for r in results):  # an audit_broken agent answered: it is printed, not failed
         return 1
     if delivery is not None and delivery.backlog:
         logger.warning("storage unavailable: this sweep waits in the spool (%s)", delivery.spool.directory)
@@ -252,6 +261,8 @@ def run_forever(collector: Collector) -> int:
         collector.config.poll_interval,
         collector.config.max_workers,
     )
+    if collector.poller.recorder is not None:
+        collector.poller.recorder.load_audit_tails()
     try:
         collector.poller.run()
     finally:

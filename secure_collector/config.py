@@ -47,6 +47,15 @@ class Thresholds(_Section):
     hysteresis: float = Field(default=0.05, ge=0, le=0.5)
 
 
+class AuditFetchConfig(_Section):
+    """Collecting the agents' audit trails (:mod:`secure_collector.audittrail`)."""
+
+    # records fetched per agent per sweep at most: a long backlog is caught up over several sweeps
+    max_records_per_sweep: int = Field(default=5000, ge=1, le=1_000_000)
+    # seconds an agent stays audit_broken (its audit_chain alert firing) after its last chain break
+    alert_hold: float = Field(default=86_400, ge=0, le=365 * 86_400)
+
+
 class CollectorConfig(_Section):
     agents: tuple[AgentEntry, ...] = Field(min_length=1, max_length=100_000)
     poll_interval: float = Field(default=30, ge=0.1, le=86_400)
@@ -66,6 +75,7 @@ class CollectorConfig(_Section):
     alert_command: tuple[str, ...] | None = None
     # seconds alert_command may take per alert before it is killed (and the alert retried)
     alert_timeout: float = Field(default=10, gt=0, le=300)
+    audit_fetch: AuditFetchConfig = AuditFetchConfig()
 
     @field_validator("agents")
     @classmethod

@@ -13,6 +13,10 @@ The last line of defence: whatever one agent's call raises that is not a
 :class:`~secure_collector.errors.PollError` (a bug of ours that some answer reached) ends that call as
 ``bad_response`` with a generic detail, logged once per agent and run; the other calls go on. It is the
 one place where ``except Exception`` decides anything, and it decides only that the agent failed.
+
+A :class:`FollowUp` (the audit trail, :mod:`.audittrail`) may make more calls on the same connection once
+``get_metrics`` has answered, each under its own deadline; the poll's result waits for them and carries what
+they brought. A failing follow-up call never turns a good poll into a failed one.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from secure_collector.errors import AgentBadResponse, AgentTimeout, AgentUnreachable, PollError
 from secure_collector.sink import PollResult
@@ -62,16 +66,31 @@ class Stamper:
         return now
 
 
+class FollowUp(Protocol):
+    """More calls after a good ``get_metrics``: ``(method, params)`` to make next, or None when done."""
+
+    def first_call(self, agent: str) -> tuple[str, tuple[Any, ...]] | None: ...
+
+    def answer(self, agent: str, value: object) -> tuple[str, tuple[Any, ...]] | None: ...
+
+    def failed(self, agent: str, error: PollError) -> None: ...
+
+    def finish(self, agent: str) -> Any: ...
+
+
 class _Call(NamedTuple):
     connection: AgentConnection
     started: float
+    deadline: float
+    pending: PollResult | None = None  # the poll's result, once get_metrics answered and follow-ups run
 
 
 class Engine:
     """Runs calls to many agents concurrently on the calling thread. Not thread-safe but for :meth:`wake`."""
 
-    def __init__(self, stamp: Stamper | None = None) -> None:
+    def __init__(self, stamp: Stamper | None = None, follow_up: FollowUp | None = None) -> None:
         self.stamp = stamp or Stamper()
+        self._follow_up = follow_up
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -106,7 +125,7 @@ class Engine:
         name = connection.name
         if name in self._calls:
             raise ValueError(f"{name}: a call is already in flight")
-        self._calls[name] = _Call(connection, now)
+        self._calls[name] = _Call(connection, now, now + connection.timeout)
         heapq.heappush(self._deadlines, (now + connection.timeout, next(self._sequence), name))
         if not connection.connected and not is_ip_literal(connection.host):
             resolver = self._resolver or ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve")
@@ -164,26 +183,61 @@ class Engine:
         return finished
 
     def _advance(self, connection: AgentConnection) -> None:
+        name = connection.name
+        call = self._calls[name]
         try:
             body = connection.step()
             if body is None:
                 self._watch(connection)
                 return
             value = connection.finish(body)
-            timestamp = self.stamp(connection.name)
-            try:
-                sample = to_sample(validate_answer(value, connection.name), timestamp)
-            except AnswerInvalid as exc:
-                raise AgentBadResponse(connection.name, str(exc)) from None
+            if call.pending is None:
+                timestamp = self.stamp(name)
+                try:
+                    sample = to_sample(validate_answer(value, name), timestamp)
+                except AnswerInvalid as exc:
+                    raise AgentBadResponse(name, str(exc)) from None
+                latency = (time.monotonic() - call.started) * 1000
+                result = PollResult(name, timestamp, "up", "", latency, sample)
+                follow = self._follow_up.first_call(name) if self._follow_up is not None else None
+            else:
+                result = call.pending
+                follow = self._follow_up.answer(name, value) if self._follow_up is not None else None
         except PollError as exc:
-            self._fail(connection.name, exc)
+            self._fail(name, exc)
             return
         except Exception as exc:  # the last line of defence (module docstring)
-            self._fail(connection.name, self._unexpected(connection.name, exc))
+            self._fail(name, self._unexpected(name, exc))
             return
-        call = self._calls.pop(connection.name)
-        latency = (time.monotonic() - call.started) * 1000
-        self._finished.append(PollResult(connection.name, timestamp, "up", "", latency, sample))
+        if follow is not None and connection.connected:
+            self._follow(connection, call, result, follow)
+        else:
+            self._done(name, result)
+
+    def _follow(
+        self, connection: AgentConnection, call: _Call, result: PollResult, follow: tuple[str, tuple[Any, ...]]
+    ) -> None:
+        """Make the next follow-up call on the connection, under a deadline of its own."""
+        name = connection.name
+        now = time.monotonic()
+        self._calls[name] = _Call(connection, call.started, now + connection.timeout, result)
+        heapq.heappush(self._deadlines, (now + connection.timeout, next(self._sequence), name))
+        method, params = follow
+        try:
+            connection.begin(method, None, now, params=params)
+        except PollError as exc:
+            self._fail(name, exc)
+            return
+        except Exception as exc:  # the last line of defence (module docstring)
+            self._fail(name, self._unexpected(name, exc))
+            return
+        self._watch(connection)
+
+    def _done(self, name: str, result: PollResult) -> None:
+        self._calls.pop(name, None)
+        if self._follow_up is not None:
+            result = result._replace(audit=self._follow_up.finish(name))
+        self._finished.append(result)
 
     def _unexpected(self, name: str, exc: Exception) -> PollError:
         """The failure an unexpected exception in ``name``'s call stands for; logged once per agent."""
@@ -199,13 +253,18 @@ class Engine:
         return AgentBadResponse(name, UNEXPECTED_DETAIL)
 
     def _fail(self, name: str, exc: PollError) -> None:
-        call = self._calls.pop(name, None)
+        call = self._calls.get(name)
         if call is None:
             return
         fd = call.connection.fileno()
         if fd >= 0 and fd in self._selector.get_map():
             self._selector.unregister(fd)
         call.connection.close()
+        if call.pending is not None and self._follow_up is not None:  # a follow-up failed: the poll was good
+            self._follow_up.failed(name, exc)
+            self._done(name, call.pending)
+            return
+        self._calls.pop(name, None)
         latency = (time.monotonic() - call.started) * 1000
         retry_after = getattr(exc, "retry_after", None)
         self._finished.append(PollResult(name, self.stamp(name), exc.state, exc.detail, latency, None, retry_after))
@@ -214,7 +273,7 @@ class Engine:
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, _, name = heapq.heappop(self._deadlines)
             call = self._calls.get(name)
-            if call is None or call.started + call.connection.timeout != deadline:
+            if call is None or call.deadline != deadline:
                 continue  # that call is over; a newer one has its own entry
             try:
                 call.connection.expire(now)

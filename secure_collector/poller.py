@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from secure_collector.config import AgentEntry
-from secure_collector.engine import Engine, Stamper
+from secure_collector.engine import Engine, FollowUp, Stamper
 from secure_collector.sink import PollResult, Recorder
 from secure_collector.transport import AgentConnection
 from storage.escape import escape
@@ -140,6 +140,7 @@ class Poller:
         backoff_max: float = DEFAULT_BACKOFF_MAX,
         stamp: Stamper | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        follow_up: FollowUp | None = None,
     ) -> None:
         self.recorder = recorder
         self.interval = poll_interval
@@ -149,7 +150,7 @@ class Poller:
         self._monotonic = monotonic
         self._slots = {c.name: _Slot(c, position) for position, c in enumerate(connections)}
         self._order = [c.name for c in connections]
-        self._engine = Engine(stamp)
+        self._engine = Engine(stamp, follow_up)
         self._stop = threading.Event()
         self._restricted_in_flight = 0
         self.sweeps = 0

@@ -4,12 +4,13 @@
 replay has emptied the spool, so storage always receives batches in the order they were made. Replays
 are retried with a capped exponential delay, not on every sweep, so a dead database is not hammered.
 
-:class:`Recorder` turns :class:`PollResult` records into samples, statuses and alerts (one
+:class:`Recorder` turns :class:`PollResult` records into samples, statuses, alerts and audit records (one
 :class:`~secure_collector.alerts.AlertEngine`, used by one thread), batches them per sweep, hands the
 alerts to ``alert_command``'s durable outbox (:mod:`.hook`), delivers the batch, and then saves what is
 firing (:mod:`.alertstate`) if that changed, so a restart does not fire it again. An alert that the state
 file records as firing has therefore been stored (or spooled) and written to the outbox, from which it
-is removed only once the command exited 0: "notified" means exactly that.
+is removed only once the command exited 0: "notified" means exactly that. An agent whose ``audit_chain``
+alert is firing is stored as ``audit_broken`` while it answers.
 
 Storage keeps every alert, up to :data:`STORED_PER_POLL` per agent and poll; beyond that bound (a flood
 of fresh findings), the most severe are kept and the rest become one counted ``alert_summary`` record.
@@ -23,8 +24,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
-from secure_collector.alerts import AlertEngine
+from secure_collector.alerts import AUDIT_CHAIN, AlertEngine
 from secure_collector.alertstate import AlertState
+from secure_collector.audittrail import AuditOutcome, AuditTrail
 from secure_collector.errors import SpoolError
 from secure_collector.hook import AlertHook, storage_summary
 from secure_collector.outbox import SEVERITY_RANK
@@ -32,7 +34,7 @@ from secure_collector.spool import Spool
 from storage.base import Batch, Store
 from storage.errors import StorageError
 from storage.escape import escape
-from storage.models import AgentState, AgentStatus, Alert, Sample
+from storage.models import AgentState, AgentStatus, Alert, AuditEntry, AuditTail, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ RETRY_MIN = 1.0
 RETRY_MAX = 30.0
 STORED_PER_POLL = 64
 """Alerts of one agent stored one by one per poll (an honest poll raises at most a dozen or so)."""
+DEFAULT_AUDIT_HOLD = 86_400.0
 
 
 class PollResult(NamedTuple):
@@ -52,12 +55,15 @@ class PollResult(NamedTuple):
     latency_ms: float
     sample: Sample | None = None
     retry_after: float | None = None
+    audit: AuditOutcome | None = None  # what this sweep fetched of the agent's audit trail
 
 
 class BatchWriter(Protocol):
     """The part of :class:`storage.base.Store` that delivery needs."""
 
     def write(self, batch: Batch) -> None: ...
+
+    def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]: ...
 
     def close(self) -> None: ...
 
@@ -74,6 +80,11 @@ class LazyStore:
         if self._store is None:
             self._store = self._opener()
         self._store.write(batch)
+
+    def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]:
+        if self._store is None:
+            self._store = self._opener()
+        return self._store.audit_tails(agents)
 
     def close(self) -> None:
         if self._store is not None:
@@ -179,15 +190,23 @@ class Recorder:
         engine: AlertEngine,
         hook: AlertHook | None = None,
         state: AlertState | None = None,
+        trail: AuditTrail | None = None,
+        *,
+        audit_hold: float = DEFAULT_AUDIT_HOLD,
     ) -> None:
         self.delivery = delivery
         self.engine = engine
         self.hook = hook
         self.state = state
+        self.trail = trail
+        self.audit_hold = audit_hold
         self._samples: list[Sample] = []
         self._alerts: list[Alert] = []
         self._statuses: list[AgentStatus] = []
         self._reported = False
+        self._audit: list[AuditEntry] = []
+        self._audit_detail: dict[str, str] = {}  # agent -> its last audit chain break, for its state
+        self.last_state: dict[str, tuple[AgentState, str]] = {}  # agent -> state and detail as stored
 
     def __len__(self) -> int:
         return len(self._statuses)
@@ -195,10 +214,14 @@ class Recorder:
     def add(self, result: PollResult) -> None:
         if result.sample is not None:
             self._samples.append(result.sample)
+        state, detail = result.state, result.detail
         try:
             alerts = self.engine.evaluate_state(result.agent, result.state, result.timestamp, result.detail)
             if result.sample is not None:
                 alerts += self.engine.evaluate(result.sample)
+            if state == "up":
+                state, detail, more = self._audit_outcome(result)
+                alerts += more
         except Exception as exc:  # the last line of defence for one agent's alerts (engine.py)
             if not self._reported:
                 self._reported = True
@@ -208,14 +231,15 @@ class Recorder:
             ordered = sorted(alerts, key=lambda a: -SEVERITY_RANK[a.severity])
             kept, rest = ordered[: STORED_PER_POLL - 1], ordered[STORED_PER_POLL - 1 :]
             alerts = [*kept, storage_summary(result.agent, result.timestamp, rest, STORED_PER_POLL - 1)]
+        self.last_state[result.agent] = (state, detail)
         # validated (in pydantic-core, cheaper than model_construct's Python loop); every value is ours
         self._statuses.append(
             AgentStatus.model_validate(
                 {
                     "agent": result.agent,
                     "timestamp": result.timestamp,
-                    "state": result.state,
-                    "detail": escape(result.detail)[:256],
+                    "state": state,
+                    "detail": escape(detail)[:256],
                     "latency_ms": max(0.0, round(result.latency_ms, 3)),
                 }
             )
@@ -232,6 +256,43 @@ class Recorder:
                     escape(alert.message),
                 )
 
+    def _audit_outcome(self, result: PollResult) -> tuple[AgentState, str, list[Alert]]:
+        """The audit records a good poll brought, the ``audit_chain`` alerts, and the state to store."""
+        agent, outcome = result.agent, result.audit
+        breaks: list[str] = []
+        if outcome is not None:
+            self._audit.extend(outcome.entries)
+            breaks = [found.message for found in outcome.breaks]
+            for message in breaks:
+                logger.warning("%s: %s", agent, escape(message))
+        alerts = self.engine.evaluate_audit(agent, result.timestamp, breaks, self.audit_hold)
+        if breaks:
+            self._audit_detail[agent] = breaks[0]
+        if AUDIT_CHAIN in self.engine.firing(agent):
+            detail = self._audit_detail.get(agent, "audit chain broken: see its audit_chain alert")
+            return "audit_broken", detail, alerts
+        if outcome is not None and outcome.error is not None:
+            return "up", f"audit trail: {outcome.error}", alerts
+        return "up", result.detail, alerts
+
+    def load_audit_tails(self) -> bool:
+        """Read where the agents' central audit copies end, for those not known yet; False if storage cannot say.
+
+        Only once nothing waits in the spool: spooled audit records are newer than what storage holds.
+        """
+        trail = self.trail
+        if trail is None or not trail.pending:
+            return True
+        if self.delivery.backlog:
+            return False
+        try:
+            tails = self.delivery.store.audit_tails(trail.pending)
+        except StorageError as exc:
+            logger.warning("cannot read where the central audit copies end (%s); audit trails wait", exc)
+            return False
+        trail.load(tails)
+        return True
+
     def add_all(self, results: Sequence[PollResult]) -> None:
         for result in results:
             self.add(result)
@@ -244,11 +305,13 @@ class Recorder:
         if self.hook is not None:
             self._alerts.extend(self.hook.submit(self._alerts))
             self._alerts.extend(self.hook.delivery_alerts(final=final))
-        if not self._statuses and not self._alerts:
+        if not self._statuses and not self._alerts and not self._audit:
             return
-        batch = Batch(tuple(self._samples), tuple(self._alerts), tuple(self._statuses))
-        self._samples, self._alerts, self._statuses = [], [], []
+        batch = Batch(tuple(self._samples), tuple(self._alerts), tuple(self._statuses), tuple(self._audit))
+        self._samples, self._alerts, self._statuses, self._audit = [], [], [], []
         self.delivery.deliver(batch)
+        if self.trail is not None and self.trail.pending:
+            self.load_audit_tails()
         if self.state is not None:
             # after the alerts are stored or spooled: a crash in between repeats an alert, never loses one
             self.state.save(self.engine)

@@ -1,4 +1,4 @@
-"""The spool: where samples, alerts and statuses wait, durably and in order, while storage is down.
+"""The spool: where samples, alerts, statuses and audit records wait, durably and in order, while storage is down.
 
 Layout of ``spool_dir`` (mode 0700; files 0600)::
 
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from secure_collector.errors import SpoolError
 from storage.base import Batch
-from storage.models import AgentStatus, Alert, Sample
+from storage.models import AgentStatus, Alert, AuditEntry, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def encode(batch: Batch) -> bytes:
         "samples": [s.model_dump(mode="json") for s in batch.samples],
         "alerts": [a.model_dump(mode="json") for a in batch.alerts],
         "statuses": [s.model_dump(mode="json") for s in batch.statuses],
+        "audit": [e.model_dump(mode="json") for e in batch.audit],
     }
     return json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\n"
 
@@ -59,6 +60,7 @@ def decode(line: bytes) -> Batch:
         samples=tuple(Sample.model_validate(s) for s in record["samples"]),
         alerts=tuple(Alert.model_validate(a) for a in record["alerts"]),
         statuses=tuple(AgentStatus.model_validate(s) for s in record["statuses"]),
+        audit=tuple(AuditEntry.model_validate(e) for e in record.get("audit", ())),
     )
 
 
@@ -193,6 +195,7 @@ class Spool:
         samples: list[Sample] = []
         alerts: list[Alert] = []
         statuses: list[AgentStatus] = []
+        audit: list[AuditEntry] = []
         count = 0
         position = start
         with open(path, "rb") as handle:
@@ -212,12 +215,13 @@ class Spool:
                 samples.extend(batch.samples)
                 alerts.extend(batch.alerts)
                 statuses.extend(batch.statuses)
+                audit.extend(batch.audit)
                 count += 1
-                if len(samples) + len(statuses) >= REPLAY_CHUNK_SAMPLES:
-                    yield Batch(tuple(samples), tuple(alerts), tuple(statuses)), position, count
-                    samples, alerts, statuses, count = [], [], [], 0
+                if len(samples) + len(statuses) + len(audit) >= REPLAY_CHUNK_SAMPLES:
+                    yield Batch(tuple(samples), tuple(alerts), tuple(statuses), tuple(audit)), position, count
+                    samples, alerts, statuses, audit, count = [], [], [], [], 0
         if count:
-            yield Batch(tuple(samples), tuple(alerts), tuple(statuses)), position, count
+            yield Batch(tuple(samples), tuple(alerts), tuple(statuses), tuple(audit)), position, count
 
     def _write_cursor(self, name: str, offset: int) -> None:
         temp = self.directory / f".cursor.{os.getpid()}"

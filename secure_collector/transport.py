@@ -102,6 +102,7 @@ class AgentConnection:
         self._addresses: list[Address] = []
         self._resolved: list[Address] = []
         self._method = ""
+        self._params: tuple[Any, ...] = ()
         self._out = b""
         self.deadline = 0.0
 
@@ -122,10 +123,18 @@ class AgentConnection:
         """The selector event the call waits for now."""
         return self._want
 
-    def begin(self, method: str, addresses: list[Address] | None = None, now: float | None = None) -> None:
-        """Start a call of ``method()``; ``addresses`` (from :func:`resolve`) are needed only to connect."""
+    def begin(
+        self,
+        method: str,
+        addresses: list[Address] | None = None,
+        now: float | None = None,
+        *,
+        params: tuple[Any, ...] = (),
+    ) -> None:
+        """Start a call of ``method(*params)``; ``addresses`` (from :func:`resolve`) are needed only to connect."""
         self.deadline = (time.monotonic() if now is None else now) + self.timeout
         self._method = method
+        self._params = params
         self._fresh = self._sock is None
         try:
             if self._sock is None:
@@ -183,9 +192,9 @@ class AgentConnection:
             with contextlib.suppress(OSError):  # closing a broken socket: nothing left to do
                 sock.close()
 
-    def call(self, method: str) -> object:
+    def call(self, method: str, *params: Any) -> object:
         """Make one call from start to end on this thread (for ``--once`` tools and tests)."""
-        self.begin(method)
+        self.begin(method, params=params)
         with selectors.DefaultSelector() as selector:
             while True:
                 fd = self.fileno()
@@ -268,9 +277,11 @@ class AgentConnection:
 
     # -- the exchange ----------------------------------------------------------------------------
     def _prepare_send(self) -> None:
-        body = self._bodies.get(self._method)
+        body = None if self._params else self._bodies.get(self._method)
         if body is None:
-            body = self._bodies[self._method] = wire.request_body(self._method)
+            body = wire.request_body(self._method, *self._params)
+            if not self._params:  # a call without parameters: the same body every time
+                self._bodies[self._method] = body
         token = tokens.sign(self._key_id, self._key, self.name, body)
         self._out = self._exchange.request(body, token.encode("ascii"))
         self._state = _SENDING

@@ -38,8 +38,9 @@ from xml.parsers.expat import errors as expat_errors
 
 MAX_ELEMENTS = 100_000
 MAX_DEPTH = 32
-MAX_STRING = 4096
-"""Protocol strings are at most 512 characters; this cap only bounds work before validation."""
+MAX_STRING = 16_384
+"""Audit records (``get_audit``) are at most 16 KiB lines; other strings are at most 512 characters (validated
+later): this cap only bounds work before validation."""
 MAX_NUMBER_TEXT = 40
 
 
@@ -54,9 +55,9 @@ class Answer(NamedTuple):
     fault: bool
 
 
-def request_body(method: str) -> bytes:
-    """The XML-RPC body of a call without parameters (built once, reused for every call)."""
-    return xmlrpc.client.dumps((), method, encoding="utf-8").encode("utf-8")
+def request_body(method: str, *params: Any) -> bytes:
+    """The XML-RPC body of a call (one without parameters is built once and reused for every call)."""
+    return xmlrpc.client.dumps(params, method, encoding="utf-8").encode("utf-8")
 
 
 def parse_response(body: bytes) -> Answer:

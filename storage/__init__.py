@@ -14,7 +14,16 @@ __version__ = "0.1.0"  # the project's version (pyproject.toml); a test keeps th
 from storage.base import Batch, Store
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.factory import open_store
-from storage.models import ALERT_COLUMNS, SAMPLE_COLUMNS, STATUS_COLUMNS, AgentStatus, Alert, Sample
+from storage.models import (
+    ALERT_COLUMNS,
+    SAMPLE_COLUMNS,
+    STATUS_COLUMNS,
+    AgentStatus,
+    Alert,
+    AuditEntry,
+    AuditTail,
+    Sample,
+)
 
 __all__ = [
     "ALERT_COLUMNS",
@@ -22,6 +31,8 @@ __all__ = [
     "STATUS_COLUMNS",
     "AgentStatus",
     "Alert",
+    "AuditEntry",
+    "AuditTail",
     "Batch",
     "Sample",
     "StorageConfigError",

@@ -56,6 +56,8 @@ class StorageConfig(_Section):
     metrics_file: Path | None = None
     json_file: Path = Path("/var/lib/secure-monitor/metrics_data.json")
     rotation: RotationConfig = RotationConfig()
+    # the central copies of the agents' audit logs (file backend); None: audit/ beside json_file
+    audit_dir: Path | None = None
     # mysql backend (predecessor names); the password may come from a file or the environment instead
     mysql_host: str = "localhost"
     mysql_port: int = Field(default=3306, ge=1, le=65535)
@@ -67,3 +69,8 @@ class StorageConfig(_Section):
     mysql_database: str = Field(default="monitoring", pattern=r"^[A-Za-z0-9_]{1,64}$")
     mysql_ssl: MySQLTLSConfig | None = None
     batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+    @property
+    def audit_directory(self) -> Path:
+        """Where the file backend keeps the agents' central audit copies."""
+        return self.audit_dir if self.audit_dir is not None else self.json_file.parent / "audit"

@@ -9,6 +9,7 @@ newest backup first, N = ``rotation.backup_count``; see :mod:`storage.rotating`)
     DIR/metrics_data.status.json   agent states: one storage.models.AgentStatus per line (every poll)
     DIR/metrics_data.json.lock     locked (flock) by the one process writing this family of files
     metrics_file (optional)        human-readable log: one line per new sample and per alert
+    audit_dir/AGENT.log            the central copy of each agent's audit log (:mod:`storage.auditcopy`)
 
 Every data line is a flat JSON object beginning with ``"agent"``; samples end with ``findings`` and
 ``extra``. Beside each data file the writer keeps a line index (``NAME.idx``, :mod:`storage.lineindex`)
@@ -37,20 +38,21 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
 
 from storage import frames, jsonlines
+from storage.auditcopy import AuditCopies
 from storage.base import Batch
 from storage.config import StorageConfig
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.escape import escape
 from storage.frames import FrameSpec
 from storage.lineindex import agent_key, agent_lines
-from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, Sample
+from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, AuditTail, Sample
 from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
 
 log = logging.getLogger(__name__)
@@ -130,8 +132,10 @@ class FileStore:
         fsync: bool = True,
         readonly: bool = False,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
+        audit_dir: Path | None = None,
     ) -> None:
         self.json_file = Path(json_file)
+        self.audit = AuditCopies(audit_dir if audit_dir is not None else self.json_file.parent / "audit", fsync=fsync)
         self.alerts_file = sibling(self.json_file, "alerts")
         self.status_file = sibling(self.json_file, "status")
         self.metrics_file = metrics_file
@@ -166,6 +170,7 @@ class FileStore:
             max_bytes=config.rotation.max_bytes,
             backup_count=config.rotation.backup_count,
             readonly=readonly,
+            audit_dir=config.audit_directory,
         )
 
     # -- writing -------------------------------------------------------------------------------------
@@ -224,6 +229,7 @@ class FileStore:
                 if not self._writers_open:
                     self._open_writers()
                 self._write_locked(batch)
+                self.audit.write(batch.audit)
             except OSError as exc:
                 self._close_writers()
                 raise StorageUnavailable(
@@ -258,6 +264,22 @@ class FileStore:
             self._status_keys.add((status.agent, status.timestamp))
 
     # -- reading -------------------------------------------------------------------------------------
+
+    def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]:
+        """The last record of each agent's central audit copy (agents without one are left out)."""
+        with self._lock:
+            try:
+                tails = {agent: self.audit.tail(agent) for agent in agents if _AGENT.fullmatch(agent)}
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot read {exc.filename or self.audit.directory}: "
+                                         f"{exc.strerror or exc}") from exc
+        return {agent: tail for agent, tail in tails.items() if tail is not None}
+
+    def read_audit(self, agent: str) -> Iterator[str]:
+        """The lines of ``agent``'s current central audit copy, oldest first."""
+        if _AGENT.fullmatch(agent) is None:
+            return iter(())
+        return self.audit.read(agent)
 
     def query_samples(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
         return self._query(self.json_file, frames.SAMPLES, start, end, agent)

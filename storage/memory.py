@@ -7,12 +7,14 @@ unavailable, so that the collector's spool can be exercised without breaking a r
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from storage import frames
+from storage.auditcopy import placement
 from storage.base import Batch
 from storage.errors import StorageUnavailable
-from storage.models import AgentStatus, Alert, Sample
+from storage.models import AgentStatus, Alert, AuditEntry, AuditTail, Sample
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,6 +28,7 @@ class MemoryStore:
         self._samples: dict[tuple[str, float], Sample] = {}
         self._alerts: dict[tuple[str, float, str, str], Alert] = {}
         self._statuses: dict[tuple[str, float], AgentStatus] = {}
+        self._audit: dict[str, list[list[AuditEntry]]] = {}  # agent -> its copies, the current one last
         self._available = True
         self._closed = False
         self.writes = 0
@@ -67,7 +70,29 @@ class MemoryStore:
                 self._alerts.setdefault((alert.agent, alert.timestamp, alert.metric, alert.state), alert)
             for status in batch.statuses:
                 self._statuses.setdefault((status.agent, status.timestamp), status)
+            for entry in batch.audit:
+                copies = self._audit.setdefault(entry.agent, [])
+                where = placement(copies[-1][-1].hash if copies else None, entry)
+                if where == "new_copy":
+                    copies.append([entry])
+                elif where == "append":
+                    copies[-1].append(entry)
             self.writes += 1
+
+    def audit_copies(self, agent: str) -> list[list[str]]:
+        """Every central copy of ``agent``'s audit log (lines), the current one last."""
+        with self._lock:
+            return [[entry.line for entry in copy] for copy in self._audit.get(agent, [])]
+
+    def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]:
+        with self._lock:
+            self._check()
+            tails = {agent: self._audit[agent][-1][-1] for agent in agents if self._audit.get(agent)}
+        return {agent: AuditTail(entry.hash, entry.seq, entry.time) for agent, entry in tails.items()}
+
+    def read_audit(self, agent: str) -> Iterator[str]:
+        copies = self.audit_copies(agent)
+        return iter(copies[-1] if copies else [])
 
     def query_samples(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
         with self._lock:

@@ -2,21 +2,26 @@
 
 A :class:`Sample` is one successful poll of one agent: the contract's fields plus detail fields.
 An :class:`Alert` is a threshold or security transition. An :class:`AgentStatus` is the outcome of
-every poll attempt, good or bad, so that dashboards can show "last seen" and "state".
+every poll attempt, good or bad, so that dashboards can show "last seen" and "state". An
+:class:`AuditEntry` is one record of an agent's audit log, copied by the collector into its central copy.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ThreatLevel = Literal["none", "low", "medium", "high"]
 Severity = Literal["info", "warning", "critical"]
-AgentState = Literal["up", "unreachable", "timeout", "tls_failure", "auth_refused", "rate_limited", "bad_response"]
+AgentState = Literal[
+    "up", "unreachable", "timeout", "tls_failure", "auth_refused", "rate_limited", "bad_response", "audit_broken"
+]
 AlertState = Literal["firing", "cleared"]
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+MAX_AUDIT_LINE = 16_384
 
 
 class _Record(BaseModel):
@@ -81,6 +86,34 @@ class AgentStatus(_Record):
     state: AgentState
     detail: str = Field(default="", max_length=256)
     latency_ms: float | None = Field(default=None, ge=0)
+
+
+class AuditEntry(_Record):
+    """One record of an agent's audit log for the central copy: the agent's line byte for byte, and where it goes.
+
+    ``new_copy`` starts a new central copy with this record: the copy held so far (whose last record's
+    hash is ``closes``, ``""`` when there is none) is kept under its own name and never written again.
+    A store applies an entry only where it fits (:func:`storage.auditcopy.placement`), so a replay
+    stores nothing twice.
+    """
+
+    agent: str = Field(pattern=AGENT_NAME_PATTERN)
+    seq: int = Field(ge=0)
+    hash: str = Field(pattern=HASH_PATTERN)
+    prev: str = Field(pattern=HASH_PATTERN)
+    time: str = Field(default="", max_length=32)
+    line: str = Field(min_length=2, max_length=MAX_AUDIT_LINE)
+    new_copy: bool = False
+    closes: str | None = Field(default=None, max_length=64)
+    broke_at: float | None = Field(default=None, ge=0)  # when the break was found: names the copy kept
+
+
+class AuditTail(NamedTuple):
+    """The last record of an agent's current central copy."""
+
+    hash: str
+    seq: int
+    time: str
 
 
 SAMPLE_COLUMNS: tuple[str, ...] = (

@@ -15,13 +15,14 @@ again. Connection security (credentials, TLS, timeouts) is :mod:`storage.mysql_c
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import logging
 import math
 import operator
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import pandas as pd
@@ -31,17 +32,18 @@ import pymysql.cursors
 from pymysql.constants import SERVER_STATUS
 
 from storage import frames
+from storage.auditcopy import placement
 from storage.base import Batch
 from storage.config import StorageConfig
 from storage.errors import StorageConfigError, StorageError
 from storage.frames import FrameSpec
-from storage.models import Sample
+from storage.models import AuditEntry, AuditTail, Sample
 from storage.mysql_conn import connect_kwargs, probe_unix_socket, translate
 from storage.sqlvalues import SqlKind, insert_statements
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _LOST = {2006, 2013, 2055}  # server gone away, lost connection during query, lost connection at handshake
 _NO_TABLE = 1146
 _T = TypeVar("_T")
@@ -82,6 +84,22 @@ _SQL_KIND: dict[str, SqlKind] = {"float": "float", "int": "int", "str": "str", "
 _SAMPLE_INSERT = _insert("metrics", frames.SAMPLES, cpu_count="opt_int", details="opt_str")
 _ALERT_INSERT = _insert("alerts", frames.ALERTS)
 _STATUS_INSERT = _insert("agent_status", frames.STATUSES)
+_AUDIT_COLUMNS = ("agent", "copy_id", "seq", "hash", "prev", "time", "line", "copy_started")
+_AUDIT_INSERT = _Insert(
+    "INSERT INTO `audit_records` (" + ", ".join(f"`{c}`" for c in _AUDIT_COLUMNS) + ") VALUES ",  # noqa: S608 - fixed
+    " ON DUPLICATE KEY UPDATE `agent` = `agent`",
+    ("str", "int", "int", "str", "str", "str", "str", "float"),
+)
+_AUDIT_TAILS = (
+    "SELECT r.`agent`, r.`copy_id`, r.`hash`, r.`seq`, r.`time` FROM `audit_records` r JOIN "
+    "(SELECT `agent`, MAX(`id`) AS `id` FROM `audit_records` WHERE `agent` IN ({}) GROUP BY `agent`) m "
+    "ON r.`id` = m.`id`"
+)
+_AUDIT_PAGE = (
+    "SELECT `id`, `line` FROM `audit_records` WHERE `agent` = %s AND `copy_id` = %s AND `id` > %s "
+    "ORDER BY `id` LIMIT %s"
+)
+_AUDIT_PAGE_ROWS = 10_000
 _sample_values = operator.attrgetter(*frames.SAMPLES.columns)
 _alert_values = operator.attrgetter(*frames.ALERTS.columns)
 _status_values = operator.attrgetter(*frames.STATUSES.columns)
@@ -124,6 +142,7 @@ class MySQLStore:
         self._conn: pymysql.connections.Connection[pymysql.cursors.Cursor] | None = None
         self._schema_checked = readonly  # readers never run DDL
         self._closed = False
+        self._audit_tails: dict[str, tuple[int, AuditTail] | None] = {}  # agent -> (copy_id, last record)
 
     @classmethod
     def from_config(cls, config: StorageConfig, *, readonly: bool = False) -> MySQLStore:
@@ -187,14 +206,14 @@ class MySQLStore:
 
     def _ensure_schema(self, conn: pymysql.connections.Connection[Any]) -> None:
         version = self._version(conn)
-        if version is None:
-            self._apply_schema(conn)
-        elif version > SCHEMA_VERSION:
+        if version is not None and version > SCHEMA_VERSION:
             raise StorageConfigError(
                 f"mysql {self.where}: database schema version {version} is newer than this program's "
                 f"({SCHEMA_VERSION})"
             )
-        else:
+        if version is None or version < SCHEMA_VERSION:
+            self._apply_schema(conn)  # every statement is idempotent: an older schema is brought up to date
+        if version is not None:
             self._nullable_ssh_failures(conn)
 
     def _nullable_ssh_failures(self, conn: pymysql.connections.Connection[Any]) -> None:
@@ -272,10 +291,16 @@ class MySQLStore:
             except ValueError as exc:
                 raise StorageError(f"mysql write on {self.where}: {exc}") from exc
             conn.begin()
-            with conn.cursor() as cursor:
-                for statement in statements:
-                    cursor.execute(statement)
-            conn.commit()
+            try:
+                with conn.cursor() as cursor:
+                    for statement in statements:
+                        cursor.execute(statement)
+                    for statement in self._audit_statements(cursor, batch.audit, escape):
+                        cursor.execute(statement)
+                conn.commit()
+            except BaseException:
+                self._audit_tails.clear()  # what the server holds is the truth: read it again
+                raise
 
         started = time.perf_counter()
         self._run("write", work)
@@ -284,7 +309,83 @@ class MySQLStore:
             len(batch.samples), len(batch.alerts), len(batch.statuses), (time.perf_counter() - started) * 1000,
         )
 
+    def _audit_statements(
+        self, cursor: pymysql.cursors.Cursor, entries: Sequence[AuditEntry], escape: Callable[[str], str]
+    ) -> list[str]:
+        """The inserts that apply ``entries`` to the central copies (:func:`storage.auditcopy.placement`)."""
+        if not entries:
+            return []
+        missing = sorted({e.agent for e in entries if e.agent not in self._audit_tails})
+        if missing:
+            self._audit_tails.update(self._load_tails(cursor, missing))
+        rows: list[tuple[Any, ...]] = []
+        for entry in entries:
+            current = self._audit_tails.get(entry.agent)
+            where = placement(current[1].hash if current is not None else None, entry)
+            if where == "skip":
+                continue
+            copy_id = current[0] if current is not None else 0
+            started = None
+            if where == "new_copy":
+                copy_id, started = (copy_id + 1 if current is not None else 0), entry.broke_at
+                if current is not None:
+                    log.warning("audit copy %d of %s closed after a chain break", copy_id - 1, entry.agent)
+            rows.append((entry.agent, copy_id, entry.seq, entry.hash, entry.prev, entry.time, entry.line, started))
+            self._audit_tails[entry.agent] = (copy_id, AuditTail(entry.hash, entry.seq, entry.time))
+        try:
+            return insert_statements(_AUDIT_INSERT.head, _AUDIT_INSERT.tail, rows, _AUDIT_INSERT.kinds, escape)
+        except ValueError as exc:
+            raise StorageError(f"mysql write on {self.where}: {exc}") from exc
+
+    @staticmethod
+    def _load_tails(cursor: pymysql.cursors.Cursor, agents: Sequence[str]) -> dict[str, tuple[int, AuditTail] | None]:
+        found: dict[str, tuple[int, AuditTail] | None] = dict.fromkeys(agents)
+        cursor.execute(_AUDIT_TAILS.format(", ".join(["%s"] * len(agents))), tuple(agents))
+        for agent, copy_id, digest, seq, when in cursor.fetchall():
+            found[str(agent)] = (int(copy_id), AuditTail(str(digest), int(seq), str(when)))
+        return found
+
     # -- reading -------------------------------------------------------------------------------------
+
+    def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]:
+        """The last record of each agent's current central audit copy (agents without one are left out)."""
+        if not agents:
+            return {}
+
+        def work(conn: pymysql.connections.Connection[Any]) -> dict[str, tuple[int, AuditTail] | None]:
+            with conn.cursor() as cursor:
+                return self._load_tails(cursor, list(agents))
+
+        def nothing() -> dict[str, tuple[int, AuditTail] | None]:
+            return {}
+
+        tails = self._run("query audit_records", work, on_missing_table=nothing)
+        return {agent: tail[1] for agent, tail in tails.items() if tail is not None}
+
+    def read_audit(self, agent: str) -> Iterator[str]:
+        """The lines of ``agent``'s current central audit copy (its highest ``copy_id``), oldest first."""
+        copies = self._run(
+            "query audit_records",
+            lambda conn: self._fetch(conn, "SELECT MAX(`copy_id`) FROM `audit_records` WHERE `agent` = %s", (agent,)),
+            on_missing_table=lambda: (),
+        )
+        if not copies or copies[0][0] is None:
+            return
+        copy_id, last = int(copies[0][0]), 0
+        while True:
+            page = functools.partial(self._fetch, sql=_AUDIT_PAGE, params=(agent, copy_id, last, _AUDIT_PAGE_ROWS))
+            rows = self._run("query audit_records", page)
+            for row_id, line in rows:
+                yield str(line)
+                last = int(row_id)
+            if len(rows) < _AUDIT_PAGE_ROWS:
+                return
+
+    @staticmethod
+    def _fetch(conn: pymysql.connections.Connection[Any], sql: str, params: tuple[Any, ...]) -> tuple[Any, ...]:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return tuple(cursor.fetchall())
 
     def query_samples(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
         return self._query("metrics", frames.SAMPLES, start, end, agent)

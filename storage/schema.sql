@@ -1,4 +1,4 @@
--- secure-monitor storage schema, version 1 (MariaDB 10.5+ / MySQL 8).
+-- secure-monitor storage schema, version 2 (MariaDB 10.5+ / MySQL 8).
 -- Applied by `python -m storage init-db --config COLLECTOR_CONFIG`, or on the collector's first write.
 -- Every statement is idempotent; statements are separated by a semicolon at the end of a line.
 -- Timestamps are Unix seconds (UTC) as DOUBLE, exactly the float the collector stored, so that a
@@ -56,11 +56,35 @@ CREATE TABLE IF NOT EXISTS `agent_status` (
     `agent` VARCHAR(64) NOT NULL,
     `timestamp` DOUBLE NOT NULL,
     `state` ENUM('up', 'unreachable', 'timeout', 'tls_failure', 'auth_refused', 'rate_limited',
-                 'bad_response') NOT NULL,
+                 'bad_response', 'audit_broken') NOT NULL,
     `detail` VARCHAR(256) NOT NULL DEFAULT '',
     `latency_ms` DOUBLE NULL,
     PRIMARY KEY (`agent`, `timestamp`),
     KEY `ix_agent_status_time` (`timestamp`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
+-- Version 1 databases: the state an agent has while its audit chain is broken.
+ALTER TABLE `agent_status` MODIFY `state` ENUM('up', 'unreachable', 'timeout', 'tls_failure', 'auth_refused',
+    'rate_limited', 'bad_response', 'audit_broken') NOT NULL;
+
+-- The central copies of the agents' audit logs: each record's line exactly as the agent wrote it, in
+-- chain order (id). copy_id numbers an agent's copies: a chain break closes the current one (never
+-- written again) and the next record starts copy_id + 1, whose first row holds copy_started (the time of
+-- the break). (agent, copy_id, hash) is unique, so a replay stores a record once.
+CREATE TABLE IF NOT EXISTS `audit_records` (
+    `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    `agent` VARCHAR(64) NOT NULL,
+    `copy_id` INT UNSIGNED NOT NULL,
+    `seq` BIGINT UNSIGNED NOT NULL,
+    `hash` CHAR(64) NOT NULL,
+    `prev` CHAR(64) NOT NULL,
+    `time` VARCHAR(32) NOT NULL,
+    `line` TEXT NOT NULL,
+    `copy_started` DOUBLE NULL,
+    PRIMARY KEY (`id`),
+    UNIQUE KEY `ux_audit_records_copy_hash` (`agent`, `copy_id`, `hash`),
+    KEY `ix_audit_records_agent` (`agent`, `id`)
+) ENGINE=InnoDB DEFAULT CHARSET=ascii COLLATE=ascii_bin;
+
 INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (1, UNIX_TIMESTAMP());
+INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (2, UNIX_TIMESTAMP());

@@ -131,11 +131,30 @@ def test_chain_continues_across_opens_and_rotation(tmp_path: Path) -> None:
     assert verify_file(rotated).last_hash == last
 
 
-def test_torn_tail_refuses_to_open(tmp_path: Path) -> None:
+def test_torn_tail_is_cut_back_and_recorded(tmp_path: Path) -> None:
+    """A record a crash cut short is cut at the next open, and a record says so: never a refusal to start."""
+    path = tmp_path / "audit.log"
+    _log(path, 2).close()
+    torn = '{"event":"call","outc'
+    with open(path, "a") as handle:
+        handle.write(torn)
+    check_audit_path(path)  # --check: fine, the agent repairs it at start
+    log = AuditLog(path, "agent-a", sync_interval=0)
+    log.open()
+    log.record("start", "ok")
+    log.close()
+    lines = path.read_text().splitlines()
+    repair = json.loads(lines[2])
+    assert (repair["event"], repair["count"]) == ("repair", len(torn))
+    assert json.loads(lines[3])["event"] == "start"
+    assert verify_file(path).ok and verify_file(path).records == 4
+
+
+def test_a_last_line_that_is_not_a_record_still_refuses_to_open(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     _log(path, 2).close()
     with open(path, "a") as handle:
-        handle.write('{"event":"call","outc')
+        handle.write('{"event":"call","outcome":"served"}\n')  # whole, but not sealed: not a torn write
     with pytest.raises(AuditError, match="secure-audit verify"):
         AuditLog(path, "a").open()
     with pytest.raises(AuditError):

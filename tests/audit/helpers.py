@@ -104,3 +104,20 @@ def weak_certificate(pki: TestPKI, name: str, key: rsa.RSAPrivateKey | ec.Ellipt
     )
     write_atomic(key_path, key_pem, mode=PRIVATE_MODE, overwrite=True)
     return cert_path, key_path
+
+
+def resealed(lines: list[str], changed: int) -> list[str]:
+    """``lines`` (a chain, or a segment of one) rewritten with valid hashes from the first on, the record at
+    ``changed`` given another request id: what someone who can write the log can do."""
+    from secure_agent.audit import seal
+
+    records = [json.loads(line) for line in lines]
+    prev, out = records[0]["prev"], []
+    for number, record in enumerate(records):
+        fields = {k: v for k, v in record.items() if k not in ("hash", "prev", "seq")}
+        if number == changed:
+            fields["request_id"] = "forged"
+        sealed = seal(fields, prev, record["seq"])
+        out.append(sealed.line)
+        prev = sealed.hash
+    return out

@@ -55,3 +55,26 @@ def test_tokens_are_not_bound_to_the_certificate_that_carries_them(
     assert reply.status == 200
     call = wire.records(agent)[-1]
     assert (call["event"], call["common_name"], call["key_id"]) == ("call", "backup", "collector")
+
+
+def test_a_segment_deleted_after_the_collector_copied_it_is_found_by_verify_against_not_by_the_collector(
+    start_agent: StartAgent, test_pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Residual risk: the collector already holds those records, so its trail goes on intact; the daily
+    ``verify --against`` (or ``verify --rotated`` on the host) is what finds the hole."""
+    from secure_audit.segments import rotated_segments
+    from tests.collector.helpers import collector_data
+    from tests.collector.test_audit_central import Central, fill
+
+    agent = start_agent(test_pki, audit_rotation={"max_bytes": 65536, "backup_count": 6})
+    fill(agent, 500)
+    central = Central(tmp_path, collector_data(test_pki, tmp_path, [("localhost", agent.host, agent.port)]))
+    assert central.once(capsys)[0] == 0
+    segments = rotated_segments(agent.audit_log)
+    assert len(segments) >= 4
+    segments[1].unlink()  # copied already: a segment in the middle
+    code, out = central.once(capsys)
+    assert code == 0 and out.split()[1] == "up"  # the collector sees nothing wrong
+    assert not (central.alerts()["metric"] == "audit_chain").any()
+    found = central.verify_against(agent)
+    assert found.returncode == 1 and "lacks seq" in found.stderr

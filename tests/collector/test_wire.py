@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pki import tokens
-from secure_collector.wire import MAX_DEPTH, WireError, parse_response, request_body
+from secure_collector.wire import MAX_DEPTH, MAX_STRING, WireError, parse_response, request_body
 from tests.collector.answers import good_answer, xmlrpc_values
 from tests.plugins.agent import StartAgent, connect
 from tests.plugins.pki import TestPKI
@@ -80,11 +80,11 @@ UTF16_NO_BOM = BILLION_LAUGHS.decode().encode("utf-16-le")
         (_wrap("<value><double>1e999</double></value>"), "finite"),
         (_wrap("<value><double>twelve</double></value>"), "number"),
         (_wrap("<value><int>1.5</int></value>"), "integer"),
-        (_wrap(f"<value><int>{'9' * 5000}</int></value>"), "too long"),
+        (_wrap(f"<value><int>{'9' * (MAX_STRING + 1)}</int></value>"), "too long"),
         (_wrap("<value><boolean>yes</boolean></value>"), "boolean"),
         (_wrap("<value><string>a</string><string>b</string></value>"), "one type"),
         (_wrap("<value><string>x<b>y</b></string></value>"), "unexpected"),
-        (_wrap(f"<value><string>{'x' * 5000}</string></value>"), "too long"),
+        (_wrap(f"<value><string>{'x' * (MAX_STRING + 1)}</string></value>"), "too long"),
         (
             _wrap(
                 "<value><struct><member><name>a</name><value>1</value></member>"
@@ -179,10 +179,10 @@ def test_a_real_agents_answer_is_read(test_pki: TestPKI, start_agent: StartAgent
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (_response("x" * 5000), "too long"),
+        (_response("x" * (MAX_STRING + 1)), "too long"),
         (_response(float("nan")), "finite"),
         (_response([1] * 3).replace(b"<int>1</int>", b"<int>1.5</int>", 1), "integer"),
-        (_layout("<value><int>" + " " * 5000 + "7</int></value>\n"), "too long"),
+        (_layout("<value><int>" + " " * (MAX_STRING + 1) + "7</int></value>\n"), "too long"),
         (_layout("<value><boolean>2</boolean></value>\n"), "boolean"),
         (_layout("<value><boolean> 1</boolean></value>\n"), "boolean"),
         (_layout("<value><double></double></value>\n"), "number"),
@@ -202,7 +202,7 @@ def test_a_real_agents_answer_is_read(test_pki: TestPKI, start_agent: StartAgent
         ),
         (
             _layout(
-                f"<value><struct>\n<member>\n<name>{'k' * 5000}</name>\n<value><nil/></value></member>\n"
+                f"<value><struct>\n<member>\n<name>{'k' * (MAX_STRING + 1)}</name>\n<value><nil/></value></member>\n"
                 "</struct></value>\n"
             ),
             "too long",

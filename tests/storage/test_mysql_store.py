@@ -178,7 +178,7 @@ def run_init_db(tmp_path: Path, storage: dict[str, Any]) -> subprocess.Completed
 def test_init_db_creates_the_schema(tmp_path: Path, server: MariaDBServer) -> None:
     done = run_init_db(tmp_path, server.storage_section())
     assert done.returncode == 0, done.stderr
-    assert "schema version 1 ready" in done.stdout
+    assert "schema version 2 ready" in done.stdout
     assert count(server, "metrics") == 0
     again = run_init_db(tmp_path, server.storage_section())  # idempotent
     assert again.returncode == 0, again.stderr
@@ -303,3 +303,57 @@ def test_ssh_failures_not_monitored_are_null_in_old_tables_too(store: MySQLStore
     finally:
         again.close()
     assert frame["ssh_failures"].iloc[0] == 3 and frame["ssh_failures"].isna().iloc[1]
+
+
+def _audit_entries(tmp_path: Path, count: int) -> list[Any]:
+    from secure_agent.audit import AuditLog
+    from secure_collector.audittrail import AuditTrail
+
+    log = AuditLog(tmp_path / "audit.log", "web-1", sync_interval=0)
+    log.open()
+    for number in range(count):
+        log.record("call", "served", method="ping", request_id=f"r{number}", status=200)
+    log.close()
+    trail = AuditTrail(["web-1"])
+    trail.load({})
+    trail.first_call("web-1")
+    records = (tmp_path / "audit.log").read_text().splitlines()
+    trail.answer("web-1", {"records": records, "more": False, "gap": False})
+    outcome = trail.finish("web-1")
+    assert outcome is not None
+    return list(outcome.entries)
+
+
+def test_audit_records_replayed_are_stored_once_and_read_back_in_order(
+    store: MySQLStore, server: MariaDBServer, tmp_path: Path
+) -> None:
+    entries = _audit_entries(tmp_path, 12)
+    store.write(Batch(audit=entries[:5]))
+    store.write(Batch(audit=entries[3:9]))  # a replay overlapping what is stored
+    store.write(Batch(audit=entries))
+    MySQLStore(config(server)).write(Batch(audit=entries))  # another store replaying its spool
+    assert count(server, "audit_records") == 12
+    assert list(store.read_audit("web-1")) == [entry.line for entry in entries]
+    tail = store.audit_tails(["web-1", "db-1"])
+    assert list(tail) == ["web-1"] and tail["web-1"].hash == entries[-1].hash
+
+
+def test_a_version_1_database_is_brought_up_to_date(server: MariaDBServer, tmp_path: Path) -> None:
+    with server.root_connection(database=server.database) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE `schema_version` (`version` INT NOT NULL PRIMARY KEY, `applied_at` DOUBLE NOT NULL)"
+        )
+        cursor.execute("INSERT INTO `schema_version` VALUES (1, 0)")
+        cursor.execute(
+            "CREATE TABLE `agent_status` (`agent` VARCHAR(64) NOT NULL, `timestamp` DOUBLE NOT NULL, `state` "
+            "ENUM('up', 'unreachable') NOT NULL, `detail` VARCHAR(256) NOT NULL DEFAULT '', `latency_ms` DOUBLE NULL, "
+            "PRIMARY KEY (`agent`, `timestamp`))"
+        )
+        conn.commit()
+    store = MySQLStore(config(server))
+    try:
+        store.write(Batch(statuses=[AgentStatus(agent="web-1", timestamp=T0, state="audit_broken")],
+                          audit=_audit_entries(tmp_path, 2)))
+    finally:
+        store.close()
+    assert count(server, "audit_records") == 2 and count(server, "agent_status") == 1

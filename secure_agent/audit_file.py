@@ -1,0 +1,108 @@
+"""Reading an audit log file's end: where appending goes on, what a torn write left, and ``--check``.
+
+A file ends with a whole record and its newline. Bytes after the last newline (at most one record's
+worth) are a record a crash or a full disk cut short: :func:`read_tail` reports them so that the writer
+cuts them (and records that it did) instead of refusing to start. Anything else at the end (a last line
+that is not one of our sealed records, or more than a record's worth of bytes without a newline) is
+refused: that is not a torn write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import NamedTuple
+
+from pki.auditchain import GENESIS, MAX_LINE, Verdict, parse_timestamp, record_hash, verify_lines
+from secure_agent.errors import AuditError
+
+_TAIL_BYTES = MAX_LINE + 1
+
+
+def verify_file(path: Path, prev: str = GENESIS) -> Verdict:
+    """Verify an audit file, reading it line by line (bounded line length). Raises OSError."""
+    with open(path, "rb") as handle:
+        return verify_lines(iter(lambda: handle.readline(MAX_LINE + 2), b""), prev)
+
+
+class Tail(NamedTuple):
+    prev: str
+    seq: int
+    time: float | None
+    size: int  # bytes up to and including the last whole record
+    torn: int  # bytes after it (a record a crash or a full disk cut short), to be cut
+
+
+def read_tail(fd: int, size: int) -> Tail:
+    """Where to go on appending to a file of ``size`` bytes open for reading at ``fd``.
+
+    Bytes after the last newline (at most one record's worth) are a torn write: reported in ``torn``.
+    """
+    if size == 0:
+        return Tail(GENESIS, 0, None, 0, 0)
+    start = max(0, size - 2 * _TAIL_BYTES)
+    data = os.pread(fd, size - start, start)
+    end = data.rfind(b"\n") + 1  # 0: no newline in what was read
+    torn = len(data) - end
+    if torn > MAX_LINE:
+        raise ValueError("does not end with a complete record, and what follows the last one is not one of ours")
+    if end == 0:
+        if start > 0:
+            raise ValueError("last record is too long")
+        return Tail(GENESIS, 0, None, 0, torn)  # nothing but a torn first record
+    lines = data[: end - 1].split(b"\n")
+    if start > 0 and len(lines) < 2:
+        raise ValueError("last record is too long")
+    last = lines[-1]
+    try:
+        record = json.loads(last)
+    except ValueError:
+        raise ValueError("last record is not JSON") from None
+    if not isinstance(record, dict) or type(record.get("seq")) is not int or record_hash(record) != record.get("hash"):
+        raise ValueError("last record is not a sealed audit record")
+    return Tail(str(record["hash"]), int(record["seq"]) + 1, parse_timestamp(record.get("time")), start + end, torn)
+
+
+def check_audit_path(path: Path) -> None:
+    """Could an audit log be kept at ``path``? Checks without creating or changing anything.
+
+    A torn last record is fine (the agent cuts it at start). Raises :class:`AuditError` naming the file.
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise AuditError(f"{path}: cannot create the audit log: {parent} is not writable") from None
+        return
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise AuditError(f"{path}: the audit log must be a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+    try:
+        read_tail(fd, info.st_size)
+    except ValueError as exc:
+        raise AuditError(f"{path}: {exc}; check it with secure-audit verify and move it aside") from exc
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if not os.access(path, os.W_OK):
+        raise AuditError(f"{path}: the audit log is not writable")
+
+
+class Segment(NamedTuple):
+    """One segment of the log opened for reading (:meth:`AuditLog.open_segments`); the caller closes ``fd``."""
+
+    number: int  # 0: the live one
+    fd: int
+    inode: int
+    size: int  # bytes of whole records (for the live one: as of the snapshot)

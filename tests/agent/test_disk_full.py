@@ -1,0 +1,104 @@
+"""Issue 22, item 5: the audit log's file system full for a moment (a small tmpfs): no partial record is left,
+calls are refused with 503 while it cannot write, and once space is back the agent serves again by itself (no
+signal, no restart), with a record of what it could not write; ``secure-audit verify`` passes throughout.
+
+Needs root (mount); skipped with the reason otherwise. The tmpfs is unmounted afterwards whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secure_agent.audit import verify_file
+from tests.plugins.agent import RPCStatusError, StartAgent, rpc_call
+from tests.plugins.pki import TestPKI
+
+TMPFS_SIZE = 256 * 1024
+RECOVERY_DEADLINE = 15.0  # the retry timer tries after 1, 2, 4 ... (at most 10) seconds
+MAX_CALLS = 400
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the CI runs the tests as root)")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mount)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30, check=False)
+
+
+def fill_up(folder: Path, leave: int) -> Path:
+    """A file taking all but about ``leave`` bytes of the file system."""
+    filler = folder / "filler"
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    with open(filler, "wb") as handle, contextlib.suppress(OSError):
+        handle.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def call(agent: object, pki: TestPKI) -> int:
+    try:
+        rpc_call(agent, pki, "ping")  # type: ignore[arg-type]
+    except RPCStatusError as refused:
+        return refused.status
+    return 200
+
+
+def test_a_full_disk_is_recovered_from_without_a_signal(
+    start_agent: StartAgent, test_pki: TestPKI, small_disk: Path
+) -> None:
+    agent = start_agent(
+        test_pki,
+        audit_log=str(small_disk / "audit.log"),
+        security={"rate_limit": {"per_second": 10_000, "burst": 10_000}},
+    )
+    assert call(agent, test_pki) == 200
+    filler = fill_up(small_disk, 8 * 1024)  # room for a few records, then ENOSPC mid-record
+    statuses = [call(agent, test_pki) for _ in range(MAX_CALLS // 10)]
+    assert statuses[0] == 200 and 503 in statuses
+    refusing = statuses.index(503)
+    assert set(statuses[refusing:]) == {503}  # refused while it cannot write, never served unrecorded
+    data = agent.audit_log.read_bytes()
+    assert data.endswith(b"\n")  # no partial record left behind
+    assert verify_file(agent.audit_log).ok  # what is there verifies: a full disk does not read as tampering
+    served = sum(1 for line in data.splitlines() if b'"outcome":"served"' in line)
+    assert served == statuses.count(200) + 1
+
+    filler.unlink()  # space is back; no signal, no restart
+    deadline = time.monotonic() + RECOVERY_DEADLINE
+    status = 503
+    while status == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)  # bounded: the agent's own retry timer is what is waited for
+        status = call(agent, test_pki)
+        statuses.append(status)
+    assert status == 200, "the agent did not serve again once space was back"
+    agent.stop()
+    records = [json.loads(line) for line in agent.audit_log.read_text().splitlines()]
+    resumed = [r for r in records if r["event"] == "audit_resumed"]
+    assert len(resumed) == 1
+    assert "No space left" in resumed[0]["detail"] or "short write" in resumed[0]["detail"]
+    assert resumed[0]["first"] <= resumed[0]["last"]
+    # Every refusal is accounted for: tried and counted as not written (the first 503 twice: its call record and
+    # the record of its refusal), or over the refusal budget and counted in a summary.
+    summarised = sum(r["count"] for r in records if r.get("refusal") == "bad_request/audit_unavailable")
+    assert resumed[0]["count"] + summarised == statuses.count(503) + 1
+    assert verify_file(agent.audit_log).ok
+    assert records[-1]["event"] == "stop"

@@ -1,0 +1,292 @@
+"""Acceptance (issue 22): a real agent's audit trail copied by the real collector into its central copy, on both
+backends; a cut tail, a deleted segment and a chain rewritten with valid hashes are caught by the collector's
+``audit_chain`` alert and by ``secure-audit verify HOST --against``; every copy verifies on its own."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pki.auditchain import GENESIS
+from secure_audit.segments import rotated_segments
+from secure_collector import cli
+from storage import open_store
+from storage.memory import MemoryStore
+from tests.audit.helpers import resealed, run_program
+from tests.collector.helpers import WIDE, collector_data, load, write_config
+from tests.plugins.agent import RunningAgent, StartAgent, rpc_call
+from tests.plugins.mariadb import MariaDBServer
+from tests.plugins.pki import TestPKI
+
+ROTATION = {"max_bytes": 65536, "backup_count": 3}
+FILLER = "x" * 200  # a filler record is ~500 bytes: 130 of them fill a 64 KiB segment
+
+
+class Central:
+    """The collector's config and what its storage holds of agent ``localhost``."""
+
+    def __init__(self, folder: Path, data: dict[str, Any]) -> None:
+        self.folder = folder
+        self.data = data
+        self.config_path = write_config(folder, data)
+
+    @property
+    def backend(self) -> str:
+        return str(self.data["storage"]["type"])
+
+    def once(self, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+        capsys.readouterr()
+        code = cli.main(["--config", str(self.config_path), "--once"])
+        return code, capsys.readouterr().out
+
+    def store(self) -> Any:
+        return open_store(load(self.data).storage, readonly=True)
+
+    def current(self) -> list[str]:
+        store = self.store()
+        try:
+            return list(store.read_audit("localhost"))
+        finally:
+            store.close()
+
+    def copies(self) -> list[list[str]]:
+        """Every copy, oldest first, as lines (MySQL: by copy_id; files: the kept ones by name, then the current)."""
+        if self.backend == "file":
+            directory = load(self.data).storage.audit_directory
+            kept = sorted(p for p in directory.glob("localhost.*.log"))
+            return [p.read_text().splitlines() for p in kept] + [self.current()]
+        store = self.store()
+        try:
+            rows = store._run(  # the rows as the table holds them
+                "test", lambda conn: store._fetch(conn, "SELECT copy_id, line FROM audit_records ORDER BY id", ())
+            )
+        finally:
+            store.close()
+        copies: dict[int, list[str]] = {}
+        for copy_id, line in rows:
+            copies.setdefault(int(copy_id), []).append(str(line))
+        return [copies[key] for key in sorted(copies)]
+
+    def verify_against(self, agent: RunningAgent) -> Any:
+        return run_program(
+            "verify", agent.audit_log, "--collector-config", self.config_path, "--agent", "localhost"
+        )
+
+    def alerts(self) -> Any:
+        store = self.store()
+        try:
+            return store.query_alerts(*WIDE)
+        finally:
+            store.close()
+
+
+@pytest.fixture(params=["file", pytest.param("mysql", marks=[pytest.mark.mysql, pytest.mark.slow])])
+def backend(request: pytest.FixtureRequest) -> Callable[[TestPKI, RunningAgent, Path], Central]:
+    storage: dict[str, Any] | None = None
+    if request.param == "mysql":
+        mariadb: MariaDBServer = request.getfixturevalue("mariadb")
+        mariadb.start()
+        mariadb.reset_database()
+        storage = mariadb.storage_section()
+
+    def make(pki: TestPKI, agent: RunningAgent, folder: Path) -> Central:
+        overrides: dict[str, Any] = {"storage": storage} if storage is not None else {}
+        return Central(folder, collector_data(pki, folder, [("localhost", agent.host, agent.port)], **overrides))
+
+    return make
+
+
+def fill(agent: RunningAgent, count: int) -> None:
+    """Records as the agent writes them for calls, straight into its log (a busy hour, in a moment)."""
+    for number in range(count):
+        agent.agent.audit.record("call", "served", method="ping", request_id=f"{number:016x}", detail=FILLER)
+
+
+def host_lines(agent: RunningAgent) -> list[str]:
+    return [line for segment in rotated_segments(agent.audit_log) for line in segment.read_text().splitlines()]
+
+
+def verifies_on_its_own(lines: list[str], folder: Path, name: str) -> bool:
+    path = folder / name
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return run_program("verify", path).returncode == 0
+
+
+@pytest.fixture
+def agent(start_agent: StartAgent, test_pki: TestPKI) -> RunningAgent:
+    return start_agent(
+        test_pki, audit_rotation=ROTATION, security={"rate_limit": {"per_second": 1000, "burst": 1000}}
+    )
+
+
+def test_the_central_copy_is_the_agents_log_byte_for_byte(
+    backend: Callable[..., Central], agent: RunningAgent, test_pki: TestPKI, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    central = backend(test_pki, agent, tmp_path)
+    rpc_call(agent, test_pki, "ping")
+    assert central.once(capsys)[0] == 0
+    fill(agent, 300)  # across rotations: the copy follows the chain through rotate records
+    code, out = central.once(capsys)
+    assert code == 0 and out.split()[1] == "up"
+    copy = central.current()
+    on_host = host_lines(agent)
+    assert len(rotated_segments(agent.audit_log)) > 2
+    assert copy[0].startswith("{") and json.loads(copy[0])["prev"] == GENESIS  # from the very first record
+    assert copy[-1] == on_host[-2]  # everything but this sweep's own get_audit record...
+    assert on_host[: len(on_host) - 1][-len(copy) :] == copy[-(len(on_host) - 1) :]  # ...exactly as on the host
+    assert central.copies() == [copy]  # one copy, no break
+    assert not (central.alerts()["metric"] == "audit_chain").any()
+    assert verifies_on_its_own(copy, tmp_path, "copy.log")
+    result = central.verify_against(agent)
+    assert result.returncode == 0, result.stderr
+    assert "holds every record of the central copy" in result.stdout
+    if central.backend == "file":  # the file itself is what secure-audit verify reads
+        assert run_program("verify", load(central.data).storage.audit_directory / "localhost.log").returncode == 0
+
+
+def _cut_tail(agent: RunningAgent) -> None:
+    data = agent.audit_log.read_bytes()
+    lines = data.splitlines(keepends=True)
+    agent.audit_log.write_bytes(b"".join(lines[:-5]))  # in place, as root could: five records gone
+
+
+def _delete_unfetched_segment(agent: RunningAgent) -> None:
+    fill(agent, 420)  # three rotations after the collector's place: segments it has not fetched
+    segments = rotated_segments(agent.audit_log)
+    assert len(segments) >= 4
+    segments[-3].unlink()  # audit.log.2: neither the oldest nor the newest
+
+
+def _rewrite_chain(agent: RunningAgent) -> None:
+    """The live segment rewritten in place with valid hashes from its first record on (one value changed)."""
+    out = resealed(agent.audit_log.read_text().splitlines(), 1)
+    agent.audit_log.write_text("".join(f"{line}\n" for line in out))
+
+
+TAMPERING = {"tail cut": _cut_tail, "segment deleted": _delete_unfetched_segment, "chain rewritten": _rewrite_chain}
+
+
+@pytest.mark.parametrize("tampering", sorted(TAMPERING))
+def test_tampering_is_caught_by_the_collector_and_by_verify_against(
+    backend: Callable[..., Central], agent: RunningAgent, test_pki: TestPKI, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], tampering: str,
+) -> None:
+    central = backend(test_pki, agent, tmp_path)
+    fill(agent, 150)
+    assert central.once(capsys)[0] == 0
+    assert central.verify_against(agent).returncode == 0
+    TAMPERING[tampering](agent)
+
+    found = central.verify_against(agent)  # the host against what the collector holds
+    assert found.returncode == 1, found.stdout + found.stderr
+    code, out = central.once(capsys)  # the collector's next sweep
+    assert code == 0  # the agent answered ...
+    state, detail = out.split(None, 3)[1], out.split("ms", 1)[1].strip()
+    assert state == "audit_broken" and "expected" in detail and "came" in detail  # ... its trail did not
+    alerts = central.alerts()
+    chain = alerts[alerts["metric"] == "audit_chain"]
+    assert list(zip(chain["severity"], chain["technique"], chain["state"], strict=True)) == [
+        ("critical", "T1070", "firing")
+    ]
+    message = str(chain["message"].iloc[0])
+    assert "expected" in message and "came" in message
+    copies = central.copies()
+    assert len(copies) >= 2  # the copy so far is kept; a new one follows the new chain
+    for number, lines in enumerate(copies):
+        assert verifies_on_its_own(lines, tmp_path, f"copy-{number}.log"), (number, lines[:1])
+    statuses = central.store().query_statuses(*WIDE)
+    assert statuses["state"].iloc[-1] == "audit_broken"  # what the dashboard shows
+
+
+def test_the_dashboard_shows_an_audit_broken_agent(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from viz import cli as viz_cli
+
+    central = Central(tmp_path, collector_data(test_pki, tmp_path, [("localhost", agent.host, agent.port)]))
+    assert central.once(capsys)[0] == 0
+    _cut_tail(agent)
+    central.once(capsys)
+    output = tmp_path / "dashboard"
+    assert viz_cli.main(["--config", str(central.config_path), "--plot", "all", "--output-dir", str(output)]) == 0
+    page = (output / "index.html").read_text()
+    assert 'class="state-bad">audit_broken</span>' in page
+    assert "audit_chain" in page
+
+
+def test_a_backlog_is_caught_up_over_several_sweeps(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(agent, 350)
+    central = Central(
+        tmp_path,
+        collector_data(test_pki, tmp_path, [("localhost", agent.host, agent.port)],
+                       audit_fetch={"max_records_per_sweep": 100}),
+    )
+    sizes = []
+    for _ in range(4):
+        assert central.once(capsys)[0] == 0
+        sizes.append(len(central.current()))
+    assert sizes[:3] == [100, 200, 300]  # bounded per sweep...
+    assert central.copies() == [central.current()] and sizes[3] == len(host_lines(agent)) - 1  # ...then caught up
+
+
+def test_audit_records_wait_in_the_spool_while_storage_is_down(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path
+) -> None:
+    from secure_collector.alerts import AlertEngine
+    from secure_collector.audittrail import AuditTrail
+    from secure_collector.config import Thresholds
+    from secure_collector.poller import Poller
+    from secure_collector.sink import Delivery, Recorder
+    from secure_collector.spool import Spool
+    from secure_collector.transport import AgentConnection
+    from tests.agent.test_get_audit import lines_on_host
+    from tests.plugins.agent import client_context
+
+    key = (test_pki.root / "collectors" / "collector.hmac").read_text().strip()
+    connection = AgentConnection(
+        "localhost", agent.host, agent.port, client_context(test_pki), "collector", bytes.fromhex(key)
+    )
+    store = MemoryStore()
+    delivery = Delivery(store, Spool(tmp_path / "spool", 1 << 20), retry_min=0.0)
+    trail = AuditTrail(["localhost"])
+    recorder = Recorder(delivery, AlertEngine(Thresholds()), trail=trail)
+    assert recorder.load_audit_tails()
+    poller = Poller([connection], recorder, poll_interval=1, max_workers=1, follow_up=trail)
+    try:
+        store.set_available(False)
+        poller.poll_once()
+        poller.poll_once()
+        assert delivery.backlog and store.audit_copies("localhost") == []
+        store.set_available(True)
+        assert delivery.retry(force=True)
+        poller.poll_once()
+    finally:
+        poller.close()
+    copies = store.audit_copies("localhost")
+    assert len(copies) == 1 and copies[0] == lines_on_host(agent.audit_log)[: len(copies[0])]
+    assert len(copies[0]) == len(lines_on_host(agent.audit_log)) - 1  # all but the last get_audit's own record
+
+
+def test_a_long_running_collector_keeps_the_copy_current(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path
+) -> None:
+    data = collector_data(test_pki, tmp_path, [("localhost", agent.host, agent.port)], poll_interval=0.2)
+    collector = cli.build(cli._arguments(["--config", str(write_config(tmp_path, data))]), [])
+    collector.poller.recorder.load_audit_tails()
+    runner = threading.Thread(target=collector.poller.run, kwargs={"max_sweeps": 4})
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    collector.close()
+    central = Central(tmp_path, data)
+    calls = [json.loads(line).get("method") for line in central.current()]
+    assert calls.count("get_metrics") == 4 and calls.count("get_audit") == 3  # each sweep fetched the last
+    assert central.verify_against(agent).returncode == 0
