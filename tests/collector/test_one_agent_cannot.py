@@ -198,6 +198,8 @@ def test_4_newlines_and_controls_from_an_agent_forge_no_status_line_and_no_log_r
     calls = itertools.count()
 
     def answer(body: bytes) -> bytes:
+        if b"get_metrics" not in body:  # the audit trail's get_audit: nothing to copy
+            return xmlrpc_answer({"records": [], "more": False, "gap": False})
         value = good_answer("hostile")
         if next(calls) % 2:  # a kind (an identifier) with a newline: refused, the detail quotes a path
             value["unavailable"] = {f"cpu{forged}": "x"}
