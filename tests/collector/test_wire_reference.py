@@ -22,6 +22,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from secure_collector import wire
 from secure_collector.wire import WireError, parse_response
 from tests.collector.answers import good_answer, xmlrpc_values
 
@@ -293,3 +294,75 @@ def test_the_reference_takes_what_we_refuse_on_purpose() -> None:
         body = f"<methodResponse><params><param><value>{typed}</value></param></params></methodResponse>".encode()
         assert reference(body) == ("value", value)
         assert ours(body)[0] == "refused"
+
+
+# -- the fast path for the agent's own layout, held to the same reference -------------------------------
+def fast(body: bytes) -> tuple[str, Any]:
+    """What the fast path alone makes of ``body`` (after parse_response's checks): a value, or it gives up."""
+    try:
+        wire.parse_response(body)  # the checks on the raw bytes come first, as in parse_response
+    except WireError:
+        return ("gave up", None)
+    value = wire._fast_value(body)
+    return ("gave up", None) if value is wire._GIVE_UP else ("value", value)
+
+
+def tree(body: bytes) -> tuple[str, Any]:
+    """What the tree reader alone makes of ``body``."""
+    try:
+        answer = wire._tree_answer(body)
+    except WireError as exc:
+        return ("refused", str(exc))
+    return ("fault" if answer.fault else "value", answer.value)
+
+
+def check_fast(body: bytes) -> str:
+    """When the fast path reads ``body``, the reference and the tree reader read the same value."""
+    mine = fast(body)
+    if mine[0] == "value":
+        for other in (reference(body), tree(body)):
+            assert other[0] == "value", (body[:300], mine, other)
+            assert same(mine[1], other[1]), (body[:300], mine, other)
+    return mine[0]
+
+
+def _plain(value: Any) -> bool:
+    """Values whose text the layout writes without references, carriage returns or characters XML forbids."""
+    if isinstance(value, str):
+        return not any(ch in "&<>\r" or ch < " " and ch not in "\t\n" or ch in "\ufffe\uffff" for ch in value) and (
+            all(not 0xD800 <= ord(ch) < 0xE000 for ch in value) and "]]>" not in value
+        )
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(_plain(key) and _plain(item) for key, item in value.items())
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(_values)
+def test_the_fast_path_reads_the_agents_layout_as_the_reference_does(value: Any) -> None:
+    body = _dumps(value)
+    outcome = check_fast(body)
+    if body and _plain(value) and _depth(value) <= 10:
+        assert outcome == "value"  # it is really taken for the layout it exists for
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(item) for item in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(item) for item in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=600, deadline=None)
+@given(_mutated(st.builds(_dumps, _values) | st.just(_dumps(good_answer()))) | _documents())
+def test_the_fast_path_never_reads_a_bent_or_mutated_answer_otherwise_than_the_reference(body: bytes) -> None:
+    check_fast(body)
+
+
+def test_the_fast_path_takes_a_real_answer() -> None:
+    body = _dumps(good_answer())
+    assert check_fast(body) == "value"
+    assert check_fast(body.replace(b"<value><string>", b"<value> <string>", 1)) == "gave up"
