@@ -329,7 +329,7 @@ def check_fast(body: bytes) -> str:
 def _plain(value: Any) -> bool:
     """Values whose text the layout writes without references, carriage returns or characters XML forbids."""
     if isinstance(value, str):
-        return not any(ch in "&<>\r" or ch < " " and ch not in "\t\n" or ch in "\ufffe\uffff" for ch in value) and (
+        return not any(ch in "&<>\r" or (ch < " " and ch not in "\t\n") or ch in "\ufffe\uffff" for ch in value) and (
             all(not 0xD800 <= ord(ch) < 0xE000 for ch in value) and "]]>" not in value
         )
     if isinstance(value, list):
