@@ -20,7 +20,7 @@ from secure_agent.metrics import METRICS, MetricsService
 
 WAIT = 10.0
 SYSLOG_NOW = datetime(2026, 3, 10, 3, 22).timestamp()
-TOP_LEVEL = {
+TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
     "agent": str, "timestamp": float, "version": str, "cpu_usage": (float, type(None)),
     "cpu_temperature": (float, type(None)), "load_1": (float, type(None)), "load_5": (float, type(None)),
     "load_15": (float, type(None)), "memory_usage": (float, type(None)), "disk_usage": (float, type(None)),
