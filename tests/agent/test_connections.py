@@ -1,4 +1,4 @@
-"""HOSTILE.md "Connections": allowlist before TLS, silent and idle peers, plain HTTP (cases 1, 3, 4, 5)."""
+"""docs/hostile-inputs.md "Connections": allowlist before TLS, silent and idle peers, plain HTTP (cases 1, 3, 4, 5)."""
 
 from __future__ import annotations
 

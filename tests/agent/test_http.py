@@ -1,4 +1,4 @@
-"""HOSTILE.md "HTTP framing" (cases 14 to 18) and the rate limit (case 27)."""
+"""docs/hostile-inputs.md "HTTP framing" (cases 14 to 18) and the rate limit (case 27)."""
 
 from __future__ import annotations
 

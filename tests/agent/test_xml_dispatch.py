@@ -1,4 +1,4 @@
-"""HOSTILE.md "XML" and "Dispatch" (cases 19 to 22): signed bodies that attack the parser or the dispatcher."""
+"""docs/hostile-inputs.md "XML" and "Dispatch" (cases 19 to 22): signed bodies attacking parser or dispatcher."""
 
 from __future__ import annotations
 
