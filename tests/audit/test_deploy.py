@@ -14,9 +14,8 @@ from storage.config import StorageConfig
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # where this install's entry points are (the running interpreter's scripts directory, else PATH): no one layout
-VENV_BIN = Path(
-    shutil.which("secure-agent", path=str(Path(sys.executable).parent)) or shutil.which("secure-agent") or sys.executable
-).parent
+_AGENT = shutil.which("secure-agent", path=str(Path(sys.executable).parent)) or shutil.which("secure-agent")
+VENV_BIN = Path(_AGENT or sys.executable).parent
 SERVICES = ["secure-collector.service", "secure-monitor-audit.service", "secure-agent.service"]
 TIMEOUT = 60
 
