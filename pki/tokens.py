@@ -1,7 +1,7 @@
 """The ``SMON1-HMAC-SHA256`` request token: one HMAC over the request, bound to key, time, nonce,
 target agent, method, path and body, usable once.
 
-The wire form (CONTRACT.md, "The wire")::
+The wire form (docs/protocol.md)::
 
     Authorization: SMON1-HMAC-SHA256 keyid="<id>", ts="<unix s>", nonce="<32 hex>", sig="<64 hex>"
 

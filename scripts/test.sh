@@ -36,7 +36,7 @@ export SSLYZE_PYTHON="$SSLYZE_VENV/bin/python"
 
 echo "== ruff (with the bandit S rules)"
 ruff check .
-echo "== mypy --strict on the packages"
+echo "== mypy --strict on the packages and the tests"
 mypy
-echo "== pytest"
-exec pytest "$@"
+echo "== pytest (with the coverage figure of the packages: reported, not a gate)"
+exec pytest --cov --cov-report=term "$@"

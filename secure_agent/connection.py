@@ -1,6 +1,6 @@
 """One admitted connection, in its worker thread: the guards after the allowlist, cheapest first.
 
-1. TLS handshake (mutual; our CA, CRL, TLS floor) within ``handshake_timeout``.
+1. TLS handshake (mutual; our CA, TLS floor) within ``handshake_timeout``.
 2. Client identity: the certificate's serial against ``tls.crl`` (loaded once per policy, not in
    every handshake: :class:`pki.tls.Revocations`), then its common name against
    ``security.allowed_clients`` (403 either way).
@@ -66,7 +66,8 @@ def format_peer(address: Any) -> str:
 def _identity_of(der: bytes) -> PeerIdentity:
     """:func:`pki.tls.peer_identity`, remembered per certificate: it is a pure function of the DER
     bytes (the cache compares them whole), and parsing them again took ~9% of a new connection.
-    Nothing about trust is cached: OpenSSL verifies chain and CRL in every handshake."""
+    Nothing about trust is cached: OpenSSL verifies the chain in every handshake, and the serial is
+    checked against ``tls.crl`` after it, for every connection (step 2 of the module docstring)."""
     return peer_identity(der)
 
 

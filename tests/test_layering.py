@@ -1,4 +1,4 @@
-"""Imports run one way (STYLE.md, "the house"): a change that breaks the layering fails here."""
+"""Imports run one way (docs/style.md, "Layers"): a change that breaks the layering fails here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HOSTILE.md "Certificates": mutual TLS and client identity (cases 6 to 13)."""
+"""docs/hostile-inputs.md "Certificates": mutual TLS and client identity (cases 6 to 13)."""
 
 from __future__ import annotations
 

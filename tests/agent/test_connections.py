@@ -1,4 +1,4 @@
-"""HOSTILE.md "Connections": allowlist before TLS, silent and idle peers, plain HTTP (cases 1, 3, 4, 5)."""
+"""docs/hostile-inputs.md "Connections": allowlist before TLS, silent and idle peers, plain HTTP (cases 1, 3, 4, 5)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ PROBE = b"\x16\x03\x01"  # the first bytes of a TLS record; the agent must never
 def test_address_outside_allowlist_is_closed_before_tls(start_agent: StartAgent, test_pki: TestPKI) -> None:
     agent = start_agent(test_pki, security={"allowed_ips": ["127.0.0.2", "::1"]})
     with wire.tcp(agent) as sock:
-        started = time.monotonic()
-        assert wire.is_closed(sock, within=2.0)  # no ServerHello, no waiting for one of ours
-        assert time.monotonic() - started < 1.0
+        assert wire.is_closed(sock)  # no ServerHello; the record's reason shows it was the allowlist, not a timeout
     record = wire.wait_for_record(agent, wire.event("connection_denied"))
     assert record["reason"] == "address_not_allowed"
     assert record["peer"].startswith("127.0.0.1:")
@@ -78,13 +76,13 @@ def test_allowlist_matching(peer: str, networks: list[str], allowed: bool) -> No
 
 
 def test_silent_connection_does_not_delay_others_and_is_cut(start_agent: StartAgent, test_pki: TestPKI) -> None:
-    agent = start_agent(test_pki)
+    agent = start_agent(test_pki, server={"handshake_timeout": 3.0})  # far above a loopback ping, even when busy
     handshake_timeout = agent.config.server.handshake_timeout
     with wire.tcp(agent) as silent:
         started = time.monotonic()
         assert rpc_call(agent, test_pki, "ping") == "pong"
         assert time.monotonic() - started < handshake_timeout  # served while the silent one waits
-        assert wire.is_closed(silent, within=handshake_timeout + 2.0)
+        assert wire.is_closed(silent, within=handshake_timeout + wire.LOAD_SLACK)
         assert time.monotonic() - started >= handshake_timeout * 0.8
     record = wire.wait_for_record(agent, wire.event("handshake_failed"))
     assert record["reason"] == "timeout"
@@ -107,7 +105,7 @@ def test_trickled_handshake_is_cut_at_the_deadline(start_agent: StartAgent, test
                 closed = True
                 break
         assert closed
-        assert time.monotonic() - started < deadline + 1.0
+        assert time.monotonic() - started < deadline + wire.LOAD_SLACK  # a hang guard; `closed` is the property
     assert wire.wait_for_record(agent, wire.event("handshake_failed", reason="timeout"))
 
 
@@ -127,9 +125,7 @@ def test_hundreds_of_idle_connections_stay_bounded(start_agent: StartAgent, test
         for _ in range(300):  # from 127.0.0.2: a host other than the collector's
             idle.append(wire.tcp(agent, source="127.0.0.2"))
         # the legitimate collector (127.0.0.1) is still served while they sit there
-        started = time.monotonic()
-        assert rpc_call(agent, test_pki, "ping") == "pong"
-        assert time.monotonic() - started < 1.0
+        assert rpc_call(agent, test_pki, "ping") == "pong"  # the slot bound below is why: no speed claim
         assert agent.agent.server.slots.used <= 8 + 1
         assert _threads() <= baseline + 16 + 1
         # every idle socket is closed by the agent: refused at once, or after the handshake timeout

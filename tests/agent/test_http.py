@@ -1,4 +1,4 @@
-"""HOSTILE.md "HTTP framing" (cases 14 to 18) and the rate limit (case 27)."""
+"""docs/hostile-inputs.md "HTTP framing" (cases 14 to 18) and the rate limit (case 27)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import time
 import pytest
 
 from tests.agent import wire
+from tests.agent.wire import LOAD_SLACK
 from tests.plugins.agent import RPCStatusError, RunningAgent, StartAgent, connect, rpc_body, rpc_call
 from tests.plugins.pki import TestPKI
-
-QUICK = 0.5  # seconds: well under the test request timeout (1 s), so "answered without reading the body"
 
 
 def _head_only(agent: RunningAgent, pki: TestPKI, headers: dict[str, str], *, length: bool = False) -> wire.Reply:
@@ -22,9 +21,9 @@ def _head_only(agent: RunningAgent, pki: TestPKI, headers: dict[str, str], *, le
     )
     head = data[: data.index(b"\r\n\r\n") + 4]
     with wire.tls(agent, wire.collector_context(pki)) as sock:
-        started = time.monotonic()
+        # an agent waiting for the body would answer 408 (request_timeout), which no caller accepts: the
+        # status proves it did not wait, with no wall-clock bound to flake on a loaded machine
         reply = wire.exchange(sock, head)
-        assert time.monotonic() - started < QUICK
     return reply
 
 
@@ -143,7 +142,7 @@ def test_trickled_request_is_cut_at_the_deadline(start_agent: StartAgent, test_p
             except OSError:
                 break
             break
-        assert time.monotonic() - started < deadline + 1.0
+        assert time.monotonic() - started < deadline + LOAD_SLACK  # a hang guard: the record proves the deadline
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
     wire.wait_for_record(agent, wire.event("bad_request", reason="request_timeout"))
     wire.assert_nothing_served(agent)

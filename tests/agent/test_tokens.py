@@ -1,4 +1,4 @@
-"""HOSTILE.md "Request tokens" (cases 23 to 26): every refusal a 401 with an audit record, never a 5xx."""
+"""docs/hostile-inputs.md "Request tokens" (cases 23 to 26): every refusal a 401 with an audit record, never a 5xx."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 from storage.config import StorageConfig
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+# where this install's entry points are (the running interpreter's scripts directory, else PATH): no one layout
+_AGENT = shutil.which("secure-agent", path=str(Path(sys.executable).parent)) or shutil.which("secure-agent")
+VENV_BIN = Path(_AGENT or sys.executable).parent
 SERVICES = ["secure-collector.service", "secure-monitor-audit.service", "secure-agent.service"]
 TIMEOUT = 60
 
@@ -42,7 +45,7 @@ def service_unit(name: str) -> Path:
 
 
 def runnable_copy(path: Path, folder: Path) -> Path:
-    """The unit with its programs pointed at this checkout's virtualenv (systemd-analyze verify checks them)."""
+    """The unit with its programs pointed at this install's entry points (systemd-analyze verify checks them)."""
     copy = folder / path.name
     copy.write_text(path.read_text().replace("/opt/secure-monitor/bin/", f"{VENV_BIN}/"))
     return copy

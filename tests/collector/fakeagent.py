@@ -48,6 +48,12 @@ def xmlrpc_answer(value: Any) -> bytes:
     return http(xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode("utf-8"))
 
 
+def answering(value: Any) -> Responder:
+    """A responder that answers every request with ``value`` (a typed stand-in for a capturing lambda)."""
+    answer = xmlrpc_answer(value)
+    return lambda body: answer
+
+
 class FakeAgent:
     """Serves ``responder`` over TLS until :meth:`stop`; counts requests."""
 

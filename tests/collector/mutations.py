@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import xmlrpc.client
-from typing import Any
+from typing import Any, Literal
 
 from tests.collector.answers import good_answer
 from tests.collector.fakeagent import Reply
@@ -131,7 +131,8 @@ def hostile_answer(rng: random.Random, name: str = "localhost") -> Reply:
     data = head + body
     if rng.random() < 0.1:
         data += b"EXTRA"
-    after = rng.choice(["keep", "keep", "keep", "close", "abort", "reset"])
+    endings: list[Literal["keep", "close", "abort", "reset"]] = ["keep", "keep", "keep", "close", "abort", "reset"]
+    after = rng.choice(endings)
     if after != "keep" and rng.random() < 0.5:
         data = data[: rng.randrange(len(data) + 1)]  # the peer goes away mid-answer
     return Reply(data, after, rng.choice([1, 1, 2, 3, 7]))

@@ -280,7 +280,9 @@ def test_a_long_running_collector_keeps_the_copy_current(
 ) -> None:
     data = collector_data(test_pki, tmp_path, [("localhost", agent.host, agent.port)], poll_interval=0.2)
     collector = cli.build(cli._arguments(["--config", str(write_config(tmp_path, data))]), [])
-    collector.poller.recorder.load_audit_tails()
+    recorder = collector.poller.recorder
+    assert recorder is not None
+    recorder.load_audit_tails()
     runner = threading.Thread(target=collector.poller.run, kwargs={"max_sweeps": 4})
     runner.start()
     runner.join(timeout=30)

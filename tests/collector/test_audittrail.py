@@ -58,6 +58,7 @@ def test_an_intact_trail_over_several_pages_has_no_break(tmp_path: Path) -> None
     assert trail.answer(AGENT, page(lines[:3], more=True)) == ("get_audit", (json.loads(lines[2])["hash"], 1000))
     assert trail.answer(AGENT, page(lines[3:7])) is None
     outcome = trail.finish(AGENT)
+    assert outcome is not None
     assert outcome.breaks == () and outcome.error is None and not outcome.more
     assert [entry.line for entry in outcome.entries] == lines[:7]
     assert [entry.new_copy for entry in outcome.entries] == [True] + [False] * 6  # the first copy starts
@@ -142,6 +143,7 @@ def test_an_answer_that_is_not_the_contracts_struct_stores_nothing(value: object
     trail.first_call(AGENT)
     assert trail.answer(AGENT, value) is None
     outcome = trail.finish(AGENT)
+    assert outcome is not None
     assert outcome.entries == () and outcome.error is not None and outcome.more
     with pytest.raises(ValueError):
         parse_page(value, 1000)
@@ -160,6 +162,7 @@ def test_the_per_sweep_budget_bounds_the_calls(tmp_path: Path) -> None:
     assert trail.first_call(AGENT) == ("get_audit", ("", 4))
     assert trail.answer(AGENT, page(lines[:4], more=True)) is None  # the sweep's budget is spent
     outcome = trail.finish(AGENT)
+    assert outcome is not None
     assert outcome.more and len(outcome.entries) == 4
 
 
@@ -175,7 +178,9 @@ def test_storage_keeps_each_copy_once_whatever_is_replayed(
     trail = fresh_trail()
     trail.first_call(AGENT)
     trail.answer(AGENT, page(lines))
-    entries = trail.finish(AGENT).entries
+    outcome = trail.finish(AGENT)
+    assert outcome is not None
+    entries = outcome.entries
     bounds = sorted({0, *cuts, len(entries)})
     batches = [Batch(audit=entries[a:b]) for a, b in itertools.pairwise(bounds)]
     order = list(batches) + [batches[i % len(batches)] for i in replays]

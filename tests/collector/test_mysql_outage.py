@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.mysql, pytest.mark.slow]
 WAIT = 60.0
 
 
-def _rows(server: MariaDBServer, query: str) -> list[tuple[object, ...]]:
+def _rows(server: MariaDBServer, query: str) -> list[tuple[Any, ...]]:  # PyMySQL's rows are untyped
     with server.root_connection(database=server.database) as conn, conn.cursor() as cursor:
         cursor.execute(query)
         return list(cursor.fetchall())
@@ -53,6 +54,8 @@ def test_mysql_restart_during_polling_loses_and_duplicates_nothing(
         storage=mariadb.storage_section(),
     )
     collector = cli.build(cli._arguments(["--config", str(write_config(tmp_path, data))]), [])
+    delivery, spool = collector.delivery, collector.spool
+    assert delivery is not None and spool is not None  # MySQL storage: delivered through a spool
     runner = threading.Thread(target=collector.poller.run, kwargs={"max_sweeps": 120})
     runner.start()
     try:
@@ -60,7 +63,7 @@ def test_mysql_restart_during_polling_loses_and_duplicates_nothing(
         _until(lambda: _rows(mariadb, "SELECT COUNT(*) FROM metrics")[0][0] >= 3, "samples before the outage")
         mariadb.stop()
         sweeps = collector.poller.sweeps
-        _until(lambda: collector.delivery.backlog and collector.spool.pending_bytes() > 0, "the spool")
+        _until(lambda: delivery.backlog and spool.pending_bytes() > 0, "the spool")
         _until(lambda: collector.poller.sweeps >= sweeps + 5, "polls during the outage")
         assert runner.is_alive(), "the collector kept polling while MySQL was down"
         mariadb.start()
@@ -70,7 +73,7 @@ def test_mysql_restart_during_polling_loses_and_duplicates_nothing(
         collector.poller.stop()
         runner.join(timeout=WAIT)
         mariadb.start()
-    assert collector.delivery.retry(force=True)  # whatever the last sweeps left in the spool
+    assert delivery.retry(force=True)  # whatever the last sweeps left in the spool
     collector.close()
 
     served = [
@@ -81,7 +84,7 @@ def test_mysql_restart_during_polling_loses_and_duplicates_nothing(
     samples = _rows(mariadb, "SELECT agent, timestamp FROM metrics")
     assert len(samples) == len(served)  # every answer stored, none twice
     assert len(set(samples)) == len(samples)
-    assert collector.spool.pending_bytes() == 0
-    assert collector.delivery.spooled_batches >= 3
+    assert spool.pending_bytes() == 0
+    assert delivery.spooled_batches >= 3
     statuses = _rows(mariadb, "SELECT state, COUNT(*) FROM agent_status GROUP BY state")
     assert dict(statuses) == {"up": len(served)}  # MySQL's outage is not an agent's

@@ -31,7 +31,7 @@ from secure_collector.hook import FLOOD_METRIC, SUMMARY_METRIC
 from secure_collector.outbox import alert_id
 from storage.models import Alert
 from tests.collector.answers import good_answer
-from tests.collector.fakeagent import FakeAgent, Reply, http, xmlrpc_answer
+from tests.collector.fakeagent import FakeAgent, Reply, answering, http, xmlrpc_answer
 from tests.collector.helpers import WIDE, collector_data, load, read_store, write_config
 from tests.collector.mutations import hostile_answer
 from tests.plugins.agent import StartAgent
@@ -112,7 +112,7 @@ def test_2_alerts_not_taken_before_a_once_exit_arrive_at_the_next_run(
 ) -> None:
     breach = {"cpu_usage": 99.0, "memory_usage": 99.0, "disk_usage": 99.0}
     peers = [
-        FakeAgent(pki, lambda body, n=n: xmlrpc_answer(good_answer(f"web{n}", **breach)), f"web{n}")
+        FakeAgent(pki, answering(good_answer(f"web{n}", **breach)), f"web{n}")
         for n in range(5)
     ]
     rx = tmp_path / "rx"

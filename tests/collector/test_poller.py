@@ -20,7 +20,7 @@ from secure_collector.spool import Spool
 from secure_collector.transport import AgentConnection
 from storage.memory import MemoryStore
 from tests.collector.answers import good_answer
-from tests.collector.fakeagent import FakeAgent, Responder, http, xmlrpc_answer
+from tests.collector.fakeagent import FakeAgent, Responder, answering, http, xmlrpc_answer
 from tests.plugins.agent import client_context
 from tests.plugins.pki import TestPKI
 
@@ -114,7 +114,7 @@ def test_failing_agent_backs_off_and_recovers_on_first_good_poll(test_pki: TestP
 
 def test_a_silent_agent_does_not_delay_the_others(test_pki: TestPKI) -> None:
     silent = FakeAgent(test_pki, lambda body: None)
-    good = [FakeAgent(test_pki, lambda body, n=n: xmlrpc_answer(good_answer(f"good{n}"))) for n in range(3)]
+    good = [FakeAgent(test_pki, answering(good_answer(f"good{n}"))) for n in range(3)]
     try:
         peers = {"silent": silent} | {f"good{n}": peer for n, peer in enumerate(good)}
         poller, store = _poller(test_pki, peers, interval=0.1, workers=2, timeout=1.0)

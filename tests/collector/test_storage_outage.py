@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,7 @@ from secure_collector.transport import AgentConnection
 from storage.base import Batch
 from storage.errors import StorageUnavailable
 from storage.memory import MemoryStore
+from storage.models import AuditTail
 from tests.plugins.agent import StartAgent, client_context
 from tests.plugins.pki import TestPKI
 
@@ -46,6 +48,9 @@ class OutageStore:
         for sample in batch.samples:
             self.delivered[(sample.agent, sample.timestamp)] += 1
             self.order.append(sample.timestamp)
+
+    def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]:
+        return self.inner.audit_tails(agents)
 
     def close(self) -> None:
         self.inner.close()

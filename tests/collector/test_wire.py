@@ -113,20 +113,20 @@ def test_hostile_or_malformed_answers_are_refused(body: bytes, reason: str) -> N
 def test_deep_nesting_is_refused_quickly() -> None:
     depth = 5000
     body = _wrap("<value><array><data>" * depth + "</data></array></value>" * depth)
-    started = time.perf_counter()
+    started = time.thread_time()  # this thread's CPU time: a busy machine cannot inflate it
     with pytest.raises(WireError, match="deep"):
         parse_response(body)
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
     shallow = _wrap("<value><array><data>" * (MAX_DEPTH // 4) + "</data></array></value>" * (MAX_DEPTH // 4))
     assert parse_response(shallow).value is not None
 
 
 def test_billion_laughs_refused_in_milliseconds() -> None:
-    started = time.perf_counter()
+    started = time.thread_time()  # this thread's CPU time: a busy machine cannot inflate it
     for _ in range(100):
         with pytest.raises(WireError):
             parse_response(BILLION_LAUGHS)
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 _text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=50)

@@ -169,7 +169,7 @@ def _value_xml(draw: st.DrawFn, depth: int = 0) -> str:
 _xml_text = st.one_of(
     st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="<&"), max_size=12),
     st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="<&"), max_size=12),
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="<&"), max_size=12),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="<&"), max_size=12),
     st.sampled_from(["&amp;", "&lt;", "&#65;", "&#x661;", "&#0;", "&bogus;", "a&b", "]]>", "\r\n", "\u2028"]),
 )
 

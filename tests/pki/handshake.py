@@ -6,6 +6,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 TIMEOUT = 5.0
 
@@ -38,7 +39,9 @@ def handshake(server: ssl.SSLContext, client: ssl.SSLContext, server_hostname: s
             with server.wrap_socket(conn, server_side=True) as tls:
                 result["version"] = tls.version()
                 peer = tls.getpeercert()
-                subject = dict(item[0] for item in peer.get("subject", ())) if peer else {}
+                # typeshed types every getpeercert() value as the union of all fields' shapes; subject is RDNs
+                rdns = cast("tuple[tuple[tuple[str, str], ...], ...]", peer.get("subject", ())) if peer else ()
+                subject = dict(rdn[0] for rdn in rdns)
                 result["peer_cn"] = subject.get("commonName")
                 tls.sendall(b"ok")
         except (OSError, ssl.SSLError) as exc:

@@ -79,7 +79,8 @@ def test_ca_extensions_and_lifetime(out: Path) -> None:
     assert constraints.critical and constraints.value.ca and constraints.value.path_length == 0
     usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
-    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey) and ca.public_key().curve.name == "secp256r1"
+    public_key = ca.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1"
     lifetime = ca.not_valid_after_utc - ca.not_valid_before_utc
     assert dt.timedelta(days=3649) < lifetime < dt.timedelta(days=3651)
 

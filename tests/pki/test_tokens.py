@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from hypothesis import given, settings
@@ -25,23 +26,31 @@ def verifier(**kwargs: object) -> tokens.Verifier:
     return tokens.Verifier({"collector": KEY}, AGENT, clock=lambda: NOW, **kwargs)  # type: ignore[arg-type]
 
 
-def header(**overrides: object) -> str:
-    fields: dict[str, object] = {
-        "key_id": "collector",
-        "key": KEY,
-        "agent": AGENT,
-        "body": BODY,
-        "ts": NOW,
-        "nonce": "0" * 32,
-    }
-    fields.update(overrides)
-    return tokens.sign(
-        fields.pop("key_id"),
-        fields.pop("key"),
-        fields.pop("agent"),
-        fields.pop("body"),  # type: ignore[arg-type]
-        **fields,
-    )  # type: ignore[arg-type]
+class Change(TypedDict, total=False):
+    """Fields of a token to sign differently from the defaults of :func:`header`."""
+
+    key_id: str
+    key: bytes
+    agent: str
+    body: bytes
+    method: str
+    path: str
+    ts: int
+    nonce: str
+
+
+def header(
+    *,
+    key_id: str = "collector",
+    key: bytes = KEY,
+    agent: str = AGENT,
+    body: bytes = BODY,
+    method: str = "POST",
+    path: str = "/RPC2",
+    ts: int = NOW,
+    nonce: str = "0" * 32,
+) -> str:
+    return tokens.sign(key_id, key, agent, body, method=method, path=path, ts=ts, nonce=nonce)
 
 
 def test_signature_matches_the_contract_written_out_by_hand() -> None:
@@ -71,7 +80,7 @@ def test_a_token_verifies_exactly_once() -> None:
     assert refused.value.reason == "replay"
 
 
-BOUND_FIELDS = {
+BOUND_FIELDS: dict[str, tuple[str, Change]] = {
     "key": ("bad_signature", {"key": OTHER_KEY}),
     "agent": ("bad_signature", {"agent": "web-02"}),
     "body": ("bad_signature", {"body": BODY.replace(b"ping", b"pong")}),

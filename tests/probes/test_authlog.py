@@ -142,7 +142,7 @@ addresses = st.one_of(
     st.ip_addresses(v=6).map(str),
 )
 user_names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=80
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"), max_size=80
 ) | st.lists(st.sampled_from([" from ", "1.2.3.4", " port 22", " ssh2", "rhost=", " user=", "::1", " "]),
              max_size=12).map("".join)
 templates = st.sampled_from(

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -89,7 +89,7 @@ def test_psutil_path_sees_them_too(dropped: Dropped) -> None:
     assert kinds_for(findings, dropped.deleted.pid)[DELETED_EXECUTABLE]["state"] == "missing"
 
 
-def test_service_reports_them_after_a_scan(dropped: Dropped, make_config: type[AgentConfig]) -> None:
+def test_service_reports_them_after_a_scan(dropped: Dropped, make_config: Callable[..., AgentConfig]) -> None:
     service = MetricsService(make_config())
     service.start()
     try:
@@ -122,9 +122,9 @@ def scan_as_nobody() -> dict[str, object]:
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             scan = scan_processes()
-            pids = sorted({dict(f.evidence)["pid"] for f in scan.findings})
-            report = {"pids": pids, "unknown": dict(scan.unknown_reasons)}
-            os.write(write_end, json.dumps(report).encode())
+            pids = sorted({int(str(dict(f.evidence)["pid"])) for f in scan.findings})
+            seen = {"pids": pids, "unknown": dict(scan.unknown_reasons)}
+            os.write(write_end, json.dumps(seen).encode())
             status = 0
         finally:
             os._exit(status)

@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from secure_agent.probes.findings import SUSPICIOUS_PORT_CONNECTION, SUSPICIOUS_PORT_LISTENER, UNEXPECTED_LISTENER
+from secure_agent.probes.findings import (
+    SUSPICIOUS_PORT_CONNECTION,
+    SUSPICIOUS_PORT_LISTENER,
+    UNEXPECTED_LISTENER,
+    Finding,
+)
 from secure_agent.probes.network import decode_address, parse_net_table, scan_network, socket_owners
 
 SUSPICIOUS = (3333, 4444, 31337)
 
 
-def summary(findings: tuple[object, ...]) -> set[tuple[object, ...]]:
-    rows = set()
+def summary(findings: tuple[Finding, ...]) -> set[tuple[object, ...]]:
+    rows: set[tuple[object, ...]] = set()
     for finding in findings:
-        kind, severity, _, _, evidence = finding  # type: ignore[misc]
+        kind, severity, _, _, evidence = finding
         e = dict(evidence)
         rows.add((kind, severity, e.get("pid"), e.get("address"), e.get("port"), e.get("count")))
     return rows

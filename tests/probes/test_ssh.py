@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from secure_agent.probes.authlog import AuthEvent
 from secure_agent.probes.findings import SSH_BRUTEFORCE
@@ -22,10 +23,10 @@ class Clock:
         return self.now
 
 
-def sources(monitor: SshMonitor) -> tuple[dict[str, tuple[int, str]], int]:
+def sources(monitor: SshMonitor) -> tuple[dict[str, tuple[int, str]], int | None]:
     scan = monitor.scan()
     assert all(finding.kind == SSH_BRUTEFORCE and finding.technique == "T1110" for finding in scan.findings)
-    table = {}
+    table: dict[str, tuple[int, str]] = {}
     for finding in scan.findings:
         evidence = dict(finding.evidence)
         table[str(evidence["address"])] = (int(str(evidence["count"])), finding.severity)
@@ -88,7 +89,7 @@ def test_incremental_reads_across_rotation(fixtures: Path, tmp_path: Path) -> No
 
 
 def test_reasons_when_no_log_can_be_read(tmp_path: Path) -> None:
-    files_only = ("files",)
+    files_only: tuple[Literal["files"]] = ("files",)
     missing = SshMonitor(
         [tmp_path / "auth.log", tmp_path / "secure"], max_failures=5, find_time=600, sources=files_only
     ).scan()

@@ -25,8 +25,17 @@ scalars = (
     | st.booleans()
     | st.integers(min_value=xmlrpc.client.MININT, max_value=xmlrpc.client.MAXINT)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+    | st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20)
 )
+
+
+def struct_of(answer: bytes) -> dict[str, Any]:
+    """The one struct an XML-RPC answer carries (the stubs type a loaded value as any marshallable)."""
+    (value,), method = xmlrpc.client.loads(answer)
+    assert method is None and isinstance(value, dict)
+    return value
+
+
 values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -91,18 +100,18 @@ def test_snapshot_response_is_the_snapshot_marshalled(fixture_service: MetricsSe
     expected = fixture_service.snapshot()
     answer = fixture_service.snapshot_response()
     assert answer == stdlib(expected)  # byte for byte what the stdlib writes for snapshot()
-    (loaded,), method = xmlrpc.client.loads(answer)
-    assert method is None and loaded == expected
+    loaded = struct_of(answer)
+    assert loaded == expected
     assert len(loaded["security"]["findings"]) >= 5 and loaded["disks"] and loaded["temperature"]["celsius"] == 64.0
 
 
 def test_snapshot_response_follows_each_scan(fixture_service: MetricsService, tmp_path: Path) -> None:
-    before = xmlrpc.client.loads(fixture_service.snapshot_response())[0][0]
+    before = struct_of(fixture_service.snapshot_response())
     with (tmp_path / "auth.log").open("a") as log:  # more failures from a new address: a new finding
         for second in range(10):
             log.write(f"Mar 10 03:21:{second:02d} host sshd[9]: Failed password for root from {NEW} port 22 ssh2\n")
     fixture_service.refresh()
-    after = xmlrpc.client.loads(fixture_service.snapshot_response())[0][0]
+    after = struct_of(fixture_service.snapshot_response())
     assert after == fixture_service.snapshot()
     assert after["security"]["issues"] == before["security"]["issues"] + 1
 
@@ -110,7 +119,7 @@ def test_snapshot_response_follows_each_scan(fixture_service: MetricsService, tm
 def test_snapshot_response_on_this_machine(make_config: Callable[..., AgentConfig]) -> None:
     service = MetricsService(make_config())
     service.refresh()
-    loaded = xmlrpc.client.loads(service.snapshot_response())[0][0]
+    loaded = struct_of(service.snapshot_response())
     expected = service.snapshot()
     assert set(loaded) == set(expected)
     for key in ("temperature", "disks", "unavailable", "agent", "version"):

@@ -168,10 +168,10 @@ class Page:
             if event.get("method") == method:
                 return event
         while time.monotonic() < deadline:
-            event = json.loads(self.ws.receive())
-            self.events.append(event)
-            if event.get("method") == method:
-                return event
+            received: dict[str, Any] = json.loads(self.ws.receive())
+            self.events.append(received)
+            if received.get("method") == method:
+                return received
         raise CDPError(f"no {method} within {timeout} s")
 
     def evaluate(self, expression: str) -> Any:

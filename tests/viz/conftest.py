@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +25,10 @@ class Run(NamedTuple):
     code: int
     out: str
     err: str
+
+
+RunViz = Callable[..., Run]
+"""The ``run_viz`` fixture: ``run_viz(*args: str | Path) -> Run``."""
 
 
 def write_config(path: Path, storage: dict[str, Any], thresholds: dict[str, Any] | None = None) -> Path:
@@ -65,7 +69,7 @@ def file_config(tmp_path: Path, now: float) -> Path:
 
 
 @pytest.fixture
-def run_viz(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+def run_viz(capsys: pytest.CaptureFixture[str]) -> RunViz:
     """Run ``secure-viz`` in this process with the given arguments; returns code, stdout, stderr."""
 
     def run(*args: str | Path) -> Run:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.viz.cdp import chromium_page, find_chromium
-from tests.viz.conftest import write_config, write_file_store
+from tests.viz.conftest import RunViz, write_config, write_file_store
 from tests.viz.fleet import HOSTILE_MESSAGE, operator_fleet
 from viz.plots import PLOTS
 
@@ -18,7 +18,7 @@ IMAGES = """JSON.stringify(Array.from(document.images).map(i => ({
 
 
 @pytest.mark.chromium
-def test_dashboard_loads_every_image_in_chromium(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_dashboard_loads_every_image_in_chromium(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     binary = find_chromium()
     if binary is None:
         pytest.fail("Chromium is not installed: apt-get install -y chromium (the test command installs it)")
@@ -48,7 +48,7 @@ ROWS = """JSON.stringify(Array.from(document.querySelectorAll('tbody tr')).map(
 
 
 @pytest.mark.chromium
-def test_operator_dashboard_with_one_agent_down(run_viz, tmp_path: Path, now: float) -> None:
+def test_operator_dashboard_with_one_agent_down(run_viz: RunViz, tmp_path: Path, now: float) -> None:
     """Several agents, one down: the table an operator reads first, checked in Chromium, and screenshot."""
     binary = find_chromium()
     if binary is None:

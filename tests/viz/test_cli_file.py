@@ -11,14 +11,14 @@ from matplotlib import image as mpimg
 
 from storage.base import Batch
 from storage.models import Alert, Sample
-from tests.viz.conftest import assert_real_png, listed, write_config, write_file_store
+from tests.viz.conftest import RunViz, assert_real_png, listed, write_config, write_file_store
 from tests.viz.fleet import HOSTILE_AGENT, fleet
 from tests.viz.page import PageParser, table_agents, table_rows
 from viz.plots import PLOTS
 
 
 @pytest.mark.parametrize("name", list(PLOTS))
-def test_each_plot_is_a_real_image(run_viz, file_config: Path, tmp_path: Path, name: str) -> None:
+def test_each_plot_is_a_real_image(run_viz: RunViz, file_config: Path, tmp_path: Path, name: str) -> None:
     out = tmp_path / "out"
     result = run_viz("--config", file_config, "--plot", name, "--output-dir", out)
     assert result.code == 0, result.err
@@ -27,7 +27,7 @@ def test_each_plot_is_a_real_image(run_viz, file_config: Path, tmp_path: Path, n
     assert_real_png(out / f"{name}.png", name)
 
 
-def test_all_writes_every_plot_and_the_index(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_all_writes_every_plot_and_the_index(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     out = tmp_path / "new" / "out"
     result = run_viz("--config", file_config, "--plot", "all", "--output-dir", out)
     assert result.code == 0, result.err
@@ -40,7 +40,7 @@ def test_all_writes_every_plot_and_the_index(run_viz, file_config: Path, tmp_pat
     assert sorted(table_agents(out / "index.html")) == ["db-1", "edge-1", "web-1", "x--script-onerror"]
 
 
-def test_agent_filter(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_agent_filter(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     everyone, one = tmp_path / "everyone", tmp_path / "one"
     assert run_viz("--config", file_config, "--plot", "all", "--output-dir", everyone).code == 0
     result = run_viz("--config", file_config, "--plot", "all", "--agent", "db-1", "--output-dir", one)
@@ -51,13 +51,13 @@ def test_agent_filter(run_viz, file_config: Path, tmp_path: Path) -> None:
         assert (one / f"{name}.png").read_bytes() != (everyone / f"{name}.png").read_bytes()
 
 
-def test_agent_without_sensor_still_gets_a_temperature_plot(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_agent_without_sensor_still_gets_a_temperature_plot(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     result = run_viz("--config", file_config, "--plot", "temperature", "--agent", "db-1", "--output-dir", tmp_path)
     assert result.code == 0, result.err
     assert_real_png(tmp_path / "temperature.png", "temperature")
 
 
-def test_hours_window(run_viz, tmp_path: Path, now: float) -> None:
+def test_hours_window(run_viz: RunViz, tmp_path: Path, now: float) -> None:
     old = fleet(now - 5 * 3600, agents=("old-1",), hours=1)
     recent = fleet(now, agents=("new-1",), hours=1)
     config = write_config(tmp_path / "collector.json", write_file_store(tmp_path, old, recent))
@@ -73,7 +73,7 @@ def test_hours_window(run_viz, tmp_path: Path, now: float) -> None:
 
 
 @pytest.mark.parametrize("agent", [None, "ghost"])
-def test_no_data_exits_1_without_writing(run_viz, tmp_path: Path, agent: str | None) -> None:
+def test_no_data_exits_1_without_writing(run_viz: RunViz, tmp_path: Path, agent: str | None) -> None:
     config = write_config(tmp_path / "collector.json", write_file_store(tmp_path))
     out = tmp_path / "out"
     args = ["--config", config, "--plot", "all", "--output-dir", out] + (["--agent", agent] if agent else [])
@@ -85,7 +85,7 @@ def test_no_data_exits_1_without_writing(run_viz, tmp_path: Path, agent: str | N
     assert not out.exists()
 
 
-def test_index_escapes_hostile_text(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_index_escapes_hostile_text(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     assert run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path).code == 0
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     parser = PageParser()
@@ -101,7 +101,7 @@ def test_index_escapes_hostile_text(run_viz, file_config: Path, tmp_path: Path) 
     }
 
 
-def test_output_dir_that_is_a_file(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_output_dir_that_is_a_file(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     result = run_viz("--config", file_config, "--plot", "cpu", "--output-dir", blocker)
@@ -110,7 +110,7 @@ def test_output_dir_that_is_a_file(run_viz, file_config: Path, tmp_path: Path) -
     assert result.err.count("\n") == 1
 
 
-def test_rewrites_replace_files_atomically(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_rewrites_replace_files_atomically(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     assert run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path).code == 0
     inode = (tmp_path / "cpu.png").stat().st_ino
     assert run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path).code == 0
@@ -132,7 +132,9 @@ def test_python_dash_m_and_help(tmp_path: Path, file_config: Path) -> None:
 
 
 @pytest.mark.parametrize("blocked", sorted(PLOTS))
-def test_a_plot_that_cannot_be_written_fails_the_run(run_viz, file_config: Path, tmp_path: Path, blocked: str) -> None:
+def test_a_plot_that_cannot_be_written_fails_the_run(
+    run_viz: RunViz, file_config: Path, tmp_path: Path, blocked: str
+) -> None:
     """Whichever process draws the plot (this one or the forked helper), the run fails in one line."""
     (tmp_path / f"{blocked}.png").mkdir()
     result = run_viz("--config", file_config, "--plot", "all", "--output-dir", tmp_path)
@@ -143,7 +145,7 @@ def test_a_plot_that_cannot_be_written_fails_the_run(run_viz, file_config: Path,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left"
 
 
-def test_open_alerts_come_from_all_history(run_viz, tmp_path: Path, now: float) -> None:
+def test_open_alerts_come_from_all_history(run_viz: RunViz, tmp_path: Path, now: float) -> None:
     """An alert fired days ago and never cleared is open; one fired then cleared is not."""
     recent = fleet(now, agents=("a-1", "b-1"), hours=0.5, no_sensor=())
     old = Batch(alerts=[
@@ -167,7 +169,7 @@ def test_open_alerts_come_from_all_history(run_viz, tmp_path: Path, now: float) 
 
 
 @pytest.mark.parametrize("name", ["cpu", "security"])
-def test_a_short_history_is_drawn_not_lost(run_viz, tmp_path: Path, now: float, name: str) -> None:
+def test_a_short_history_is_drawn_not_lost(run_viz: RunViz, tmp_path: Path, now: float, name: str) -> None:
     """Three polls seconds apart fall in one bin of an hour's window: a line through one point draws
     nothing, so such points must get a marker (the demo's first plots were empty without it)."""
     samples = [

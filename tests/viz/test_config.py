@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.viz.conftest import write_config
+from tests.viz.conftest import RunViz, write_config
 from viz.cli import main
 
 SECRET = "hunter2-do-not-print"
@@ -17,7 +17,7 @@ def _args(config: Path, out: Path, *extra: str) -> list[str | Path]:
     return ["--config", config, "--plot", "cpu", "--output-dir", out, *extra]
 
 
-def test_missing_file(run_viz, tmp_path: Path) -> None:
+def test_missing_file(run_viz: RunViz, tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
     result = run_viz(*_args(missing, tmp_path / "out"))
     assert result.code == 2
@@ -25,7 +25,7 @@ def test_missing_file(run_viz, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_not_json(run_viz, tmp_path: Path) -> None:
+def test_not_json(run_viz: RunViz, tmp_path: Path) -> None:
     config = tmp_path / "c.json"
     config.write_text('{"storage": ')
     result = run_viz(*_args(config, tmp_path / "out"))
@@ -47,7 +47,7 @@ def test_not_json(run_viz, tmp_path: Path) -> None:
         ({"thresholds": {"cpu_usage": 150}}, "thresholds.cpu_usage: must be at most 100"),
     ],
 )
-def test_bad_sections_name_file_and_key(run_viz, tmp_path: Path, document: object, expected: str) -> None:
+def test_bad_sections_name_file_and_key(run_viz: RunViz, tmp_path: Path, document: object, expected: str) -> None:
     config = tmp_path / "c.json"
     config.write_text(json.dumps(document))
     result = run_viz(*_args(config, tmp_path / "out"))
@@ -58,7 +58,7 @@ def test_bad_sections_name_file_and_key(run_viz, tmp_path: Path, document: objec
     assert "Traceback" not in result.err
 
 
-def test_other_collector_keys_are_ignored(run_viz, file_config: Path, tmp_path: Path) -> None:
+def test_other_collector_keys_are_ignored(run_viz: RunViz, file_config: Path, tmp_path: Path) -> None:
     document = json.loads(file_config.read_text())
     document["tls"] = {"cert": "/nonexistent"}
     document["something_new"] = True
@@ -96,7 +96,7 @@ def test_unknown_plot(tmp_path: Path, file_config: Path, capsys: pytest.CaptureF
     assert err.count("\n") == 1
 
 
-def test_mysql_unreachable_is_a_storage_error(run_viz, tmp_path: Path) -> None:
+def test_mysql_unreachable_is_a_storage_error(run_viz: RunViz, tmp_path: Path) -> None:
     """A MySQL store that cannot be reached: one line, exit 1, no password."""
     config = write_config(
         tmp_path / "c.json",

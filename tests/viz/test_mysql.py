@@ -9,7 +9,7 @@ import pytest
 
 from storage import open_store
 from storage.config import StorageConfig
-from tests.viz.conftest import assert_real_png, write_config
+from tests.viz.conftest import RunViz, assert_real_png, write_config
 from tests.viz.fleet import HOSTILE_MESSAGE, fleet, hostile
 from tests.viz.page import table_agents
 from viz.plots import PLOTS
@@ -30,7 +30,7 @@ def mysql_config(mariadb: Any, tmp_path: Path, now: float) -> Path:
     return write_config(tmp_path / "collector.json", section)
 
 
-def test_every_plot_and_the_dashboard_from_mysql(run_viz, mysql_config: Path, tmp_path: Path) -> None:
+def test_every_plot_and_the_dashboard_from_mysql(run_viz: RunViz, mysql_config: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_viz("--config", mysql_config, "--plot", "all", "--output-dir", out)
     assert result.code == 0, result.err
@@ -44,13 +44,13 @@ def test_every_plot_and_the_dashboard_from_mysql(run_viz, mysql_config: Path, tm
 
 
 @pytest.mark.parametrize("name", ["temperature", "security"])
-def test_single_agent_plot_from_mysql(run_viz, mysql_config: Path, tmp_path: Path, name: str) -> None:
+def test_single_agent_plot_from_mysql(run_viz: RunViz, mysql_config: Path, tmp_path: Path, name: str) -> None:
     result = run_viz("--config", mysql_config, "--plot", name, "--agent", "db-1", "--output-dir", tmp_path)
     assert result.code == 0, result.err
     assert_real_png(tmp_path / f"{name}.png", name)
 
 
-def test_no_data_from_mysql(run_viz, mysql_config: Path, tmp_path: Path) -> None:
+def test_no_data_from_mysql(run_viz: RunViz, mysql_config: Path, tmp_path: Path) -> None:
     result = run_viz("--config", mysql_config, "--plot", "cpu", "--agent", "ghost", "--output-dir", tmp_path / "o")
     assert result.code == 1
     assert result.err.startswith("secure-viz: no data: no samples for agent ghost in the last 24 h in mysql ")
@@ -58,7 +58,7 @@ def test_no_data_from_mysql(run_viz, mysql_config: Path, tmp_path: Path) -> None
     assert not (tmp_path / "o").exists()
 
 
-def test_wrong_password_is_one_line_without_the_password(run_viz, mariadb: Any, tmp_path: Path) -> None:
+def test_wrong_password_is_one_line_without_the_password(run_viz: RunViz, mariadb: Any, tmp_path: Path) -> None:
     wrong = "not-the-password-" + "x" * 8
     config = write_config(tmp_path / "c.json", mariadb.storage_section(mysql_password=wrong))
     result = run_viz("--config", config, "--plot", "cpu", "--output-dir", tmp_path / "o")
