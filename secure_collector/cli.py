@@ -32,8 +32,9 @@ from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
 from secure_collector.alertstate import AlertState, state_path
 from secure_collector.audittrail import AuditTrail
-from secure_collector.config import CollectorConfig
+from secure_collector.config import CollectorConfig, ExporterConfig
 from secure_collector.errors import CollectorError
+from secure_collector.exporter import Exporter, FleetView
 from secure_collector.hook import AlertHook
 from secure_collector.outbox import outbox_dir
 from secure_collector.poller import Poller, parse_shard, select_shard
@@ -81,9 +82,12 @@ class Collector:
     spool: Spool | None
     hook: AlertHook | None
     lock: RunLock
+    exporter: Exporter | None = None
 
     def close(self) -> None:
         self.poller.close()
+        if self.exporter is not None:
+            self.exporter.close()
         if self.hook is not None:
             # alerts still waiting stay in the outbox for the next start; storage learns how many
             self.hook.close(SHUTDOWN_FLUSH_SECONDS)
@@ -186,7 +190,16 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
     state = AlertState(state_path(config.spool_dir, shard))
     state.load(engine, {a.name for a in agents})
     trail = AuditTrail([a.name for a in agents], max_records_per_sweep=config.audit_fetch.max_records_per_sweep)
-    recorder = Recorder(delivery, engine, hook, state, trail, audit_hold=config.audit_fetch.alert_hold)
+    view = FleetView(spool.pending_bytes) if config.exporter is not None and not args.once else None
+    recorder = Recorder(
+        delivery,
+        engine,
+        hook,
+        state,
+        trail,
+        audit_hold=config.audit_fetch.alert_hold,
+        observe=view.observe if view is not None else None,
+    )
     poller = Poller(
         connections,
         recorder,
@@ -195,7 +208,24 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         backoff_max=config.backoff_max,
         follow_up=trail,
     )
-    return Collector(config, poller, delivery, spool, hook, lock)
+    exporter = _start_exporter(args, config.exporter, view) if config.exporter is not None and view else None
+    return Collector(config, poller, delivery, spool, hook, lock, exporter)
+
+
+def _start_exporter(args: argparse.Namespace, settings: ExporterConfig, view: FleetView) -> Exporter:
+    """Listen on ``exporter.listen``; a port or TLS file that cannot be used is a start-up error."""
+    tls = (settings.tls.cert, settings.tls.key, settings.tls.ca) if settings.tls is not None else None
+    try:
+        exporter = Exporter(view, settings.listen, tls)
+    except PKIError as exc:
+        raise _Fatal(f"{args.config}: exporter.tls: {exc}") from exc
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise _Fatal(f"{args.config}: exporter.listen: cannot listen on {settings.listen}: {reason}") from exc
+    host, port = exporter.address
+    shown = f"[{host}]" if ":" in host else host
+    logger.info("exporter: serving /metrics on %s://%s:%d", "https" if tls else "http", shown, port)
+    return exporter
 
 
 def _own_spool_dir(args: argparse.Namespace, config: CollectorConfig, shard: tuple[int, int] | None) -> RunLock:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from secure_collector.listen import is_loopback, parse_listen
 from storage.config import StorageConfig
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -56,6 +57,34 @@ class AuditFetchConfig(_Section):
     alert_hold: float = Field(default=86_400, ge=0, le=365 * 86_400)
 
 
+class ExporterTLS(_Section):
+    cert: Path  # a server certificate (serverAuth), for example one made with make_certs --agent
+    key: Path
+    ca: Path  # scrapers must present a certificate of this CA
+
+
+class ExporterConfig(_Section):
+    """The OpenMetrics endpoint (:mod:`secure_collector.exporter`): absent, the collector listens on nothing."""
+
+    listen: str = Field(max_length=300)  # HOST:PORT, [V6]:PORT; port 0 takes a free one (logged)
+    tls: ExporterTLS | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, listen: str) -> str:
+        parse_listen(listen)
+        return listen
+
+    @model_validator(mode="after")
+    def _loopback_without_tls(self) -> ExporterConfig:
+        if self.tls is None and not is_loopback(parse_listen(self.listen).host):
+            raise ValueError(
+                f"listen {self.listen!r} is not a loopback address: plain HTTP is served on loopback only; "
+                "set exporter.tls (cert, key, ca) to serve other hosts over mutual TLS"
+            )
+        return self
+
+
 class CollectorConfig(_Section):
     agents: tuple[AgentEntry, ...] = Field(min_length=1, max_length=100_000)
     poll_interval: float = Field(default=30, ge=0.1, le=86_400)
@@ -76,6 +105,7 @@ class CollectorConfig(_Section):
     # seconds alert_command may take per alert before it is killed (and the alert retried)
     alert_timeout: float = Field(default=10, gt=0, le=300)
     audit_fetch: AuditFetchConfig = AuditFetchConfig()
+    exporter: ExporterConfig | None = None
 
     @field_validator("agents")
     @classmethod

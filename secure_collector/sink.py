@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from secure_collector.alerts import AUDIT_CHAIN, AlertEngine
@@ -56,6 +56,21 @@ class PollResult(NamedTuple):
     sample: Sample | None = None
     retry_after: float | None = None
     audit: AuditOutcome | None = None  # what this sweep fetched of the agent's audit trail
+
+
+class Observer(Protocol):
+    """Told each poll's outcome as recorded (the exporter's :meth:`~secure_collector.exporter.FleetView.observe`)."""
+
+    def __call__(
+        self,
+        agent: str,
+        polled: float,
+        state: str,
+        latency_ms: float,
+        sample: Sample | None,
+        firing: Mapping[str, str],
+        /,
+    ) -> None: ...
 
 
 class BatchWriter(Protocol):
@@ -193,6 +208,7 @@ class Recorder:
         trail: AuditTrail | None = None,
         *,
         audit_hold: float = DEFAULT_AUDIT_HOLD,
+        observe: Observer | None = None,
     ) -> None:
         self.delivery = delivery
         self.engine = engine
@@ -200,6 +216,7 @@ class Recorder:
         self.state = state
         self.trail = trail
         self.audit_hold = audit_hold
+        self.observe = observe
         self._samples: list[Sample] = []
         self._alerts: list[Alert] = []
         self._statuses: list[AgentStatus] = []
@@ -232,6 +249,9 @@ class Recorder:
             kept, rest = ordered[: STORED_PER_POLL - 1], ordered[STORED_PER_POLL - 1 :]
             alerts = [*kept, storage_summary(result.agent, result.timestamp, rest, STORED_PER_POLL - 1)]
         self.last_state[result.agent] = (state, detail)
+        if self.observe is not None:
+            firing = self.engine.firing(result.agent)
+            self.observe(result.agent, result.timestamp, state, result.latency_ms, result.sample, firing)
         # validated (in pydantic-core, cheaper than model_construct's Python loop); every value is ours
         self._statuses.append(
             AgentStatus.model_validate(
