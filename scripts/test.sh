@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need, then runs the gates and pytest.
 #   Python packages into .venv (and sslyze, which pins its own cryptography, into .venv-sslyze);
-#   MariaDB, Chromium, logrotate, systemd-analyze and systemd-journal-remote from Debian packages when missing (the tests start their own private server).
+#   MariaDB, Chromium, Prometheus, logrotate, systemd-analyze and systemd-journal-remote from Debian packages when missing (the tests start their own private server).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k tokens
 set -euo pipefail
 PIP_EXTRAS="[test]"
@@ -13,6 +13,8 @@ command -v mariadbd >/dev/null 2>&1 || need_apt+=(mariadb-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # the deploy units are verified
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need_apt+=(logrotate)
+# a real Prometheus scrapes the collector's exporter (prometheus and promtool)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # real journal files for the SSH-from-journald tests (journalctl reads them)
 [ -x /lib/systemd/systemd-journal-remote ] || [ -x /usr/lib/systemd/systemd-journal-remote ] || need_apt+=(systemd-journal-remote)
 if [ ${#need_apt[@]} -gt 0 ]; then

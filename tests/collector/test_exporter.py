@@ -71,6 +71,7 @@ def running_collector(config: Path) -> Iterator[tuple[subprocess.Popen[str], int
     lines: queue.SimpleQueue[str] = queue.SimpleQueue()
     stderr = service.stderr
     assert stderr is not None
+
     def read() -> None:
         for line in stderr:
             lines.put(line)
@@ -242,7 +243,10 @@ def test_a_port_in_use_is_a_start_error(test_pki: TestPKI, start_agent: StartAge
         other["storage"] = {**data["storage"], "json_file": str(tmp_path / "data2" / "m.json")}
         service = subprocess.run(
             [*_program(), "--config", str(write_config(tmp_path, other, "other.json"))],
-            capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
         )
         assert service.returncode == 2
         assert "exporter.listen: cannot listen on" in service.stderr and "Traceback" not in service.stderr
