@@ -7,6 +7,7 @@ on loopback with its data in the test's directory and is stopped at the end.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 
 from pki import tls
 from secure_collector.config import Thresholds
+from secure_collector.exporter import GAUGE_FIELDS
 from tests.collector.helpers import WIDE, collector_data, load, read_store, write_config
 from tests.collector.test_exporter import _get, running_collector
 from tests.plugins.agent import StartAgent
@@ -29,6 +31,7 @@ from tests.plugins.pki import TestPKI
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "secure-monitor-rules.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "secure-monitor.json"
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 needs_prometheus = pytest.mark.skipif(
@@ -152,15 +155,52 @@ def test_prometheus_scrapes_the_collector_over_mutual_tls(
             [memory] = _wait_for(port, 'secure_monitor_memory_usage{agent="localhost"}')
             [state] = _wait_for(port, 'secure_monitor_agent_state{agent="gone",state="unreachable"}')
             firing = _wait_for(port, 'ALERTS{alertname="SecureMonitorAgentDown",alertstate="firing"}')
+            answered = {expr: _query(port, expr) for expr in _dashboard_queries()}  # each one valid PromQL
     frame = read_store(load(data)).query_samples(*WIDE, agent="localhost")
     assert float(memory["value"][1]) == pytest.approx(float(frame.iloc[0]["memory_usage"]))
     assert state["value"][1] == "1"
     assert [a["metric"]["agent"] for a in firing] == ["gone"]
     assert up["metric"]["instance"] == f"127.0.0.1:{exporter_port}"
+    # the dashboard's panels draw the agent that answered
+    with_data = {
+        expr for expr, result in answered.items() if any(r["metric"].get("agent") == "localhost" for r in result)
+    }
+    for expected in ("memory_usage", "disk_usage", "load_1", "agent_state", "threat_level", "alerts_firing"):
+        assert any(f"secure_monitor_{expected}" in expr for expr in with_data), expected
     # the exposition passes promtool's lint
     assert PROMTOOL is not None
     lint = subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, text=True, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def _dashboard_queries() -> list[str]:
+    """Every query of the Grafana dashboard, with its variables as Grafana would fill them for all agents."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        target["expr"].replace("$agent", ".*").replace("$__rate_interval", "1m")
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def test_the_dashboard_asks_only_for_series_the_exporter_serves() -> None:
+    served = {f"secure_monitor_{name}" for name in GAUGE_FIELDS} | {
+        f"secure_monitor_{name}"
+        for name in (
+            "threat_level",
+            "agent_state",
+            "last_poll_timestamp_seconds",
+            "last_sample_timestamp_seconds",
+            "alerts_firing",
+            "audit_chain_broken",
+            "spool_bytes",
+            "poll_duration_seconds_bucket",
+        )
+    }
+    asked = {name for expr in _dashboard_queries() for name in re.findall(r"secure_monitor_[a-z0-9_]+", expr)}
+    assert asked and asked <= served, asked - served
+    rules = set(re.findall(r"secure_monitor_[a-z0-9_]+", RULES.read_text()))
+    assert rules <= served, rules - served
 
 
 @needs_prometheus
