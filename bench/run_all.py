@@ -110,6 +110,15 @@ BENCHES = (
             "TLS work of their answers"
         ),
     ),
+    Bench(
+        "exporter",
+        120,
+        quick_args=("--agents", "40", "--fleet", "200", "--blocks", "4", "--sweeps", "5"),
+        limits=(
+            "a scrape re-encodes only the agents polled since the last one (about 1 us a series) and gzips the "
+            "text at level 1; the rest of a poll's CPU is bench_collector's"
+        ),
+    ),
     Bench("storage", 120),
     Bench("viz", 90),
     Bench(

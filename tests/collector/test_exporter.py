@@ -7,6 +7,7 @@ without a certificate of ``exporter.tls.ca`` gets no answer at all.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import queue
 import re
@@ -26,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pki import tls
-from secure_collector.exporter import GAUGE_FIELDS
+from secure_collector.exporter import GAUGE_FIELDS, FleetView, MetricsApp
 from secure_collector.listen import is_loopback, parse_listen
 from storage.models import Sample
 from tests.collector.helpers import WIDE, collector_data, load, read_store, write_config
@@ -155,19 +156,19 @@ def test_the_scrape_serves_what_was_stored(test_pki: TestPKI, start_agent: Start
         else:
             assert series[key] == pytest.approx(float(value)), name
     assert series[("secure_monitor_last_sample_timestamp_seconds", localhost)] == pytest.approx(sample["timestamp"])
-    for level in ("none", "low", "medium", "high"):
-        expected = 1.0 if level == sample["threat_level"] else 0.0
-        assert series[("secure_monitor_threat_level", (("agent", "localhost"), ("level", level)))] == expected
-    assert series[("secure_monitor_agent_state", (("agent", "localhost"), ("state", "up")))] == 1.0
-    assert series[("secure_monitor_agent_state", (("agent", "gone"), ("state", "unreachable")))] == 1.0
-    assert series[("secure_monitor_agent_state", (("agent", "gone"), ("state", "up")))] == 0.0
+    # an enum is one series, 1, for its current value (a change makes the old series stale in Prometheus)
+    assert [labels for (name, labels) in series if name == "secure_monitor_threat_level"] == [
+        (("agent", "localhost"), ("level", sample["threat_level"]))
+    ]
+    assert series[("secure_monitor_threat_level", (("agent", "localhost"), ("level", sample["threat_level"])))] == 1
+    states = {labels: value for (name, labels), value in series.items() if name == "secure_monitor_agent_state"}
+    assert states == {
+        (("agent", "gone"), ("state", "unreachable")): 1.0,
+        (("agent", "localhost"), ("state", "up")): 1.0,
+    }
     assert ("secure_monitor_cpu_usage", (("agent", "gone"),)) not in series  # never answered: no value made up
-    firing = sum(
-        value
-        for (name, labels), value in series.items()
-        if name == "secure_monitor_alerts_firing" and localhost[0] in labels
-    )
-    assert firing >= 1  # cpu_usage at or above 0
+    assert series[("secure_monitor_alerts_firing", localhost)] >= 1  # cpu_usage at or above 0
+    assert series[("secure_monitor_alerts_firing", (("agent", "gone"),))] == 1  # its agent_state alert
     count = series[("secure_monitor_poll_duration_seconds_count", (("state", "up"),))]
     assert count == 1.0
     assert ("secure_monitor_spool_bytes", ()) in series
@@ -250,3 +251,26 @@ def test_a_port_in_use_is_a_start_error(test_pki: TestPKI, start_agent: StartAge
         )
         assert service.returncode == 2
         assert "exporter.listen: cannot listen on" in service.stderr and "Traceback" not in service.stderr
+
+
+def test_a_scrape_reuses_its_encoding_until_something_was_polled_and_a_moment_passed() -> None:
+    now = [1000.0]
+    view = FleetView(spool_bytes=lambda: 0)
+    app = MetricsApp(view, max_age=1.0, max_stale=15.0, clock=lambda: now[0])
+    sample = Sample(agent="a1", timestamp=1.0, cpu_usage=5.0)
+    view.observe("a1", 1.0, "up", 3.0, sample, {})
+    first = app.body()[2]
+    assert app.body()[2] is first and app.builds == 1  # nothing changed
+    view.observe("a1", 2.0, "up", 3.0, sample.model_copy(update={"cpu_usage": 7.0}), {})
+    assert app.body()[2] is first  # changed, but within max_age: at most one build per max_age
+    now[0] += 1.0
+    second = app.body()[2]
+    assert app.builds == 2 and b'secure_monitor_cpu_usage{agent="a1"} 7.0' in second
+    now[0] += 14.0
+    assert app.body()[2] is second  # unchanged: kept up to max_stale
+    now[0] += 1.0
+    assert app.body()[2] is not second and app.builds == 3
+    # compressed for scrapers that accept it, the same text
+    kind, zipped, body = app.body("gzip")
+    assert kind.startswith("text/plain; version=0.0.4") and zipped
+    assert gzip.decompress(body) == app.body()[2]
