@@ -4,6 +4,7 @@
                              [--days N] [--allow CIDR]... [--port N] [--force]
     python pki/make_certs.py --out DIR --revoke NAME
     python pki/make_certs.py --out DIR --refresh-crl
+    python pki/make_certs.py --out DIR --from-predecessor OLD_COLLECTOR_CONFIG [--agent-config OLD_AGENT_CONFIG]
 
 Re-running with the same ``--out`` keeps the CA and every existing key and certificate, adds what is
 new, and touches no existing file (configs only gain entries for new agents or collectors) except to
@@ -57,6 +58,7 @@ from pki.configwriter import (
 )
 from pki.errors import PKIError
 from pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
+from pki.migrate import overlay, read_predecessor
 from pki.tokens import new_key_text
 
 DEFAULT_AGENT = ("localhost", ("localhost", "127.0.0.1", "::1"))
@@ -368,6 +370,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write a new HMAC key for each named collector, same key id (agents need the new file)",
     )
+    parser.add_argument(
+        "--from-predecessor",
+        type=Path,
+        metavar="OLD_COLLECTOR_CONFIG",
+        help="build the PKI and configs from the predecessor's collector config (and --agent-config)",
+    )
+    parser.add_argument(
+        "--agent-config", type=Path, metavar="OLD_AGENT_CONFIG", help="with --from-predecessor: its agent config"
+    )
     parser.add_argument("--revoke", metavar="NAME", help="revoke this collector's (or agent's) certificate")
     parser.add_argument("--refresh-crl", action="store_true", help="re-sign crl.pem with a new nextUpdate")
     return parser
@@ -405,6 +416,37 @@ def _plan(args: argparse.Namespace) -> Plan:
     )
 
 
+def _plan_migration(args: argparse.Namespace) -> Plan:
+    if args.agent or args.port is not None:
+        raise UsageError("--from-predecessor takes the agents and their ports from the old collector config")
+    migration = read_predecessor(args.from_predecessor, args.agent_config)
+    allow = migration.allow or tuple(args.allow) or DEFAULT_ALLOW
+    collectors = [_name(name, "collector") for name in args.collector] or [DEFAULT_COLLECTOR]
+    agents = [(name, hosts) for name, hosts, _ in migration.agents]
+    ports = {name: port for name, _, port in migration.agents}
+    return Plan(args.out.resolve(), agents, collectors, args.days, allow, DEFAULT_PORT, ports=ports)
+
+
+def from_predecessor(plan: Plan, args: argparse.Namespace) -> list[str]:
+    """Bootstrap ``plan``, then lay the old files' settings over the configs written; notes list what was dropped."""
+    migration = read_predecessor(args.from_predecessor, args.agent_config)
+    notes = bootstrap(plan)
+    for path in sorted(plan.out.glob("collector*.json")):
+        write_config(path, overlay(read_config(path), migration.collector), overwrite=True)
+    for name, _, _ in migration.agents:
+        path = plan.out / f"agent-{name}.json"
+        write_config(path, overlay(read_config(path), migration.agent), overwrite=True)
+    problems = check_written(plan.out)
+    if problems:
+        raise PKIError("\n".join(problems))
+    if args.agent_config is not None and not migration.allow:
+        notes.append(f"no usable security.allowed_ips in {args.agent_config}: agents admit {', '.join(plan.allow)}")
+    notes += [f"dropped {line}" for line in migration.dropped]
+    kept = ", ".join(sorted({*migration.collector, *(f"agent {key}" for key in migration.agent)}))
+    notes.append(f"kept from the predecessor: {len(migration.agents)} agents; {kept or 'no other settings'}")
+    return notes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -414,8 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.refresh_crl:
             print(refresh_crl(args.out.resolve()))
             return 0
-        plan = _plan(args)
-        for note in bootstrap(plan):
+        if args.agent_config is not None and args.from_predecessor is None:
+            raise UsageError("--agent-config goes with --from-predecessor OLD_COLLECTOR_CONFIG")
+        plan = _plan(args) if args.from_predecessor is None else _plan_migration(args)
+        for note in bootstrap(plan) if args.from_predecessor is None else from_predecessor(plan, args):
             print(f"note: {note}", file=sys.stderr)
     except PKIError as exc:
         for line in str(exc).splitlines():  # the final check names every problem, one line each
