@@ -26,7 +26,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest, gzip_accepted
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -307,7 +307,10 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class MetricsApp:
-    """``GET /metrics`` in the Prometheus text format (0.0.4, which every Prometheus and OpenMetrics scraper reads).
+    """``GET /metrics`` in the format the scraper asks for: OpenMetrics (as Prometheus asks) or the text format.
+
+    The fleet's gauges are :class:`FleetEncoder`'s (the same lines in both formats), the rest and the format's
+    choice are ``prometheus_client``'s.
 
     An encoding is kept and served again while nothing was polled since, or for ``max_age`` seconds at most
     when polls go on (``max_stale`` when nothing changed, for the spool's depth): however many scrapers there
@@ -329,8 +332,8 @@ class MetricsApp:
         self._cache: dict[tuple[str, bool], tuple[int, float, bytes]] = {}  # (type, gzip) -> version, built, body
         self.builds = 0
 
-    def body(self, accept_encoding: str = "") -> tuple[str, bool, bytes]:
-        content_type = CONTENT_TYPE_PLAIN_0_0_4
+    def body(self, accept: str = "", accept_encoding: str = "") -> tuple[str, bool, bytes]:
+        encoder, content_type = choose_encoder(accept)
         zipped = gzip_accepted(accept_encoding)
         key = (content_type, zipped)
         with self._lock:
@@ -341,7 +344,7 @@ class MetricsApp:
                 age = now - built
                 if age < self._max_age or (built_version == version and age < self._max_stale):
                     return content_type, zipped, body
-            body = self._encoder.encode(self._view.snapshot()).encode() + generate_latest(self._view.registry)
+            body = self._encoder.encode(self._view.snapshot()).encode() + encoder(self._view.registry)
             if zipped:
                 body = gzip.compress(body, compresslevel=1)  # repetitive text: ~10x smaller even at the fastest level
             self._cache[key] = (version, now, body)
@@ -353,7 +356,7 @@ class MetricsApp:
         if environ.get("PATH_INFO") != "/metrics" or method not in ("GET", "HEAD"):
             start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
             return [b"not found\n"]
-        content_type, zipped, body = self.body(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        content_type, zipped, body = self.body(environ.get("HTTP_ACCEPT", ""), environ.get("HTTP_ACCEPT_ENCODING", ""))
         headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         if zipped:
             headers.append(("Content-Encoding", "gzip"))

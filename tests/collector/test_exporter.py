@@ -271,6 +271,10 @@ def test_a_scrape_reuses_its_encoding_until_something_was_polled_and_a_moment_pa
     now[0] += 1.0
     assert app.body()[2] is not second and app.builds == 3
     # compressed for scrapers that accept it, the same text
-    kind, zipped, body = app.body("gzip")
+    kind, zipped, body = app.body("", "gzip")
     assert kind.startswith("text/plain; version=0.0.4") and zipped
     assert gzip.decompress(body) == app.body()[2]
+    # OpenMetrics for a scraper that asks for it, as Prometheus does
+    kind, _, body = app.body("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+    assert kind.startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
+    assert body.startswith(app.body()[2][:200])

@@ -9,10 +9,12 @@ field accepts (the model forbids inf and NaN), states and levels from their full
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from secure_collector.exporter import GAUGE_FIELDS, STATES, FleetEncoder, FleetFamilies, FleetView, Seen, encode_fleet
@@ -68,18 +70,25 @@ def fleets(draw: st.DrawFn) -> list[tuple[str, Seen]]:
     return fleet
 
 
-def _reference(fleet: list[tuple[str, Seen]]) -> str:
+def _reference(fleet: list[tuple[str, Seen]], encoder: Callable[[CollectorRegistry], bytes] = generate_latest) -> str:
     view = FleetView()
     view._seen = dict(fleet)  # the state observe() builds, set directly to cover every combination
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetFamilies(view))
-    return generate_latest(registry).decode()
+    return encoder(registry).decode()
 
 
 @settings(max_examples=400, deadline=None)
 @given(fleets())
 def test_the_fast_encoding_equals_the_librarys(fleet: list[tuple[str, Seen]]) -> None:
     assert encode_fleet(fleet) == _reference(fleet)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fleets())
+def test_the_fast_encoding_is_also_the_librarys_openmetrics_before_its_end(fleet: list[tuple[str, Seen]]) -> None:
+    # a scrape asking for OpenMetrics gets these lines, then the library's own OpenMetrics (ending in "# EOF")
+    assert encode_fleet(fleet) + "# EOF\n" == _reference(fleet, openmetrics_latest)
 
 
 @settings(max_examples=100, deadline=None)
