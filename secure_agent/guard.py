@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from pki import tls, tokens
+from pki.errors import ConfigError
+from secure_agent import allowlist
 from secure_agent.config import AgentConfig, IPNetwork
 
 
@@ -30,6 +32,9 @@ def load_policy(config: AgentConfig) -> Policy:
     The CRL is not handed to OpenSSL, which would verify its signature again in every handshake: it is
     checked once here and each client's serial is looked up after the handshake (:class:`pki.tls.Revocations`).
     """
+    too_wide = allowlist.admits_everyone(config.security.allowed_ips)
+    if too_wide is not None:
+        raise ConfigError(f"security.allowed_ips: {too_wide}")
     context = tls.server_context(config.tls.cert, config.tls.key, config.tls.ca, None, config.tls.min_version)
     revocations = tls.load_revocations(config.tls.crl, config.tls.ca) if config.tls.crl is not None else None
     keys = {key_id: tokens.load_key(path) for key_id, path in config.security.hmac_keys.items()}
