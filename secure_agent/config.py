@@ -13,12 +13,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pki import tokens
 from secure_agent import allowlist
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+KEY_ID_PATTERN = tokens.KEY_ID_PATTERN  # a certificate name, or NAME/label during a key rotation
 
 DEFAULT_AUTH_LOGS = (Path("/var/log/auth.log"), Path("/var/log/secure"))
 # Ports commonly used by backdoors, IRC botnets, Metasploit defaults and cryptominer pools.

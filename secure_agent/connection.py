@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pki.errors import TokenError
 from pki.tls import PeerIdentity, peer_identity
-from pki.tokens import Token
+from pki.tokens import Token, key_belongs
 from pki.tokens import parse as parse_token
 from secure_agent import httpframe
 from secure_agent.dispatch import handle_call
@@ -227,12 +227,17 @@ class Connection:
         token: Token | None = None
         try:
             token = parse_token(head.headers.get("authorization"))  # parsed once: checked, then recorded
+            if not key_belongs(token.key_id, identity.common_name):  # another holder's key: refused unverified
+                raise TokenError("key_not_bound")
             key_id = server.verifier.verify_parsed(token, body)
         except TokenError as refused:
-            event = "replay" if refused.reason == "replay" else "token_refused"
-            headers = {"WWW-Authenticate": "SMON1-HMAC-SHA256"}
             # the key id the header claims (None if it did not parse), for the audit log
             fields = {**request_fields, "key_id": token.key_id if token is not None else None}
+            if refused.reason == "replay_capacity":  # this key's share of the replay cache is full for now
+                headers = {"Retry-After": str(refused.retry_after or 1)}
+                return self._refuse(429, "rate_limited", refused.reason, headers=headers, fields=fields)
+            event = "replay" if refused.reason == "replay" else "token_refused"
+            headers = {"WWW-Authenticate": "SMON1-HMAC-SHA256"}
             return self._refuse(401, event, refused.reason, headers=headers, fields=fields)
         # The nonce is in the replay cache now; the call record carries it (with ts) so that the
         # next start can load it again (secure_agent.audit_replay), and it is written before the answer.

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pki import tokens
 from storage.config import StorageConfig
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -31,7 +32,7 @@ class TLSConfig(_Section):
 
 
 class HMACConfig(_Section):
-    key_id: str = Field(pattern=AGENT_NAME_PATTERN)
+    key_id: str = Field(pattern=tokens.KEY_ID_PATTERN)  # the certificate's name, or NAME/label (a rotation)
     key_file: Path
 
 
