@@ -4,8 +4,9 @@
 2. Client identity: the certificate's serial against ``tls.crl`` (loaded once per policy, not in
    every handshake: :class:`pki.tls.Revocations`), then its common name against
    ``security.allowed_clients`` (403 either way).
-   A kept-alive connection made before a reload is closed when its next request arrives, so a
-   revocation or a narrower allowlist applies to every client at its next request.
+   A kept-alive connection made before a reload is judged again at its next request (address, CA,
+   CRL, allowed names): it carries on if still admitted, else that request gets 403 and an audit
+   record, so a revocation or a narrower allowlist applies to every client at its next request.
 3. Then for every request on the kept-alive connection, each within ``request_timeout``:
    strict head (400) -> rate limit by certificate fingerprint (429 + Retry-After) -> path (404) and
    method (405) -> framing: Content-Length required and capped (411/400/413), no Transfer-Encoding,
@@ -39,7 +40,7 @@ from pki.tokens import parse as parse_token
 from secure_agent import httpframe
 from secure_agent.dispatch import handle_call
 from secure_agent.errors import AuditError
-from secure_agent.guard import identity_refusal
+from secure_agent.guard import Policy, identity_refusal, still_admitted
 from secure_agent.httpframe import HTTPRefusal, Reader, ReadTimeout
 from secure_agent.refusals import source_of
 
@@ -89,8 +90,9 @@ class Connection:
         self.idle = False
         self._raw = raw
         self._sock: socket.socket = raw
-        self._policy = server.policy  # read once: a reload applies from the next connection on
+        self._policy = server.policy  # a reload since is judged at the next request (_judged_again)
         self._identity: PeerIdentity | None = None
+        self._der: bytes | None = None
         self._request_id: str | None = None
         self._linger = False
 
@@ -141,6 +143,7 @@ class Connection:
         if der is None:
             self._refusal("identity_refused", "no_certificate")
             return
+        self._der = der
         try:
             self._identity = _identity_of(der)
         except ValueError:  # verified by OpenSSL, yet not parseable by cryptography: refuse, do not guess
@@ -153,6 +156,20 @@ class Connection:
             self._answer_refused_head(reader, 403)
             return
         self._serve(reader)
+
+    def _judged_again(self, reader: Reader, policy: Policy) -> bool:
+        """Reloaded since this connection's handshake: carry on under ``policy`` if it still admits the
+        client (address, CA, CRL, allowed names), else answer this request 403 with an audit record."""
+        identity, der = self._identity, self._der
+        if identity is None or der is None:
+            return False
+        refusal = still_admitted(policy, self.host, der, identity.common_name, identity.serial, time.time())
+        if refusal is not None:
+            self._refusal("identity_refused", refusal, status=403, detail="judged again after a reload")
+            self._answer_refused_head(reader, 403)
+            return False
+        self._policy = policy
+        return True
 
     def _answer_refused_head(self, reader: Reader, status: int) -> None:
         """Read the request head (so the client reads our answer) and refuse it."""
@@ -173,11 +190,8 @@ class Connection:
             self.idle = False
             if not started or self.server.stopping:
                 return
-            if self.server.policy is not self._policy:
-                # Reloaded since this connection's handshake (a revocation, a new allowlist): the
-                # client must prove itself again. Closing a kept-alive connection is what an idle
-                # timeout does too; clients retry on a new connection.
-                logger.info("closing a connection from %s made before the last reload", self.peer)
+            policy = self.server.policy
+            if policy is not self._policy and not self._judged_again(reader, policy):
                 return
             # the last request this connection may carry is answered with "Connection: close", so
             # the client knows not to send another on it (rather than finding it closed under it)

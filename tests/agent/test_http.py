@@ -198,7 +198,8 @@ def test_rate_limit_per_client(start_agent: StartAgent, test_pki: TestPKI) -> No
         rpc_call(agent, test_pki, "ping")
     assert refused.value.status == 429
     # another client is unaffected
-    cert, key = test_pki.root / "second-collector" / "collector.crt", test_pki.root / "second-collector" / "collector.key"
+    folder = test_pki.root / "second-collector"
+    cert, key = folder / "collector.crt", folder / "collector.key"
     with wire.tls(agent, wire.tls_context(test_pki, cert, key)) as sock:
         assert wire.exchange(sock, wire.signed_request(agent, test_pki, "ping")).status == 200
 
