@@ -88,6 +88,8 @@ class Connection:
         self.peer = format_peer(client_address)
         self.host = str(client_address[0])
         self.idle = False
+        self.started = False  # the peer has sent a byte (Slots displaces silent connections first)
+        self.displaced = False
         self._raw = raw
         self._sock: socket.socket = raw
         self._policy = server.policy  # a reload since is judged at the next request (_judged_again)
@@ -127,17 +129,27 @@ class Connection:
 
     # -- the connection ---------------------------------------------------------------------------
 
+    def displace(self) -> None:
+        """From the accept loop: a newer connection took this unfinished one's slot; end it now."""
+        self.displaced = True
+        self.cut()
+
     def run(self) -> None:
         limits = self.server.limits
+        deadline = time.monotonic() + limits.handshake_timeout
         try:
             self._raw.settimeout(limits.handshake_timeout)
+            if not self._raw.recv(1, socket.MSG_PEEK):  # the first byte: the peer is not merely holding a slot
+                raise ConnectionAbortedError("closed before the handshake")
+            self.started = True
+            self._raw.settimeout(max(0.001, deadline - time.monotonic()))
             sock = self._policy.context.wrap_socket(self._raw, server_side=True, do_handshake_on_connect=False)
             self._sock = sock
             # CPython applies the socket timeout to the whole handshake as one deadline, however
             # many reads it takes, so a peer that trickles its handshake is cut off as well.
             sock.do_handshake()
         except OSError as exc:
-            self._refusal("handshake_failed", _handshake_reason(exc))
+            self._refusal("handshake_failed", "displaced" if self.displaced else _handshake_reason(exc))
             return
         der = sock.getpeercert(binary_form=True)
         if der is None:
@@ -155,6 +167,10 @@ class Connection:
             self._refusal("identity_refused", refusal, status=403)
             self._answer_refused_head(reader, 403)
             return
+        if not self.server.slots.establish(self):  # this address's (or every) established slot is taken
+            self._refusal("connection_denied", "too_many_connections", status=503)
+            self._answer_refused_head(reader, 503, {"Retry-After": "1"})
+            return
         self._serve(reader)
 
     def _judged_again(self, reader: Reader, policy: Policy) -> bool:
@@ -171,13 +187,13 @@ class Connection:
         self._policy = policy
         return True
 
-    def _answer_refused_head(self, reader: Reader, status: int) -> None:
+    def _answer_refused_head(self, reader: Reader, status: int, headers: Mapping[str, str] | None = None) -> None:
         """Read the request head (so the client reads our answer) and refuse it."""
         try:
             reader.read_head(time.monotonic() + self.server.limits.request_timeout)
         except (HTTPRefusal, ReadTimeout, EOFError, OSError):
             return
-        self._send_refusal(status)
+        self._send_refusal(status, headers)
 
     def _serve(self, reader: Reader) -> None:
         limits = self.server.limits
