@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-TokenRefusal = Literal["missing", "malformed", "unknown_key", "stale", "replay", "bad_signature"]
+TokenRefusal = Literal[
+    "missing", "malformed", "unknown_key", "key_not_bound", "stale", "replay", "bad_signature", "replay_capacity"
+]
 
 
 class PKIError(Exception):
@@ -41,6 +43,7 @@ class InsecurePermissions(MaterialError):
 class TokenError(PKIError):
     """A request token was refused. ``reason`` is one of :data:`TokenRefusal`."""
 
-    def __init__(self, reason: TokenRefusal) -> None:
+    def __init__(self, reason: TokenRefusal, retry_after: int | None = None) -> None:
         super().__init__(f"request token refused: {reason}")
         self.reason: TokenRefusal = reason
+        self.retry_after = retry_after  # replay_capacity: seconds until the key's share has room again

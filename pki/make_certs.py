@@ -5,13 +5,15 @@
     python pki/make_certs.py --out DIR --revoke NAME
     python pki/make_certs.py --out DIR --refresh-crl
     python pki/make_certs.py --out DIR --from-predecessor OLD_COLLECTOR_CONFIG [--agent-config OLD_AGENT_CONFIG]
+    python pki/make_certs.py --out DIR --rotate-hmac --collector NAME
 
 Re-running with the same ``--out`` keeps the CA and every existing key and certificate, adds what is
 new, and touches no existing file (configs only gain entries for new agents or collectors) except to
 keep them consistent: an agent named again with a port (``NAME=HOSTS:PORT`` or ``--port``) gets it in
 its config and in every collector's entry for it. ``--force`` re-issues the named agents' and collectors'
-keys and certificates (never the CA, never an HMAC key: ``--rotate-hmac`` writes new HMAC keys for the
-named collectors).
+keys and certificates (never the CA, never an HMAC key). ``--rotate-hmac`` gives each named collector a
+second HMAC key under the labelled key id ``NAME/YYYY-MM-DD``: every agent config accepts it beside the
+old one, the collector's config signs with it (docs/runbook.md: agents first, then the collector).
 
 It never leaves a config that cannot run: agents without any collector get the default collector
 ``collector``; agents on this host's loopback get distinct ports (the next free one after ``--port``);
@@ -253,7 +255,7 @@ def bootstrap(plan: Plan) -> list[str]:
         notes += _ensure_leaf(authority, plan.out / "collectors", name, "client", (), plan)
         # --force renews certificates only: a new HMAC key under the same id would lock the collector out
         # of every agent until each has the new file, so that takes its own flag
-        _write_private(plan.out / "collectors" / f"{name}.hmac", new_key_text(), force=plan.rotate_hmac)
+        _write_private(plan.out / "collectors" / f"{name}.hmac", new_key_text(), force=False)
     if not (plan.out / "crl.pem").exists():
         _write_crl(plan.out, authority, [])
     collectors = _existing_names(plan.out / "collectors")
@@ -368,7 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rotate-hmac",
         action="store_true",
-        help="write a new HMAC key for each named collector, same key id (agents need the new file)",
+        help="a new HMAC key for each named collector, key id NAME/DATE, accepted by every agent config beside the old",
     )
     parser.add_argument(
         "--from-predecessor",
@@ -447,6 +449,42 @@ def from_predecessor(plan: Plan, args: argparse.Namespace) -> list[str]:
     return notes
 
 
+def rotate_hmac(out: Path, collectors: Sequence[str], today: dt.date | None = None) -> list[str]:
+    """A new HMAC key per collector under ``NAME/LABEL``; agents accept it beside the old, collectors sign with it."""
+    if not collectors:
+        raise UsageError("--rotate-hmac needs --collector NAME (the collectors whose keys to rotate)")
+    label = (today or dt.datetime.now(dt.UTC).date()).isoformat()
+    agent_paths = sorted(out.glob("agent-*.json"))
+    notes = []
+    for name in collectors:
+        if not (out / "collectors" / f"{name}.crt").exists():
+            raise UsageError(f"--rotate-hmac: no collector {name!r} in {out}")
+        suffix, attempt = label, 1
+        while (out / "collectors" / f"{name}.{suffix}.hmac").exists():
+            attempt += 1
+            suffix = f"{label}-{attempt}"
+        key_id, key_file = f"{name}/{suffix}", out / "collectors" / f"{name}.{suffix}.hmac"
+        _write_private(key_file, new_key_text(), force=False)
+        for path in agent_paths:
+            data = read_config(path)
+            data.setdefault("security", {}).setdefault("hmac_keys", {})[key_id] = str(key_file)
+            write_config(path, data, overwrite=True)
+        for path in sorted(out.glob("collector*.json")):
+            data = read_config(path)
+            current = str(data.get("hmac", {}).get("key_id", ""))
+            if current == name or current.startswith(f"{name}/"):
+                data["hmac"] = {"key_id": key_id, "key_file": str(key_file)}
+                write_config(path, data, overwrite=True)
+        notes.append(
+            f"{name}: new key id {key_id!r}; install the agent configs and reload every agent first, then the "
+            f"collector's config; after security.max_clock_skew remove the old key id from the agents (docs/runbook.md)"
+        )
+    problems = check_written(out)
+    if problems:
+        raise PKIError("\n".join(problems))
+    return notes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -458,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.agent_config is not None and args.from_predecessor is None:
             raise UsageError("--agent-config goes with --from-predecessor OLD_COLLECTOR_CONFIG")
+        if args.rotate_hmac:
+            for note in rotate_hmac(args.out.resolve(), [_name(name, "collector") for name in args.collector]):
+                print(f"note: {note}", file=sys.stderr)
+            print(f"HMAC keys rotated in {args.out.resolve()}")
+            return 0
         plan = _plan(args) if args.from_predecessor is None else _plan_migration(args)
         for note in bootstrap(plan) if args.from_predecessor is None else from_predecessor(plan, args):
             print(f"note: {note}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.errors import MaterialError
@@ -68,6 +69,11 @@ def peer_identity(der: bytes) -> PeerIdentity:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     common_name = str(names[0].value) if names else ""
     return PeerIdentity(common_name, cert.subject.rfc4514_string(), fingerprint, format(cert.serial_number, "x"))
+
+
+def certificate_identity(path: Path) -> PeerIdentity:
+    """The identity of a PEM certificate file (MaterialError if it is not one)."""
+    return peer_identity(_load_pem_cert(path).public_bytes(serialization.Encoding.DER))
 
 
 def _load_pem_cert(path: Path) -> x509.Certificate:

@@ -12,6 +12,13 @@ The wire form (docs/protocol.md)::
 Like AWS SigV4 and RFC 9421 it signs a canonical string rather than the raw request, so any client
 can implement it in a few lines. Verification order: shape, key id, clock window, signature
 (constant-time), and only then the replay cache, so that forged tokens cannot fill the cache.
+
+A key id is its holder's certificate name, or that name, ``/`` and a label (a second key during a
+rotation): :func:`key_belongs` is the check the agent makes against the certificate carrying the token.
+The replay cache keeps each key id's nonces apart, each with its own capacity: a key that outruns its
+share is told to come back later (``replay_capacity``), and no key's traffic can refuse another's tokens.
+A token may be dated at most :data:`FORWARD_SKEW` seconds ahead (a future-dated token holds its cache
+entry longest), and ``max_clock_skew`` behind.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import math
 import re
 import secrets
 import threading
@@ -27,16 +35,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from pki.errors import MaterialError, TokenError
+from pki.errors import MaterialError, TokenError, TokenRefusal
 from pki.files import read_material
 
 SCHEME = "SMON1-HMAC-SHA256"
 KEY_BYTES = 32
 DEFAULT_MAX_CLOCK_SKEW = 300
-DEFAULT_REPLAY_CAPACITY = 100_000
-MAX_HEADER_LENGTH = 256  # a well-formed header is about 190 characters; anything longer is refused unread
+DEFAULT_REPLAY_CAPACITY = 100_000  # nonces per key id
+FORWARD_SKEW = 60  # seconds a token may be dated ahead of the agent's clock (at most max_clock_skew)
+MAX_HEADER_LENGTH = 320  # a well-formed header is at most about 290 characters; anything longer is refused unread
 
-_KEY_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_KEY_ID = rf"{_NAME}(?:/{_NAME})?"
+KEY_ID_PATTERN = rf"^{_KEY_ID}$"
+"""A certificate name, optionally followed by ``/`` and a label: ``collector``, ``collector/2026-12``."""
 _HEADER = re.compile(
     rf'{SCHEME} keyid="({_KEY_ID})", ts="([0-9]{{1,12}})", nonce="([0-9a-f]{{32}})", sig="([0-9a-f]{{64}})"',
     re.ASCII,
@@ -49,6 +61,13 @@ class Token(NamedTuple):
     ts: int
     nonce: str
     sig: str
+
+
+def key_belongs(key_id: str, common_name: str) -> bool:
+    """Does ``key_id`` belong to the certificate named ``common_name``: equal, or ``common_name/label``?"""
+    return key_id == common_name or (
+        key_id.startswith(common_name) and key_id[len(common_name) : len(common_name) + 1] == "/"
+    )
 
 
 def load_key(path: Path) -> bytes:
@@ -110,11 +129,28 @@ def parse(header: str | bytes | None) -> Token:
     return Token(key_id, int(ts), nonce, sig)
 
 
-class ReplayCache:
-    """Nonces accepted within the clock window, bounded in memory, forgetting what has expired.
+class Admission(NamedTuple):
+    accepted: bool
+    reason: TokenRefusal | None = None  # "replay" or "replay_capacity"
+    retry_after: int | None = None  # replay_capacity: seconds until the oldest entry of the key expires
 
-    When full of unexpired nonces, the oldest is dropped and the *floor* rises to its timestamp:
-    from then on every token at or below the floor is refused, so dropping never reopens a replay.
+
+class _KeyNonces:
+    __slots__ = ("order", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.order: list[tuple[int, str]] = []  # (ts, nonce), a heap
+
+
+class ReplayCache:
+    """Nonces accepted within the clock window, per key id, each key bounded by ``capacity``.
+
+    An entry is kept until its token is stale for good (``ts`` older than twice the window: a clock
+    stepped back a little does not reopen a replay). A key whose entries fill its capacity is refused
+    (``replay_capacity``, with the time until its oldest entry expires) rather than forgetting any
+    unexpired entry: nothing is ever dropped early, so no replay reopens, and no floor is shared, so
+    one key's traffic never refuses another's tokens.
     """
 
     def __init__(self, window: int, capacity: int = DEFAULT_REPLAY_CAPACITY) -> None:
@@ -122,31 +158,38 @@ class ReplayCache:
             raise ValueError("capacity and window must be positive")
         self._window = window
         self._capacity = capacity
-        self._seen: set[tuple[str, str]] = set()
-        self._order: list[tuple[int, str, str]] = []
-        self._floor = -1
+        self._keys: dict[str, _KeyNonces] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return sum(len(nonces.seen) for nonces in self._keys.values())
+
+    def held(self, key_id: str) -> int:
+        nonces = self._keys.get(key_id)
+        return 0 if nonces is None else len(nonces.seen)
+
+    def admit(self, key_id: str, nonce: str, ts: int, now: float, *, force: bool = False) -> Admission:
+        """Record a nonce of ``key_id``. ``force`` (tokens the audit log shows accepted) ignores capacity."""
+        with self._lock:
+            nonces = self._keys.get(key_id)
+            if nonces is None:
+                nonces = self._keys[key_id] = _KeyNonces()
+            horizon = now - 2 * self._window  # a token older than this is stale anyway
+            order, seen = nonces.order, nonces.seen
+            while order and order[0][0] < horizon:
+                seen.discard(heapq.heappop(order)[1])
+            if nonce in seen:
+                return Admission(False, "replay")
+            if len(seen) >= self._capacity and not force:
+                retry = max(1, math.ceil(order[0][0] - horizon))
+                return Admission(False, "replay_capacity", retry)
+            seen.add(nonce)
+            heapq.heappush(order, (ts, nonce))
+            return Admission(True)
 
     def add(self, key_id: str, nonce: str, ts: int, now: float) -> bool:
-        """Record a nonce; False if it was already recorded or is at or below the floor."""
-        with self._lock:
-            horizon = now - 2 * self._window  # a token older than this is stale anyway
-            while self._order and self._order[0][0] < horizon:
-                _, old_key, old_nonce = heapq.heappop(self._order)
-                self._seen.discard((old_key, old_nonce))
-            entry = (key_id, nonce)
-            if ts <= self._floor or entry in self._seen:
-                return False
-            self._seen.add(entry)
-            heapq.heappush(self._order, (ts, key_id, nonce))
-            while len(self._seen) > self._capacity:
-                old_ts, old_key, old_nonce = heapq.heappop(self._order)
-                self._seen.discard((old_key, old_nonce))
-                self._floor = max(self._floor, old_ts)
-            return True
+        """:meth:`admit`, True when accepted."""
+        return self.admit(key_id, nonce, ts, now).accepted
 
 
 class Verifier:
@@ -169,6 +212,7 @@ class Verifier:
         self._keys = dict(keys)
         self._agent = agent
         self._skew = max_clock_skew
+        self._ahead = min(max_clock_skew, FORWARD_SKEW)
         self._not_before = int(not_before) if not_before is not None else None
         self._clock = clock
         self.cache = ReplayCache(max_clock_skew, capacity)
@@ -194,11 +238,13 @@ class Verifier:
         if key is None:
             raise TokenError("unknown_key")
         now = self._clock()
-        if abs(now - token.ts) > self._skew or (self._not_before is not None and token.ts < self._not_before):
+        too_old = now - token.ts > self._skew or (self._not_before is not None and token.ts < self._not_before)
+        if too_old or token.ts - now > self._ahead:
             raise TokenError("stale")
         message = string_to_sign(token.key_id, token.ts, token.nonce, self._agent, method, path, body)
         if not hmac.compare_digest(_signature(key, message), token.sig):
             raise TokenError("bad_signature")
-        if not self.cache.add(token.key_id, token.nonce, token.ts, now):
-            raise TokenError("replay")
+        admission = self.cache.admit(token.key_id, token.nonce, token.ts, now)
+        if admission.reason is not None:
+            raise TokenError(admission.reason, admission.retry_after)
         return token.key_id

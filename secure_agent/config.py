@@ -13,10 +13,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pki import tokens
+from secure_agent import allowlist
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+KEY_ID_PATTERN = tokens.KEY_ID_PATTERN  # a certificate name, or NAME/label during a key rotation
 
 DEFAULT_AUTH_LOGS = (Path("/var/log/auth.log"), Path("/var/log/secure"))
 # Ports commonly used by backdoors, IRC botnets, Metasploit defaults and cryptominer pools.
@@ -97,7 +100,7 @@ class SecurityConfig(_Section):
     def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         for value in values:
             try:
-                network = ipaddress.ip_network(value, strict=False)
+                network = allowlist.parse(value)  # an IPv4-mapped network judged as the IPv4 one it maps
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not an IP address or CIDR") from exc
             if network.prefixlen == 0:
@@ -130,7 +133,7 @@ class SecurityConfig(_Section):
         return values
 
     def networks(self) -> tuple[IPNetwork, ...]:
-        return tuple(ipaddress.ip_network(value, strict=False) for value in self.allowed_ips)
+        return allowlist.networks(self.allowed_ips)
 
 
 class ServerLimits(_Section):

@@ -4,8 +4,9 @@
 2. Client identity: the certificate's serial against ``tls.crl`` (loaded once per policy, not in
    every handshake: :class:`pki.tls.Revocations`), then its common name against
    ``security.allowed_clients`` (403 either way).
-   A kept-alive connection made before a reload is closed when its next request arrives, so a
-   revocation or a narrower allowlist applies to every client at its next request.
+   A kept-alive connection made before a reload is judged again at its next request (address, CA,
+   CRL, allowed names): it carries on if still admitted, else that request gets 403 and an audit
+   record, so a revocation or a narrower allowlist applies to every client at its next request.
 3. Then for every request on the kept-alive connection, each within ``request_timeout``:
    strict head (400) -> rate limit by certificate fingerprint (429 + Retry-After) -> path (404) and
    method (405) -> framing: Content-Length required and capped (411/400/413), no Transfer-Encoding,
@@ -34,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 from pki.errors import TokenError
 from pki.tls import PeerIdentity, peer_identity
-from pki.tokens import Token
+from pki.tokens import Token, key_belongs
 from pki.tokens import parse as parse_token
 from secure_agent import httpframe
 from secure_agent.dispatch import handle_call
 from secure_agent.errors import AuditError
-from secure_agent.guard import identity_refusal
+from secure_agent.guard import Policy, identity_refusal, still_admitted
 from secure_agent.httpframe import HTTPRefusal, Reader, ReadTimeout
 from secure_agent.refusals import source_of
 
@@ -87,10 +88,13 @@ class Connection:
         self.peer = format_peer(client_address)
         self.host = str(client_address[0])
         self.idle = False
+        self.started = False  # the peer has sent a byte (Slots displaces silent connections first)
+        self.displaced = False
         self._raw = raw
         self._sock: socket.socket = raw
-        self._policy = server.policy  # read once: a reload applies from the next connection on
+        self._policy = server.policy  # a reload since is judged at the next request (_judged_again)
         self._identity: PeerIdentity | None = None
+        self._der: bytes | None = None
         self._request_id: str | None = None
         self._linger = False
 
@@ -125,22 +129,33 @@ class Connection:
 
     # -- the connection ---------------------------------------------------------------------------
 
+    def displace(self) -> None:
+        """From the accept loop: a newer connection took this unfinished one's slot; end it now."""
+        self.displaced = True
+        self.cut()
+
     def run(self) -> None:
         limits = self.server.limits
+        deadline = time.monotonic() + limits.handshake_timeout
         try:
             self._raw.settimeout(limits.handshake_timeout)
+            if not self._raw.recv(1, socket.MSG_PEEK):  # the first byte: the peer is not merely holding a slot
+                raise ConnectionAbortedError("closed before the handshake")
+            self.started = True
+            self._raw.settimeout(max(0.001, deadline - time.monotonic()))
             sock = self._policy.context.wrap_socket(self._raw, server_side=True, do_handshake_on_connect=False)
             self._sock = sock
             # CPython applies the socket timeout to the whole handshake as one deadline, however
             # many reads it takes, so a peer that trickles its handshake is cut off as well.
             sock.do_handshake()
         except OSError as exc:
-            self._refusal("handshake_failed", _handshake_reason(exc))
+            self._refusal("handshake_failed", "displaced" if self.displaced else _handshake_reason(exc))
             return
         der = sock.getpeercert(binary_form=True)
         if der is None:
             self._refusal("identity_refused", "no_certificate")
             return
+        self._der = der
         try:
             self._identity = _identity_of(der)
         except ValueError:  # verified by OpenSSL, yet not parseable by cryptography: refuse, do not guess
@@ -152,15 +167,33 @@ class Connection:
             self._refusal("identity_refused", refusal, status=403)
             self._answer_refused_head(reader, 403)
             return
+        if not self.server.slots.establish(self):  # this address's (or every) established slot is taken
+            self._refusal("connection_denied", "too_many_connections", status=503)
+            self._answer_refused_head(reader, 503, {"Retry-After": "1"})
+            return
         self._serve(reader)
 
-    def _answer_refused_head(self, reader: Reader, status: int) -> None:
+    def _judged_again(self, reader: Reader, policy: Policy) -> bool:
+        """Reloaded since this connection's handshake: carry on under ``policy`` if it still admits the
+        client (address, CA, CRL, allowed names), else answer this request 403 with an audit record."""
+        identity, der = self._identity, self._der
+        if identity is None or der is None:
+            return False
+        refusal = still_admitted(policy, self.host, der, identity.common_name, identity.serial, time.time())
+        if refusal is not None:
+            self._refusal("identity_refused", refusal, status=403, detail="judged again after a reload")
+            self._answer_refused_head(reader, 403)
+            return False
+        self._policy = policy
+        return True
+
+    def _answer_refused_head(self, reader: Reader, status: int, headers: Mapping[str, str] | None = None) -> None:
         """Read the request head (so the client reads our answer) and refuse it."""
         try:
             reader.read_head(time.monotonic() + self.server.limits.request_timeout)
         except (HTTPRefusal, ReadTimeout, EOFError, OSError):
             return
-        self._send_refusal(status)
+        self._send_refusal(status, headers)
 
     def _serve(self, reader: Reader) -> None:
         limits = self.server.limits
@@ -173,11 +206,8 @@ class Connection:
             self.idle = False
             if not started or self.server.stopping:
                 return
-            if self.server.policy is not self._policy:
-                # Reloaded since this connection's handshake (a revocation, a new allowlist): the
-                # client must prove itself again. Closing a kept-alive connection is what an idle
-                # timeout does too; clients retry on a new connection.
-                logger.info("closing a connection from %s made before the last reload", self.peer)
+            policy = self.server.policy
+            if policy is not self._policy and not self._judged_again(reader, policy):
                 return
             # the last request this connection may carry is answered with "Connection: close", so
             # the client knows not to send another on it (rather than finding it closed under it)
@@ -227,12 +257,17 @@ class Connection:
         token: Token | None = None
         try:
             token = parse_token(head.headers.get("authorization"))  # parsed once: checked, then recorded
+            if not key_belongs(token.key_id, identity.common_name):  # another holder's key: refused unverified
+                raise TokenError("key_not_bound")
             key_id = server.verifier.verify_parsed(token, body)
         except TokenError as refused:
-            event = "replay" if refused.reason == "replay" else "token_refused"
-            headers = {"WWW-Authenticate": "SMON1-HMAC-SHA256"}
             # the key id the header claims (None if it did not parse), for the audit log
             fields = {**request_fields, "key_id": token.key_id if token is not None else None}
+            if refused.reason == "replay_capacity":  # this key's share of the replay cache is full for now
+                headers = {"Retry-After": str(refused.retry_after or 1)}
+                return self._refuse(429, "rate_limited", refused.reason, headers=headers, fields=fields)
+            event = "replay" if refused.reason == "replay" else "token_refused"
+            headers = {"WWW-Authenticate": "SMON1-HMAC-SHA256"}
             return self._refuse(401, event, refused.reason, headers=headers, fields=fields)
         # The nonce is in the replay cache now; the call record carries it (with ts) so that the
         # next start can load it again (secure_agent.audit_replay), and it is written before the answer.

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from pki.configfile import load_config
 from pki.errors import PKIError
-from pki.tokens import Verifier
+from pki.tokens import FORWARD_SKEW, Verifier
 from secure_agent import __version__
 from secure_agent.audit import AuditLog, check_audit_path
 from secure_agent.audit_replay import recorded_tokens
@@ -160,7 +160,8 @@ class Agent:
             config.audit_log, now=self.started_at, window=window, backup_count=config.audit_rotation.ceiling
         )
         floor = _token_floor(self.started_at, self.audit.last_time)
-        raised = preload.floor(window, self.started_at)
+        # a token is accepted dated at most FORWARD_SKEW ahead: unread records' tokens are no later than that
+        raised = preload.floor(min(window, FORWARD_SKEW), self.started_at)
         if raised is not None and raised > floor:
             logger.warning(
                 "the audit log could not be read back over the whole clock window (%s); tokens dated "
@@ -171,7 +172,7 @@ class Agent:
             floor = raised
         verifier = Verifier(policy.keys, config.name, max_clock_skew=window, not_before=floor, clock=clock)
         for token in preload.tokens:
-            verifier.cache.add(token.key_id, token.nonce, token.ts, self.started_at)
+            verifier.cache.admit(token.key_id, token.nonce, token.ts, self.started_at, force=True)
         logger.info("replay cache: %d tokens loaded from the audit log", len(preload.tokens))
         return verifier
 

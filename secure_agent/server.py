@@ -1,12 +1,13 @@
 """The agent's listener: a stdlib ``SimpleXMLRPCServer`` whose accept loop does only cheap things.
 
 In the accept loop (one thread): ``accept()``, the source address against ``security.allowed_ips``
-on the raw socket, and a connection slot (at most ``server.max_connections`` in all and
-``server.max_connections_per_ip`` per address; beyond that the socket is closed at once). Each
-admitted connection is then handed to a worker thread of its own, where the TLS handshake and
-everything after it happen (:mod:`secure_agent.connection`), so a peer that never speaks holds
-one slot until its handshake timeout, never the accept loop. A worker whose connection ended waits
-a while for the next one (:class:`Workers`): starting a thread cost ~0.13 ms of a new connection.
+on the raw socket, and a slot among the unfinished connections (:class:`Slots`: a new connection
+displaces the oldest unfinished one of its address rather than being refused, so sockets that never
+finish a handshake cannot keep a collector out). Each admitted connection is then handed to a worker
+thread of its own, where the TLS handshake and everything after it happen
+(:mod:`secure_agent.connection`); once its client is identified it moves to the established budget.
+A worker whose connection ended waits a while for the next one (:class:`Workers`): starting a thread
+cost ~0.13 ms of a new connection.
 
 The methods are registered on this server's ``SimpleXMLRPCDispatcher`` (:mod:`secure_agent.dispatch`);
 the stdlib's HTTP request handler is not used: :mod:`secure_agent.httpframe` frames requests strictly.
@@ -29,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 from xmlrpc.server import SimpleXMLRPCServer
 
 from pki.tokens import Verifier
@@ -56,36 +57,87 @@ def _earliest(*delays: float | None) -> float | None:
 
 
 class Slots:
-    """Counts connections in all and per address; ``acquire`` never blocks."""
+    """Connections in two budgets, each ``total`` in all and ``per_address`` per address; never blocks.
+
+    *Unfinished* connections (accepted, handshake not done) cost a thread and prove nothing, so they
+    never hold back the others: one that arrives when its address (or the whole budget) is full takes
+    the place of the oldest unfinished one that has not sent a byte yet, else of the oldest unfinished
+    one (:meth:`admit`). Idle sockets from the collector's own address therefore cannot keep its
+    handshakes out; trickling ones could only by opening more than ``per_address`` connections within
+    one honest handshake (a few ms). *Established* connections (identity verified) are never displaced;
+    beyond their budget the connection is refused (:meth:`establish`).
+    """
 
     def __init__(self, total: int, per_address: int) -> None:
         self._total = total
         self._per_address = per_address
-        self._counts: Counter[str] = Counter()
-        self._used = 0
+        self._unfinished: dict[Connection, None] = {}  # oldest first
+        self._established: set[Connection] = set()
+        self._per_host: Counter[str] = Counter()  # unfinished connections per address
+        self._established_per_host: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     @property
     def used(self) -> int:
-        return self._used
+        return len(self._unfinished) + len(self._established)
 
-    def acquire(self, address: str) -> bool:
+    @property
+    def unfinished(self) -> int:
+        return len(self._unfinished)
+
+    def admit(self, connection: Connection) -> Connection | None:
+        """Count ``connection`` as unfinished; return the one it displaces (the caller cuts it), if any."""
+        host = connection.host
         with self._lock:
-            if self._used >= self._total or self._counts[address] >= self._per_address:
+            victim = None
+            if self._per_host[host] >= self._per_address:
+                victim = self._oldest(lambda other: other.host == host)
+            elif len(self._unfinished) >= self._total:
+                victim = self._oldest(lambda other: True)
+            if victim is not None:
+                self._forget(victim)
+            self._unfinished[connection] = None
+            self._per_host[host] += 1
+            return victim
+
+    def _oldest(self, candidate: Callable[[Connection], bool]) -> Connection | None:
+        silent = next((c for c in self._unfinished if candidate(c) and not c.started), None)
+        return silent if silent is not None else next((c for c in self._unfinished if candidate(c)), None)
+
+    def establish(self, connection: Connection) -> bool:
+        """Move ``connection`` to the established budget; False (it stays unfinished) when that is full."""
+        host = connection.host
+        with self._lock:
+            if connection not in self._unfinished:
+                return False  # displaced meanwhile
+            if len(self._established) >= self._total or self._established_per_host[host] >= self._per_address:
                 return False
-            self._used += 1
-            self._counts[address] += 1
+            self._forget(connection)
+            self._established.add(connection)
+            self._established_per_host[host] += 1
             return True
 
-    def release(self, address: str) -> None:
+    def release(self, connection: Connection) -> None:
         with self._lock:
-            self._used -= 1
-            self._counts[address] -= 1
-            if self._counts[address] <= 0:
-                del self._counts[address]
+            if connection in self._established:
+                self._established.discard(connection)
+                self._established_per_host[connection.host] -= 1
+                if self._established_per_host[connection.host] <= 0:
+                    del self._established_per_host[connection.host]
+            else:
+                self._forget(connection)
+
+    def _forget(self, connection: Connection) -> None:
+        if self._unfinished.pop(connection, False) is None:
+            self._per_host[connection.host] -= 1
+            if self._per_host[connection.host] <= 0:
+                del self._per_host[connection.host]
 
 
-class Workers:
+Job = TypeVar("Job")
+
+
+class Workers(Generic[Job]):
     """Connection threads, reused: a connection goes to a waiting worker, or to a new thread if none waits.
 
     At most :data:`MAX_IDLE_WORKERS` wait at once, each for :data:`WORKER_IDLE_TIME` seconds, so a
@@ -97,14 +149,14 @@ class Workers:
     is leaving.
     """
 
-    def __init__(self, run: Callable[[socket.socket, Any], None]) -> None:
+    def __init__(self, run: Callable[[Job, Any], None]) -> None:
         self._run = run
-        self._queue: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Job, Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0
         self._closed = False
 
-    def submit(self, request: socket.socket, client_address: Any) -> None:
+    def submit(self, request: Job, client_address: Any) -> None:
         """Run ``run(request, client_address)`` in a worker; RuntimeError if no thread can be had."""
         with self._lock:
             if self._closed:
@@ -118,12 +170,12 @@ class Workers:
         )
         worker.start()
 
-    def _work(self, job: tuple[socket.socket, Any] | None) -> None:
+    def _work(self, job: tuple[Job, Any] | None) -> None:
         while job is not None:
             self._run(*job)
             job = self._next()
 
-    def _next(self) -> tuple[socket.socket, Any] | None:
+    def _next(self) -> tuple[Job, Any] | None:
         """The next connection for this worker, or None when it should end."""
         with self._lock:
             if self._closed or self._waiting >= MAX_IDLE_WORKERS:
@@ -194,7 +246,7 @@ class AgentServer(SimpleXMLRPCServer):
         self._wake_w.setblocking(False)
         self._served = threading.Event()
         self._served.set()
-        self.workers = Workers(self._work)
+        self.workers: Workers[Connection] = Workers(self._work)
         audit.set_waker(self.wake)
         self.refusals.set_waker(self.wake)
         register_contract(self, metrics, AuditReader(audit))
@@ -271,13 +323,12 @@ class AgentServer(SimpleXMLRPCServer):
         self._served.wait()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Allowlist and slot, on the raw socket, before any TLS byte is read."""
-        host = str(client_address[0])
-        if not address_allowed(self.policy.networks, host):
+        """The allowlist, on the raw socket, before any TLS byte is read."""
+        if not address_allowed(self.policy.networks, str(client_address[0])):
             self._deny(client_address, "address_not_allowed")
             return False
-        if self.stopping or not self.slots.acquire(host):
-            self._deny(client_address, "stopping" if self.stopping else "too_many_connections")
+        if self.stopping:
+            self._deny(client_address, "stopping")
             return False
         return True
 
@@ -286,15 +337,19 @@ class AgentServer(SimpleXMLRPCServer):
         self.refusals.refuse(source_of(host), "connection_denied", reason, {"peer": format_peer(client_address)})
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """A slot among the unfinished connections (displacing the oldest unfinished one if need be), a thread."""
+        connection = Connection(self, request, client_address)
+        displaced = self.slots.admit(connection)
+        if displaced is not None:
+            displaced.displace()
         try:
-            self.workers.submit(request, client_address)
+            self.workers.submit(connection, client_address)
         except RuntimeError:  # no thread to be had (or stopping): close rather than queue
             logger.error("cannot start a connection thread; closing %s", format_peer(client_address))
-            self.slots.release(str(client_address[0]))
+            self.slots.release(connection)
             self.shutdown_request(request)
 
-    def _work(self, request: socket.socket, client_address: Any) -> None:
-        connection = Connection(self, request, client_address)
+    def _work(self, connection: Connection, client_address: Any) -> None:
         with self._idle:
             self._connections.add(connection)
         try:
@@ -303,7 +358,7 @@ class AgentServer(SimpleXMLRPCServer):
             logger.exception("connection from %s failed", format_peer(client_address))
         finally:
             connection.close()
-            self.slots.release(str(client_address[0]))
+            self.slots.release(connection)
             with self._idle:
                 self._connections.discard(connection)
                 self._idle.notify_all()

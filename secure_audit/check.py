@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import ipaddress
 import stat
 import sys
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from pki.configfile import load_config
 from pki.errors import PKIError
+from secure_agent import allowlist
 from secure_agent.audit import check_audit_path
 from secure_agent.config import AgentConfig
 from secure_agent.errors import AuditError
@@ -62,8 +62,18 @@ def _now() -> dt.datetime:
 
 def check_allowlist(where: Where, entries: Sequence[str]) -> list[Finding]:
     findings = []
+    everyone = allowlist.admits_everyone(entries)
+    if everyone is not None:  # the agent refuses to start with it
+        findings.append(
+            where.at("security.allowed_ips").finding(
+                "allowlist-everyone",
+                Severity.HIGH,
+                everyone,
+                "list the collectors' own addresses; the agent will not start with this list",
+            )
+        )
     for index, entry in enumerate(entries):
-        network = ipaddress.ip_network(entry, strict=False)  # the config model has validated it
+        network = allowlist.parse(entry)  # the config model has validated it; a mapped network as IPv4
         here = where.at(f"security.allowed_ips[{index}]")
         floor = MIN_IPV4_PREFIX if network.version == 4 else MIN_IPV6_PREFIX
         if network.prefixlen < floor:

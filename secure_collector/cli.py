@@ -27,7 +27,7 @@ from types import FrameType
 from pki import tokens
 from pki.configfile import load_config
 from pki.errors import PKIError
-from pki.tls import client_context
+from pki.tls import certificate_identity, client_context
 from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
 from secure_collector.alertstate import AlertState, state_path
@@ -154,8 +154,14 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
     try:
         context = client_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
         key = tokens.load_key(config.hmac.key_file)
+        name = certificate_identity(config.tls.cert).common_name
     except PKIError as exc:
         raise _Fatal(f"{args.config}: {exc}") from exc
+    if not tokens.key_belongs(config.hmac.key_id, name):  # agents refuse every token of another holder's key
+        raise _Fatal(
+            f"{args.config}: hmac.key_id: {config.hmac.key_id!r} is not this collector's: its certificate is "
+            f"{name!r}, so the key id must be {name!r} or {name!r} followed by '/' and a label"
+        )
     connections = [
         AgentConnection(a.name, a.host, a.port, context, config.hmac.key_id, key, timeout=config.timeout)
         for a in agents

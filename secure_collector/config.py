@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pki import tokens
 from secure_collector.listen import is_loopback, parse_listen
 from storage.config import StorageConfig
 
@@ -32,7 +33,7 @@ class TLSConfig(_Section):
 
 
 class HMACConfig(_Section):
-    key_id: str = Field(pattern=AGENT_NAME_PATTERN)
+    key_id: str = Field(pattern=tokens.KEY_ID_PATTERN)  # the certificate's name, or NAME/label (a rotation)
     key_file: Path
 
 

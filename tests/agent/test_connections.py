@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 from secure_agent.guard import address_allowed
 from secure_agent.server import MAX_IDLE_WORKERS
 from tests.agent import wire
-from tests.plugins.agent import StartAgent, rpc_call
+from tests.plugins.agent import RunningAgent, StartAgent, rpc_call
 from tests.plugins.pki import TestPKI
 
 PROBE = b"\x16\x03\x01"  # the first bytes of a TLS record; the agent must never answer a denied peer
@@ -143,8 +144,10 @@ def test_hundreds_of_idle_connections_stay_bounded(start_agent: StartAgent, test
     assert agent.agent.server.connection_count() == 0
     assert _threads() <= baseline + MAX_IDLE_WORKERS
     assert agent.agent.server.workers.waiting <= MAX_IDLE_WORKERS
-    denied = [r for r in wire.records(agent) if r["event"] == "connection_denied"]
-    assert denied and all(r["reason"] == "too_many_connections" for r in denied)
+    # each newer idle socket displaced an older one (none ever held a slot the collector needed)
+    failed = [r for r in wire.records(agent) if r["event"] == "handshake_failed"]
+    assert failed and {r["reason"] for r in failed} <= {"displaced", "timeout"}
+    assert any(r["reason"] == "displaced" for r in failed)
     assert rpc_call(agent, test_pki, "ping") == "pong"
     wire.assert_chain_intact(agent)
 
@@ -182,3 +185,72 @@ def test_flood_of_denied_connections_is_recorded_in_sum(start_agent: StartAgent,
     assert (summary[0]["source"], summary[0]["refusal"]) == ("127.0.0.0/24", "connection_denied/address_not_allowed")
     assert len(denied) + summary[0]["count"] == attempts  # every refusal accounted for
     wire.assert_chain_intact(agent)
+
+
+class _Squatters:
+    """Sockets from the collector's own address that hold slots: idle, or trickling a ClientHello one byte a
+    while; each one the agent closes is opened again at once, as the issue's attacker did."""
+
+    HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)
+
+    def __init__(self, agent: RunningAgent, count: int, *, trickle: bool) -> None:
+        self.agent, self.count, self.trickle = agent, count, trickle
+        self.opened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Squatters:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _open(self) -> tuple[socket.socket, int]:
+        self.opened += 1
+        return wire.tcp(self.agent), 0
+
+    def _run(self) -> None:
+        held = [self._open() for _ in range(self.count)]
+        while not self._stop.wait(0.01):  # bounded by the test's calls
+            for index, (sock, sent) in enumerate(held):
+                closed = False
+                try:
+                    if self.trickle and sent < len(self.HELLO):
+                        sock.sendall(self.HELLO[sent : sent + 1])
+                        sent += 1
+                    readable, _, _ = select.select([sock], [], [], 0)
+                    closed = bool(readable) and not sock.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    closed = True
+                if closed:
+                    sock.close()
+                    held[index] = self._open()
+                else:
+                    held[index] = (sock, sent)
+        for sock, _ in held:
+            sock.close()
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["idle", "trickling"])
+def test_sockets_from_the_collectors_own_address_cannot_keep_it_out(
+    start_agent: StartAgent, test_pki: TestPKI, trickle: bool
+) -> None:
+    """Issue 14: eight idle sockets from the collector's address, reopened whenever cut, kept it out for 12 s
+    (0 of 30 calls served). Now each of its calls is served, and within 2 s, every time."""
+    agent = start_agent(
+        test_pki,
+        server={"max_connections_per_ip": 8, "handshake_timeout": 2.0},
+        security={"rate_limit": {"per_second": 1000, "burst": 1000}},
+    )
+    with _Squatters(agent, 8, trickle=trickle) as squatters:
+        while squatters.opened < 8:  # until all eight hold their slots
+            time.sleep(0.01)  # bounded: opening eight sockets on loopback
+        for _ in range(30):
+            started = time.monotonic()
+            assert rpc_call(agent, test_pki, "ping") == "pong"
+            assert time.monotonic() - started < 2.0 + wire.LOAD_SLACK
+    assert squatters.opened >= 8
+    calls = [r for r in wire.records(agent) if r["event"] == "call"]
+    assert len(calls) == 30

@@ -15,7 +15,7 @@ from tests.agent import wire
 from tests.plugins.agent import RunningAgent, StartAgent, rpc_body
 from tests.plugins.pki import TestPKI
 
-FAST_CLOCK = 120  # seconds a collector's clock runs ahead: inside the default max_clock_skew of 300
+FAST_CLOCK = 45  # seconds a collector's clock runs ahead: inside the 60 s a token may be dated ahead
 SKEW = 300  # the default security.max_clock_skew
 
 
@@ -74,7 +74,7 @@ def test_history_that_cannot_be_read_back_refuses_the_tokens_it_could_hold(
 ) -> None:
     """Retention deleted the start of the window's records: the floor rises just above what they could hold."""
     audit_log = tmp_path / "audit.log"
-    written_at = time.time() - 200  # every record of this log is inside the window (2 x max_clock_skew)
+    written_at = time.time() - 20  # every record of this log is inside the window, and recent
     log = AuditLog(audit_log, "localhost", clock=lambda: written_at, rotation=RotationPolicy(2048, 1))
     log.open()
     for number in range(40):  # ~10 records a segment: rotates, and the oldest segments are deleted
@@ -83,9 +83,10 @@ def test_history_that_cannot_be_read_back_refuses_the_tokens_it_could_hold(
     assert audit_log.with_name("audit.log.1").exists() and not audit_log.with_name("audit.log.2").exists()
     agent = start_agent(test_pki, audit_log=str(audit_log))  # keeps 12 segments: .2 is missing history
     body = rpc_body("ping")
-    floor = int(written_at) + SKEW + 1  # deleted records were written by written_at: ts at most that + skew
-    below = wire.request_bytes(body, authorization=wire.signed_headers(agent, test_pki, body, ts=floor - 50))
+    # deleted records were written by written_at: their tokens were dated at most FORWARD_SKEW after that
+    floor = int(written_at) + min(SKEW, tokens.FORWARD_SKEW) + 1
+    below = wire.request_bytes(body, authorization=wire.signed_headers(agent, test_pki, body, ts=floor - 10))
     assert wire.send_once(agent, test_pki, below).status == 401
     wire.wait_for_record(agent, wire.event("token_refused", reason="stale"))
-    above = wire.request_bytes(body, authorization=wire.signed_headers(agent, test_pki, body, ts=floor + 50))
+    above = wire.request_bytes(body, authorization=wire.signed_headers(agent, test_pki, body, ts=floor + 10))
     assert wire.send_once(agent, test_pki, above).status == 200  # not a blanket refusal

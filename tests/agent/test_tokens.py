@@ -78,7 +78,8 @@ def _valid(agent: RunningAgent, pki: TestPKI, body: bytes) -> str:
         (lambda t: t + "x" * 300, "malformed"),
         (lambda t: "garbage", "malformed"),
         (lambda t: "Basic dXNlcjpwYXNz", "malformed"),
-        (lambda t: t.replace('keyid="collector"', 'keyid="nobody"'), "unknown_key"),
+        (lambda t: t.replace('keyid="collector"', 'keyid="nobody"'), "key_not_bound"),  # another holder's id
+        (lambda t: t.replace('keyid="collector"', 'keyid="collector/nobody"'), "unknown_key"),
         (lambda t: t.replace('keyid="collector"', 'keyid="../../etc/passwd"'), "malformed"),
         (lambda t: t.replace("SMON1", "smon1"), "malformed"),
         (lambda t: t.replace('sig="', 'sig="0'), "malformed"),

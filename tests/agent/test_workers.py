@@ -35,7 +35,7 @@ class Recorder:
             assert self.done.acquire(timeout=TIMEOUT)
 
 
-def _wait_waiting(workers: Workers, count: int) -> None:
+def _wait_waiting(workers: Workers[socket.socket], count: int) -> None:
     """Until ``count`` workers wait on the queue (bounded; a worker registers right after its job)."""
     finished = threading.Event()
     for _ in range(500):

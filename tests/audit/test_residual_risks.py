@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,20 +40,6 @@ def test_a_future_dated_token_whose_record_a_power_loss_took_is_refused_after_a_
     audit_log.write_text(lines[0])  # what the disk holds if the power went before the call record was synced
     second = start_agent(test_pki, audit_log=str(audit_log))
     assert wire.send_once(second, test_pki, captured).status == 401
-
-
-def test_tokens_are_not_bound_to_the_certificate_that_carries_them(
-    start_agent: StartAgent, make_pki: Callable[..., TestPKI], tmp_path: Path
-) -> None:
-    """Any allowed certificate may carry a token of any key the agent holds: the two checks are separate."""
-    pki = make_pki(tmp_path / "pki", agents=["localhost=localhost,127.0.0.1,::1"], collectors=["collector", "backup"])
-    agent = start_agent(pki)
-    body = rpc_body("ping")
-    token = wire.signed_headers(agent, pki, body, key_id="collector")
-    reply = wire.send_once(agent, pki, wire.request_bytes(body, authorization=token), collector="backup")
-    assert reply.status == 200
-    call = wire.records(agent)[-1]
-    assert (call["event"], call["common_name"], call["key_id"]) == ("call", "backup", "collector")
 
 
 def test_a_segment_deleted_after_the_collector_copied_it_is_found_by_verify_against_not_by_the_collector(

@@ -51,19 +51,19 @@ def test_hmac_rotation_with_an_overlap_window_refuses_no_call(start_agent: Start
     agent = start_agent(pki)
     old_key = tokens.load_key(pki.collector_files()[2])
     # 1. a new key under a new key id, made as the runbook says (32 random bytes as hex, mode 0600)
-    new_path = pki.root / "collectors" / "collector-2025b.hmac"
+    new_path = pki.root / "collectors" / "collector.2025b.hmac"
     write_atomic(new_path, secrets.token_hex(32).encode() + b"\n", mode=PRIVATE_MODE)
     new_key = tokens.load_key(new_path)
     keys = dict(agent.config.security.hmac_keys)
     # 2. overlap: the agent holds both key ids
-    both = {**{key_id: str(path) for key_id, path in keys.items()}, "collector-2025b": str(new_path)}
+    both = {**{key_id: str(path) for key_id, path in keys.items()}, "collector/2025b": str(new_path)}
     agent.rewrite_config(security={"hmac_keys": both})
     assert agent.reload()
     assert call_with_key(agent, pki, "collector", old_key) == "pong"
-    assert call_with_key(agent, pki, "collector-2025b", new_key) == "pong"
+    assert call_with_key(agent, pki, "collector/2025b", new_key) == "pong"
     # 4. the audit log shows which key id each call used
     calls = [r for r in agent.audit_records() if r["event"] == "call"]
-    assert [r["key_id"] for r in calls] == ["collector", "collector-2025b"]
+    assert [r["key_id"] for r in calls] == ["collector", "collector/2025b"]
     # 5. overlap ends: the old id is removed; a token with it is refused, the new one still served
     data = json.loads(agent.config_path.read_text())
     del data["security"]["hmac_keys"]["collector"]
@@ -73,7 +73,7 @@ def test_hmac_rotation_with_an_overlap_window_refuses_no_call(start_agent: Start
         call_with_key(agent, pki, "collector", old_key)
     assert refused.value.status == 401
     assert last(agent, "token_refused")["reason"] == "unknown_key"
-    assert call_with_key(agent, pki, "collector-2025b", new_key) == "pong"
+    assert call_with_key(agent, pki, "collector/2025b", new_key) == "pong"
 
 
 def test_revoking_a_collector_refuses_it_and_keeps_the_others(start_agent: StartAgent, pki: TestPKI) -> None:

@@ -165,8 +165,23 @@ def test_force_reissues_named_leaves_but_never_the_ca(tmp_path: Path) -> None:
     assert after["ca.key"] == before["ca.key"]
     assert after["collectors/collector.key"] != before["collectors/collector.key"]
     assert after["collectors/collector.hmac"] == before["collectors/collector.hmac"]
-    assert run("--out", str(root), "--collector", "collector", "--rotate-hmac").returncode == 0
-    assert snapshot(root)["collectors/collector.hmac"] != before["collectors/collector.hmac"]
+    rotated = run("--out", str(root), "--collector", "collector", "--rotate-hmac")
+    assert rotated.returncode == 0, rotated.stderr
+    after = snapshot(root)
+    assert after["collectors/collector.hmac"] == before["collectors/collector.hmac"]  # the old key stays
+    [new] = [
+        name
+        for name in after
+        if name.startswith("collectors/collector.") and name.endswith(".hmac") and name != "collectors/collector.hmac"
+    ]
+    label = new.removeprefix("collectors/collector.").removesuffix(".hmac")
+    agent = json.loads((root / "agent-localhost.json").read_text())["security"]["hmac_keys"]
+    assert set(agent) == {"collector", f"collector/{label}"}  # agents accept both during the overlap
+    collector = json.loads((root / "collector.json").read_text())["hmac"]
+    assert collector == {"key_id": f"collector/{label}", "key_file": str(root / new)}
+    again = run("--out", str(root), "--collector", "collector", "--rotate-hmac")  # same day: a new label
+    assert again.returncode == 0, again.stderr
+    assert json.loads((root / "collector.json").read_text())["hmac"]["key_id"] == f"collector/{label}-2"
 
 
 def test_revoke_lists_the_serial(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from pathlib import Path
 from typing import TypedDict
 
@@ -169,14 +170,17 @@ def test_forged_tokens_never_enter_the_replay_cache() -> None:
     assert check.verify(header(nonce=f"{7:032x}"), BODY) == "collector"
 
 
-def test_replay_cache_is_bounded_and_never_reopens_a_replay() -> None:
+def test_replay_cache_is_bounded_per_key_and_never_reopens_a_replay() -> None:
     cache = tokens.ReplayCache(window=300, capacity=10)
     for index in range(10):
         assert cache.add("k", f"n{index}", NOW + index, NOW)
-    assert cache.add("k", "n10", NOW + 10, NOW)  # evicts n0 (ts NOW) and raises the floor to NOW
-    assert len(cache) == 10
-    assert not cache.add("k", "n0", NOW, NOW)  # forgotten, yet still refused
-    assert not cache.add("k", "n5", NOW + 5, NOW)  # remembered
+    full = cache.admit("k", "n10", NOW + 10, NOW)  # k's share is full: refused, with when to come back
+    assert (full.accepted, full.reason) == (False, "replay_capacity")
+    assert full.retry_after == 600  # n0 (ts NOW) expires at NOW + 2 x window
+    assert cache.admit("k", "n0", NOW, NOW).reason == "replay"  # nothing was forgotten
+    assert cache.add("other", "n0", NOW, NOW)  # another key is untouched by k's traffic
+    assert cache.add("k", "n10", NOW + 10, NOW + 601)  # n0 expired: room again
+    assert cache.admit("k", "n11", NOW, NOW, force=True).accepted  # the audit log's own tokens always go in
 
 
 def test_replay_cache_forgets_what_is_stale_anyway() -> None:
@@ -227,3 +231,95 @@ def test_verify_parsed_gives_the_same_verdicts_as_verify(field: str) -> None:
     with pytest.raises(TokenError) as stale:
         verifier().verify_parsed(tokens.parse(header(ts=NOW - 301)), BODY)
     assert stale.value.reason == "stale"
+
+
+@st.composite
+def _interleavings(draw: st.DrawFn) -> tuple[int, int, list[tuple[str, int, int, bool]]]:
+    """Calls of several keys: (key, seconds since start, ts offset from now, replayed nonce?)."""
+    capacity = draw(st.integers(min_value=1, max_value=8))
+    window = draw(st.integers(min_value=1, max_value=20))
+    calls = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["honest", "noisy", "other/label"]),
+                st.integers(min_value=0, max_value=4 * window),
+                st.integers(min_value=-window, max_value=window),
+                st.booleans(),
+            ),
+            max_size=60,
+        )
+    )
+    calls.sort(key=lambda call: call[1])
+    return capacity, window, calls
+
+
+@settings(max_examples=300, deadline=None)
+@given(_interleavings())
+def test_a_key_within_its_share_is_never_refused_whatever_the_others_do(
+    case: tuple[int, int, list[tuple[str, int, int, bool]]],
+) -> None:
+    capacity, window, calls = case
+    cache = tokens.ReplayCache(window=window, capacity=capacity)
+    honest: list[tuple[int, float]] = []  # (ts, when) of the honest key's accepted tokens
+    used: dict[str, list[str]] = {}
+    for index, (key, at, offset, replayed) in enumerate(calls):
+        now = NOW + at
+        ts = int(now) + offset
+        previous = used.setdefault(key, [])
+        nonce = previous[-1] if replayed and previous else f"{key}-{index}"
+        if key == "honest":
+            # the honest key stays within its share: at most `capacity` live entries at once
+            live = [t for t, _ in honest if t >= now - 2 * window]
+            if replayed or len(live) >= capacity:
+                continue
+            admission = cache.admit(key, nonce, ts, now)
+            assert admission.accepted, (admission, honest, now)
+            honest.append((ts, now))
+        else:
+            cache.admit(key, nonce, ts, now)
+        previous.append(nonce)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_interleavings())
+def test_no_nonce_is_ever_accepted_twice_within_the_window(
+    case: tuple[int, int, list[tuple[str, int, int, bool]]],
+) -> None:
+    capacity, window, calls = case
+    cache = tokens.ReplayCache(window=window, capacity=capacity)
+    accepted: dict[tuple[str, str], int] = {}
+    for index, (key, at, offset, replayed) in enumerate(calls):
+        now = NOW + at
+        ts = int(now) + offset
+        nonce = "same" if replayed else f"n{index}"
+        if cache.add(key, nonce, ts, now):
+            earlier = accepted.get((key, nonce))
+            # accepted again only once the first token could no longer pass the clock window
+            assert earlier is None or earlier < now - window, (key, nonce, earlier, now)
+            accepted[(key, nonce)] = ts
+
+
+def test_a_token_dated_further_ahead_than_the_forward_skew_is_stale() -> None:
+    check = tokens.Verifier({"collector": KEY}, AGENT, max_clock_skew=300, clock=lambda: NOW)
+    ahead = tokens.FORWARD_SKEW
+    assert check.verify(header(ts=NOW + ahead, nonce=f"{1:032x}"), BODY) == "collector"
+    with pytest.raises(TokenError, match="stale"):
+        check.verify(header(ts=NOW + ahead + 1, nonce=f"{2:032x}"), BODY)
+    assert check.verify(header(ts=NOW - 300, nonce=f"{3:032x}"), BODY) == "collector"  # behind: the full skew
+
+
+@pytest.mark.parametrize(
+    ("key_id", "name", "belongs"),
+    [
+        ("collector", "collector", True),
+        ("collector/2026-12", "collector", True),
+        ("collector2", "collector", False),
+        ("collector.x", "collector", False),
+        ("other/collector", "collector", False),
+        ("col", "collector", False),
+        ("collector/", "collector", False),
+    ],
+)
+def test_a_key_id_belongs_to_the_certificate_of_its_name(key_id: str, name: str, belongs: bool) -> None:
+    valid = re.fullmatch(tokens.KEY_ID_PATTERN, key_id) is not None
+    assert (valid and tokens.key_belongs(key_id, name)) == belongs
