@@ -130,6 +130,7 @@ class Delivery:
         self._lock = threading.Lock()
         self.stored_batches = 0
         self.spooled_batches = 0
+        self.lost_batches = 0  # neither storage nor the spool could take them: logged with the count
 
     @property
     def backlog(self) -> bool:
@@ -164,8 +165,12 @@ class Delivery:
         try:
             self.spool.append(batch)
         except SpoolError as exc:
-            # Nowhere left to put it: say so loudly; the next batches try again.
-            logger.error("cannot spool a batch of %d samples: %s", len(batch.samples), exc)
+            # Nowhere left to put it: say so loudly, with the count; the next batches try again.
+            self.lost_batches += 1
+            logger.error(
+                "cannot spool a batch of %d samples, %d alerts, %d audit records: %s (%d batches lost so far)",
+                len(batch.samples), len(batch.alerts), len(batch.audit), exc, self.lost_batches,
+            )
             return
         self._spooled = True
         self.spooled_batches += 1

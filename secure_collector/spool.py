@@ -124,7 +124,7 @@ class Spool:
                     logger.error("spool: a batch of %d bytes exceeds spool_max_bytes; dropped", len(line))
                     return
                 fd = self._writable(len(line))
-                os.write(fd, line)
+                _append_whole(fd, line)
                 os.fsync(fd)
             except OSError as exc:
                 raise SpoolError(f"{self.directory}: cannot spool: {exc.strerror or exc}") from exc
@@ -238,6 +238,22 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._close_segment()
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append all of ``data``, however many writes it takes; on failure cut the file back to where it was,
+    so that a disk that fills mid-line leaves no fragment for the next batch to be glued onto."""
+    before = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        try:
+            os.ftruncate(fd, before)
+        except OSError:
+            logger.error("spool: could not cut a partial batch; replay skips its line")
+        raise
 
 
 def _count_lines(path: Path) -> int:
