@@ -47,20 +47,42 @@ UNEXPECTED_DETAIL = "answer could not be read (internal error)"
 
 
 class Stamper:
-    """Collector-clock timestamps, rounded to the millisecond and strictly increasing per agent.
+    """Collector-clock timestamps, rounded to the millisecond, following the wall clock.
 
-    (agent, timestamp) identifies a sample in storage, so two polls of one agent must never share one,
-    even if the wall clock steps back.
+    (agent, timestamp) identifies a sample in storage, so two polls of one agent must not share one: a
+    stamp at or below the agent's last one by less than :data:`STEP` (two polls within a millisecond, a
+    clock slewed back a little) is nudged just past it. A larger difference is the wall clock being stepped
+    (by hand, or by NTP at boot): the step is logged, in either direction (the wall clock compared with the
+    monotonic one), and stamps follow the clock at once, so a clock set back an hour does not stamp every
+    sample an hour in the future until real time catches up (SECURITY.md).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    STEP = 1.0  # seconds: a jump of the wall clock against the monotonic one at least this big is a step
+
+    def __init__(
+        self, clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
+        self._monotonic = monotonic
         self._last: dict[str, float] = {}
+        self._anchor: tuple[float, float] | None = None  # (wall, monotonic) at the last stamp
+        self.steps = 0
 
     def __call__(self, agent: str) -> float:
-        now = round(self._clock(), 3)
+        wall, mono = self._clock(), self._monotonic()
+        if self._anchor is not None:
+            step = wall - (self._anchor[0] + (mono - self._anchor[1]))
+            if abs(step) >= self.STEP:
+                self.steps += 1
+                logger.warning(
+                    "the wall clock was stepped %s by %.3f s; samples are stamped by it from now on",
+                    "back" if step < 0 else "forward",
+                    abs(step),
+                )
+        self._anchor = (wall, mono)
+        now = round(wall, 3)
         last = self._last.get(agent)
-        if last is not None and now <= last:
+        if last is not None and now <= last < now + self.STEP:
             now = round(last + 0.001, 3)
         self._last[agent] = now
         return now

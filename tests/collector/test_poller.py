@@ -53,11 +53,43 @@ def test_bad_shard(text: str) -> None:
         parse_shard(text)
 
 
-def test_stamps_are_milliseconds_and_strictly_increasing_per_agent() -> None:
-    ticks: Iterator[float] = iter([100.0004, 100.0001, 99.0, 100.5, 100.5])
-    stamp = Stamper(clock=lambda: next(ticks))
-    assert [stamp("a") for _ in range(4)] == [100.0, 100.001, 100.002, 100.5]
+def test_stamps_are_milliseconds_and_never_repeat_for_an_agent() -> None:
+    ticks: Iterator[float] = iter([100.0004, 100.0001, 99.6, 100.5, 100.5])
+    stamp = Stamper(clock=lambda: next(ticks), monotonic=lambda: 0.0)
+    assert [stamp("a") for _ in range(4)] == [100.0, 100.001, 100.002, 100.5]  # sub-second collisions nudged
     assert stamp("b") == 100.5  # another agent has its own sequence
+
+
+def test_a_clock_step_either_way_is_logged_and_stamps_follow_the_clock_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 15: after a 1 h step back every sample was stamped ~3,599 s ahead until real time caught up."""
+    wall, mono = [1_800_000_000.0], [0.0]
+    stamp = Stamper(clock=lambda: wall[0], monotonic=lambda: mono[0])
+
+    def poll(seconds: float = 30.0) -> float:
+        wall[0] += seconds
+        mono[0] += seconds
+        return stamp("a")
+
+    first = poll()
+    with caplog.at_level(logging.WARNING, logger="secure_collector.engine"):
+        wall[0] -= 3600  # stepped back an hour
+        back = [poll() for _ in range(3)]
+        assert back == [first - 3600 + 30 * n for n in (1, 2, 3)]  # the clock's time, not the last stamp's
+        wall[0] += 7200  # and forward two hours
+        ahead = poll()
+        assert ahead == back[-1] + 7200 + 30
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.split(" by ")[0] for m in messages] == [
+        "the wall clock was stepped back",
+        "the wall clock was stepped forward",
+    ]
+    assert "3600.000 s" in messages[0] and "7200.000 s" in messages[1]
+    assert stamp.steps == 2
+    # a step back of less than a second is a collision, not a step: nudged, and not logged
+    wall[0] -= 0.5
+    assert stamp("a") == round(ahead + 0.001, 3)
 
 
 def _poller(
