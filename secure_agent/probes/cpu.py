@@ -1,9 +1,11 @@
-"""CPU utilisation, measured between two readings of the CPU time counters: never a blocking sleep.
+"""CPU utilisation, measured between two readings of the CPU time counters.
 
-On Linux the counters come from ``<proc_root>/stat``; elsewhere from psutil. :class:`CpuSampler` keeps
-the previous reading and answers with the utilisation since then. Readings closer together than
-``min_window`` seconds do not move the baseline, so many callers in quick succession all get the
-utilisation over a meaningful interval rather than over a few jiffies of noise.
+On Linux the counters come from ``<proc_root>/stat``; elsewhere from psutil. :class:`CpuSampler` takes
+a reading when it is made (the agent's start) and answers with the utilisation since a previous reading.
+Readings closer together than ``min_window`` seconds do not move the baseline, so many callers in quick
+succession all get the utilisation over a meaningful interval rather than over a few jiffies of noise.
+The first answer is complete too: a call within ``first_window`` of the start waits the rest of it
+(at most 0.25 s, only then), so the first poll after an agent restart has its CPU figures.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from secure_agent.probes._fs import read_kernel_text
 
 MIN_WINDOW = 1.0
 """Seconds: the shortest interval the baseline advances by."""
+FIRST_WINDOW = 0.25
+"""Seconds: the shortest interval the first answers after the start are measured over."""
 
 # The cpu lines, found by the regex engine rather than by splitting the whole file in Python: the
 # ``intr`` line alone holds hundreds of numbers.
@@ -112,16 +116,24 @@ class CpuSampler:
         *,
         platform: str = sys.platform,
         min_window: float = MIN_WINDOW,
+        first_window: float = FIRST_WINDOW,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._read: Callable[[], CpuTimes] = (
             (lambda: read_proc_stat(proc_root)) if platform.startswith("linux") else read_psutil_times
         )
         self._min_window = min_window
+        self._first_window = min(first_window, min_window)
         self._monotonic = monotonic
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._newer: tuple[CpuTimes, float] | None = None
         self._older: tuple[CpuTimes, float] | None = None
+        try:  # the baseline at start: the first answer measures from here
+            self._newer = (self._read(), monotonic())
+        except (OSError, ValueError, psutil.Error):
+            self._newer = None  # the first sample says why
 
     def sample(self) -> CpuReading:
         """Utilisation since a baseline at least ``min_window`` old (once one exists)."""
@@ -142,8 +154,16 @@ class CpuSampler:
             elif self._older is not None:
                 base = self._older[0]
             else:
-                # within the first window: a few jiffies would say 0 or 100 %, so say nothing yet
-                return CpuReading(None, (), cores, "measuring: less than one window since the first reading")
+                # within the first window after the start: a few jiffies would say 0 or 100 %, so the
+                # answer waits until first_window has passed since the baseline (once, right after start)
+                wait = self._first_window - (now - newer_at)
+                if wait > 0:
+                    self._sleep(wait)
+                    try:
+                        current = self._read()
+                    except (OSError, ValueError, psutil.Error) as exc:
+                        return CpuReading(None, (), 0, f"CPU counters unreadable: {type(exc).__name__}")
+                base = newer
         percent, per_core = utilisation(base, current)
         if percent is None:
             return CpuReading(None, (), cores, "measuring: no CPU time elapsed yet")

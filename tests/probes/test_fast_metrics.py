@@ -40,14 +40,14 @@ def test_proc_stat_busy_excludes_idle_iowait_and_double_counted_guest(fixtures: 
 
 def test_sampler_measures_between_calls_over_at_least_a_window(tmp_path: Path) -> None:
     clock = FakeMonotonic()
-    sampler = CpuSampler(tmp_path, platform="linux", min_window=1.0, monotonic=clock)
+    sampler = CpuSampler(tmp_path, platform="linux", min_window=1.0, monotonic=clock)  # no counters yet
     write_stat(tmp_path, 0, 0, (0, 0), (0, 0))
-    first = sampler.sample()
+    first = sampler.sample()  # the start reading failed: this one is the baseline
     assert first.percent is None and first.cores == 2 and first.reason is not None
 
-    clock.now += 0.5  # inside the first window: no answer rather than a few-jiffy guess
+    clock.now += 0.5  # past the first window (0.25 s): measured from the baseline
     write_stat(tmp_path, 50, 50, (50, 0), (0, 50))
-    assert sampler.sample().percent is None
+    assert sampler.sample().percent == 50.0
 
     clock.now += 0.5
     write_stat(tmp_path, 100, 100, (100, 0), (0, 100))
@@ -62,6 +62,29 @@ def test_sampler_measures_between_calls_over_at_least_a_window(tmp_path: Path) -
     write_stat(tmp_path, 110, 230, (110, 0), (0, 230))
     # measured from the third reading (100 busy, 100 idle), which became the baseline at 1001.0
     assert sampler.sample().percent == pytest.approx(100 * 10 / 140, abs=0.01)
+
+
+def test_the_first_answer_after_start_is_complete(tmp_path: Path) -> None:
+    """Issue 15: the first get_metrics after an agent started had cpu_usage null. The baseline is taken at
+    start, and a call sooner than 0.25 s after it waits the rest (the CPU keeps running meanwhile)."""
+    clock = FakeMonotonic()
+    write_stat(tmp_path, 0, 0, (0, 0), (0, 0))
+    waited: list[float] = []
+
+    def sleep(seconds: float) -> None:  # time passes and the counters move, as they would
+        waited.append(seconds)
+        clock.now += seconds
+        write_stat(tmp_path, 30, 70, (30, 0), (0, 70))
+
+    sampler = CpuSampler(tmp_path, platform="linux", monotonic=clock, sleep=sleep)
+    clock.now += 0.1  # polled 0.1 s after the start
+    reading = sampler.sample()
+    assert waited == [pytest.approx(0.15)]  # only the rest of the first window
+    assert reading.percent == 30.0 and reading.per_core == (100.0, 0.0) and reading.reason is None
+    clock.now += 0.1
+    write_stat(tmp_path, 40, 80, (40, 0), (0, 80))
+    assert sampler.sample().percent == pytest.approx(100 * 40 / 120, abs=0.01)  # from the start baseline, no wait
+    assert len(waited) == 1
 
 
 def test_sampler_reports_unreadable_counters(tmp_path: Path) -> None:
