@@ -55,6 +55,9 @@ LINGER_TIME = 0.5  # seconds to drain what a refused client still sends, so it r
 LINGER_BYTES = 256 * 1024
 XML_TYPE = "text/xml; charset=utf-8"
 IDENTITY_CACHE_SIZE = 256  # client certificates whose parsed identity is kept
+TLS_HEADER = 5  # a TLS record's header: type, version (2 bytes), length (2 bytes)
+TLS_HANDSHAKE = 0x16
+MAX_TLS_RECORD = 16384 + 2048  # the largest record length TLS allows
 
 
 def format_peer(address: Any) -> str:
@@ -88,7 +91,8 @@ class Connection:
         self.peer = format_peer(client_address)
         self.host = str(client_address[0])
         self.idle = False
-        self.started = False  # the peer has sent a byte (Slots displaces silent connections first)
+        self.started = False  # its whole ClientHello arrived (Slots displaces the others first)
+        self.arrived = time.monotonic()
         self.displaced = False
         self._raw = raw
         self._sock: socket.socket = raw
@@ -129,6 +133,25 @@ class Connection:
 
     # -- the connection ---------------------------------------------------------------------------
 
+    def _await_client_hello(self, deadline: float) -> None:
+        """Until the first TLS record (the ClientHello) has arrived whole, unread: an honest client sends it
+        at once, while a peer that only holds a slot sends nothing or trickles it (:class:`Slots`)."""
+        header = self._peek(TLS_HEADER, deadline)
+        if header[0] == TLS_HANDSHAKE:
+            self._peek(TLS_HEADER + min(int.from_bytes(header[3:5], "big"), MAX_TLS_RECORD), deadline)
+
+    def _peek(self, size: int, deadline: float) -> bytes:
+        raw = self._raw
+        raw.settimeout(max(0.001, deadline - time.monotonic()))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)  # the peek waits for all of them
+        try:
+            data = raw.recv(size, socket.MSG_PEEK)
+        finally:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        if len(data) < size:
+            raise ConnectionAbortedError("closed before the handshake")
+        return data
+
     def displace(self) -> None:
         """From the accept loop: a newer connection took this unfinished one's slot; end it now."""
         self.displaced = True
@@ -138,9 +161,7 @@ class Connection:
         limits = self.server.limits
         deadline = time.monotonic() + limits.handshake_timeout
         try:
-            self._raw.settimeout(limits.handshake_timeout)
-            if not self._raw.recv(1, socket.MSG_PEEK):  # the first byte: the peer is not merely holding a slot
-                raise ConnectionAbortedError("closed before the handshake")
+            self._await_client_hello(deadline)
             self.started = True
             self._raw.settimeout(max(0.001, deadline - time.monotonic()))
             sock = self._policy.context.wrap_socket(self._raw, server_side=True, do_handshake_on_connect=False)

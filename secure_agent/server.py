@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
 MAX_IDLE_WORKERS = 4  # connection threads kept waiting for the next connection...
 WORKER_IDLE_TIME = 60.0  # ...for this many seconds (more than a 30 s poll interval), then they end
+HELLO_GRACE = 0.5  # seconds an unfinished connection whose ClientHello arrived whole is not displaced
 
 
 def _earliest(*delays: float | None) -> float | None:
@@ -61,11 +62,12 @@ class Slots:
 
     *Unfinished* connections (accepted, handshake not done) cost a thread and prove nothing, so they
     never hold back the others: one that arrives when its address (or the whole budget) is full takes
-    the place of the oldest unfinished one that has not sent a byte yet, else of the oldest unfinished
-    one (:meth:`admit`). Idle sockets from the collector's own address therefore cannot keep its
-    handshakes out; trickling ones could only by opening more than ``per_address`` connections within
-    one honest handshake (a few ms). *Established* connections (identity verified) are never displaced;
-    beyond their budget the connection is refused (:meth:`establish`).
+    the place of the oldest unfinished one whose ClientHello has not arrived whole (idle, or trickling
+    it), else of the oldest one past :data:`HELLO_GRACE` since it arrived; if there is none it is refused
+    (:meth:`admit`). An honest client sends its ClientHello at once and finishes its handshake well
+    within the grace, so idle and trickling sockets from its own address cannot keep it out, nor can a
+    chain of them reconnecting as they are displaced. *Established* connections (identity verified) are
+    never displaced; beyond their budget the connection is refused (:meth:`establish`).
     """
 
     def __init__(self, total: int, per_address: int) -> None:
@@ -85,24 +87,31 @@ class Slots:
     def unfinished(self) -> int:
         return len(self._unfinished)
 
-    def admit(self, connection: Connection) -> Connection | None:
-        """Count ``connection`` as unfinished; return the one it displaces (the caller cuts it), if any."""
+    def admit(self, connection: Connection) -> tuple[bool, Connection | None]:
+        """Count ``connection`` as unfinished: (admitted, the one it displaces, which the caller cuts)."""
         host = connection.host
         with self._lock:
             victim = None
             if self._per_host[host] >= self._per_address:
-                victim = self._oldest(lambda other: other.host == host)
+                victim = self._victim(connection.arrived, lambda other: other.host == host)
+                if victim is None:
+                    return False, None
             elif len(self._unfinished) >= self._total:
-                victim = self._oldest(lambda other: True)
+                victim = self._victim(connection.arrived, lambda other: True)
+                if victim is None:
+                    return False, None
             if victim is not None:
                 self._forget(victim)
             self._unfinished[connection] = None
             self._per_host[host] += 1
-            return victim
+            return True, victim
 
-    def _oldest(self, candidate: Callable[[Connection], bool]) -> Connection | None:
-        silent = next((c for c in self._unfinished if candidate(c) and not c.started), None)
-        return silent if silent is not None else next((c for c in self._unfinished if candidate(c)), None)
+    def _victim(self, now: float, candidate: Callable[[Connection], bool]) -> Connection | None:
+        """The oldest candidate without a whole ClientHello, else the oldest one past the grace."""
+        waiting = next((c for c in self._unfinished if candidate(c) and not c.started), None)
+        if waiting is not None:
+            return waiting
+        return next((c for c in self._unfinished if candidate(c) and now - c.arrived >= HELLO_GRACE), None)
 
     def establish(self, connection: Connection) -> bool:
         """Move ``connection`` to the established budget; False (it stays unfinished) when that is full."""
@@ -339,9 +348,13 @@ class AgentServer(SimpleXMLRPCServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         """A slot among the unfinished connections (displacing the oldest unfinished one if need be), a thread."""
         connection = Connection(self, request, client_address)
-        displaced = self.slots.admit(connection)
+        admitted, displaced = self.slots.admit(connection)
         if displaced is not None:
             displaced.displace()
+        if not admitted:  # every unfinished slot is held by a handshake in progress, younger than the grace
+            self._deny(client_address, "too_many_connections")
+            self.shutdown_request(request)
+            return
         try:
             self.workers.submit(connection, client_address)
         except RuntimeError:  # no thread to be had (or stopping): close rather than queue

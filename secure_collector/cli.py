@@ -1,4 +1,4 @@
-"""``secure-collector --config FILE [--once] [--shard I/N]``: the collector's entry point.
+"""``secure-collector --config FILE [--once | --check] [--shard I/N]``: the collector's entry point.
 
 Exit codes: 0 fine (``--once``: every agent answered and the sweep is stored), 1 (``--once``) some agent
 did not answer, 2 bad command line, configuration, TLS material, key, spool directory or storage
@@ -32,6 +32,7 @@ from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
 from secure_collector.alertstate import AlertState, state_path
 from secure_collector.audittrail import AuditTrail
+from secure_collector.check import run_check
 from secure_collector.config import CollectorConfig, ExporterConfig
 from secure_collector.errors import CollectorError
 from secure_collector.exporter import Exporter, FleetView
@@ -107,6 +108,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", required=True, type=Path, metavar="FILE", help="collector configuration (JSON)")
     parser.add_argument("--once", action="store_true", help="poll every agent once, print their states, exit")
+    parser.add_argument(
+        "--check", action="store_true", help="check config, TLS material, spool_dir and storage; poll nothing"
+    )
     parser.add_argument("--shard", metavar="I/N", help="poll only shard I of N of the agents (rendezvous hashing)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
@@ -309,6 +313,8 @@ def run_forever(collector: Collector) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
+    if args.check:
+        return run_check(args.config)
     handlers: list[logging.Handler] = []
     try:
         try:

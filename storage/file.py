@@ -157,9 +157,9 @@ class FileStore:
             self._take_lock()
             try:
                 self._open_writers()
-            except OSError as exc:
+            except OSError as exc:  # the file system may change: an outage, not a configuration error
                 self.close()
-                raise StorageConfigError(f"storage.json_file: cannot write {exc.filename or self.json_file}: "
+                raise StorageUnavailable(f"storage.json_file: cannot write {exc.filename or self.json_file}: "
                                          f"{exc.strerror or exc}") from exc
 
     @classmethod
@@ -180,8 +180,8 @@ class FileStore:
         try:
             make_dirs(lock_path.parent)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
-        except OSError as exc:
-            raise StorageConfigError(f"storage.json_file: cannot create {lock_path}: {exc.strerror or exc}") from exc
+        except OSError as exc:  # a file where a directory should be, no permission: fixable while we spool
+            raise StorageUnavailable(f"storage.json_file: cannot create {lock_path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
