@@ -147,6 +147,11 @@ def test_the_migrated_configs_pass_the_check_and_poll_a_real_agent(tmp_path: Pat
         check=False,
     )
     assert check.returncode == 0, check.stderr
+    collector_check = subprocess.run(
+        [sys.executable, "-m", "secure_collector", "--config", str(out / "collector.json"), "--check"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )
+    assert collector_check.returncode == 0, collector_check.stderr
     agent = subprocess.Popen([sys.executable, "-m", "secure_agent", "--config", str(agent_config)])
     try:
         deadline = time.monotonic() + TIMEOUT
