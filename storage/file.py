@@ -297,7 +297,7 @@ class FileStore:
             data = self._read_family(path, agent)
         except OSError as exc:
             raise StorageUnavailable(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from exc
-        return frames.finish(jsonlines.parse(data, spec), spec, start, end, agent)
+        return frames.finish(jsonlines.parse(data, spec, path), spec, start, end, agent)
 
     def _read_family(self, path: Path, agent: str | None = None) -> bytes:
         """Whole lines of the backups (oldest first) then the live file, consistent across a rotation.

@@ -166,7 +166,7 @@ def test_damaged_line_in_the_middle_is_skipped_with_a_warning(tmp_path: Path, ca
     with caplog.at_level(logging.WARNING, logger="storage.jsonlines"):
         frame = store.query_samples(0, T0 + 10)
     assert frame["timestamp"].tolist() == [T0, T0 + 1]
-    assert "skipped 2 unreadable samples line(s)" in caplog.text
+    assert "skipped 2 line(s) that are not samples records in " in caplog.text
     store.close()
 
 
