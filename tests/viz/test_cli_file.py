@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,26 @@ def test_a_short_history_is_drawn_not_lost(run_viz: RunViz, tmp_path: Path, now:
     plot_area = rgb[:, : int(rgb.shape[1] * 0.785)]  # the legend, with its own line sample, is to the right
     blue = (plot_area[..., 2] > 0.55) & (plot_area[..., 0] < 0.3) & (plot_area[..., 1] > 0.35)
     assert int(blue.sum()) >= 10, f"{name}.png: the samples are not visible in the plot area"
+
+
+def test_agent_filter_over_a_file_written_with_json_dumps_defaults(
+    run_viz: RunViz, tmp_path: Path, now: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: ``--agent srv-007`` said "no data" over a file written with ``json.dumps`` defaults
+    (``", "`` and ``": "``), while ``--plot all`` drew srv-007. It reads what json.loads reads now, and a
+    line that is not a record is counted on stderr with its file."""
+    json_file = tmp_path / "data" / "metrics_data.json"
+    json_file.parent.mkdir()
+    lines = [
+        json.dumps({"agent": name, "timestamp": now - 3600 + 60 * i, "cpu_usage": 40.0 + i, "memory_usage": 30.0,
+                    "disk_usage": 50.0, "load_1": 0.5, "security_issues": 0, "threat_level": "none"})
+        for i in range(30)
+        for name in ("srv-007", "web-1")
+    ]
+    json_file.write_text("\n".join(lines) + "\nnot a record\n")
+    config = write_config(tmp_path / "viz.json", {"type": "file", "json_file": str(json_file)})
+    result = run_viz("--config", config, "--plot", "cpu", "--hours", "24", "--agent", "srv-007", "--output-dir",
+                     tmp_path / "out")
+    assert result.code == 0, result.err
+    assert_real_png(tmp_path / "out" / "cpu.png", "cpu")
+    assert "skipped 1 line(s) that are not records while looking for srv-007" in caplog.text  # stderr, in the CLI
