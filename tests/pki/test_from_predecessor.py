@@ -149,7 +149,10 @@ def test_the_migrated_configs_pass_the_check_and_poll_a_real_agent(tmp_path: Pat
     assert check.returncode == 0, check.stderr
     collector_check = subprocess.run(
         [sys.executable, "-m", "secure_collector", "--config", str(out / "collector.json"), "--check"],
-        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
     )
     assert collector_check.returncode == 0, collector_check.stderr
     agent = subprocess.Popen([sys.executable, "-m", "secure_agent", "--config", str(agent_config)])
@@ -195,3 +198,65 @@ def test_unusable_predecessor_files_are_refused_with_every_problem(tmp_path: Pat
     assert result.returncode == 2 and "'#' comments" in result.stderr
     result = _make_certs("--out", str(tmp_path / "pki"), "--agent-config", str(commented))
     assert result.returncode == 2 and "--agent-config goes with --from-predecessor" in result.stderr
+
+
+def test_secure_viz_draws_the_predecessors_stored_samples_with_the_migrated_config(tmp_path: Path) -> None:
+    """The predecessor appended ``json.dumps`` of each sample to ``metrics_data.json``; the migrated
+    config keeps that path, and ``secure-viz`` reads the file as it is."""
+    data = tmp_path / "data"
+    data.mkdir()
+    now = time.time()
+    (data / "metrics_data.json").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "agent": name,
+                    "timestamp": now - 60 * i,
+                    "cpu_usage": 20.0 + i,
+                    "cpu_temperature": 45.0,
+                    "memory_usage": 60.0,
+                    "disk_usage": 70.0,
+                    "security_issues": 0,
+                    "threat_level": "none",
+                }
+            )
+            + "\n"
+            for i in range(30)
+            for name in ("server-01", "server-02")
+        )
+    )
+    old_collector = {
+        **OLD_COLLECTOR,
+        "storage": {
+            **OLD_COLLECTOR["storage"],
+            "json_file": str(data / "metrics_data.json"),
+            "metrics_file": str(data / "metrics_data.log"),
+            "log_file": str(data / "collector.log"),
+        },
+    }
+    out = tmp_path / "pki"
+    result = _make_certs("--out", str(out), "--from-predecessor", str(_write(tmp_path, "c.json", old_collector)))
+    assert result.returncode == 0, result.stderr
+    viz = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "viz",
+            "--config",
+            str(out / "collector.json"),
+            "--plot",
+            "cpu",
+            "--hours",
+            "1",
+            "--agent",
+            "server-02",
+            "--output-dir",
+            str(tmp_path / "plots"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert viz.returncode == 0, viz.stderr
+    assert (tmp_path / "plots" / "cpu.png").read_bytes().startswith(b"\x89PNG")
