@@ -36,7 +36,7 @@ texts = st.text(st.characters(codec="utf-8"), max_size=12)
 def _number(value: float, style: int) -> str:
     """A JSON number text for ``value`` that json.loads reads back as exactly ``value`` (or its int)."""
     if style == 1 and value.is_integer() and abs(value) < 1e15:
-        return str(int(value)) if value != 0 or math.copysign(1, value) > 0 else "-0"
+        return str(int(value))  # "-0" is outside: json.loads reads it as the int 0, arrow as -0.0
     if style == 2:
         return f"{value:.17e}"
     if style == 3:
