@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -173,11 +174,11 @@ def read_predecessor(collector_path: Path, agent_path: Path | None) -> Migration
     return Migration(agents, collector, agent, allow, dropped)
 
 
-def overlay(base: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``settings`` laid over it, section by section."""
+def overlay(base: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``settings`` laid over it, section by section (a new dict; the inputs stay as they were)."""
     merged = dict(base)
     for key, value in settings.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             merged[key] = overlay(merged[key], value)
         else:
             merged[key] = value

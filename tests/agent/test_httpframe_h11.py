@@ -77,7 +77,7 @@ def ours(raw: bytes) -> RequestHead | str:
         return refused.reason
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(heads())
 def test_a_head_is_read_as_h11_reads_it_or_refused_for_a_listed_reason(raw: bytes) -> None:
     reference = h11_head(raw)

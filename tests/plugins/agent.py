@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import pytest
 
 from pki import tls, tokens
+from pki.migrate import overlay
 from secure_agent.config import AgentConfig
 from secure_agent.lifecycle import Agent
 from tests.plugins.pki import TestPKI
@@ -43,13 +44,7 @@ _serial = itertools.count()
 
 def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``overrides`` merged in, dictionaries recursively (a new dict; inputs untouched)."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return overlay(base, overrides)
 
 
 def agent_config_data(pki: TestPKI, name: str, folder: Path, **overrides: Any) -> dict[str, Any]:

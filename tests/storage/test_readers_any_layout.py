@@ -122,14 +122,14 @@ def _same(got: pd.DataFrame, expected: pd.DataFrame) -> None:
         assert signs == [math.copysign(1, v) for v in _sorted(expected)[column] if v == 0], column
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(files())
 def test_the_frame_parser_reads_every_layout_as_json_loads_does(lines: list[bytes]) -> None:
     data = b"".join(line + b"\n" for line in lines)
     _same(jsonlines.parse(data, SAMPLES), _reference(lines, SAMPLES))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(files(), st.sampled_from(AGENTS))
 def test_one_agents_lines_are_found_in_every_layout(lines: list[bytes], agent: str) -> None:
     data = b"".join(line + b"\n" for line in lines)
@@ -139,7 +139,7 @@ def test_one_agents_lines_are_found_in_every_layout(lines: list[bytes], agent: s
     _same(jsonlines.parse(found, SAMPLES), _reference(lines, SAMPLES, agent))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(files(), st.sampled_from(AGENTS))
 def test_the_store_reads_our_lines_and_another_tools_alike(tmp_path: Path, lines: list[bytes], agent: str) -> None:
     """Our writer's file (with its line index), then lines another tool appended in its own layout."""
