@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from storage.catalog import METRICS
 from storage.models import ALERT_COLUMNS, SAMPLE_COLUMNS, STATUS_COLUMNS, AgentStatus, Alert, Sample
 
 ColumnKind = Literal["str", "opt_str", "float", "int"]
@@ -41,6 +42,7 @@ def _kinds(columns: Sequence[str], **special: ColumnKind) -> dict[str, ColumnKin
     return {column: special.get(column, "float") for column in columns}
 
 
+_COUNTS: dict[str, ColumnKind] = {m.name: "int" for m in METRICS if m.integer and not m.nullable}
 SAMPLES = FrameSpec(
     name="samples",
     columns=SAMPLE_COLUMNS,
@@ -49,7 +51,8 @@ SAMPLES = FrameSpec(
         agent="str",
         threat_level="str",
         temperature_reason="opt_str",
-        security_issues="int",
+        # an integer that may be missing is a float column in a frame (NaN), as pandas has it
+        **_COUNTS,
     ),
     key=("agent", "timestamp"),
     sort=("timestamp", "agent"),

@@ -8,9 +8,11 @@ every poll attempt, good or bad, so that dashboards can show "last seen" and "st
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from storage.catalog import METRICS, Metric
 
 ThreatLevel = Literal["none", "low", "medium", "high"]
 Severity = Literal["info", "warning", "critical"]
@@ -38,30 +40,51 @@ class Finding(_Record):
     evidence: dict[str, str | int | float | None] = Field(default_factory=dict)
 
 
-class Sample(_Record):
-    """One stored sample: the contract's fields first, then the details."""
+def _metric_field(metric: Metric) -> tuple[Any, Any]:
+    kind: Any = int if metric.integer else float
+    default = int(metric.default) if metric.integer and metric.default is not None else metric.default
+    return (kind | None if metric.nullable else kind), Field(default=default, ge=metric.ge, le=metric.le)
 
-    agent: str = Field(pattern=AGENT_NAME_PATTERN)
-    timestamp: float = Field(ge=0)
-    cpu_usage: float | None = Field(default=None, ge=0, le=100)
-    cpu_temperature: float | None = Field(default=None, ge=-100, le=250)
-    load_1: float | None = Field(default=None, ge=0)
-    load_5: float | None = Field(default=None, ge=0)
-    load_15: float | None = Field(default=None, ge=0)
-    memory_usage: float | None = Field(default=None, ge=0, le=100)
-    disk_usage: float | None = Field(default=None, ge=0, le=100)
-    security_issues: int = Field(default=0, ge=0)
-    threat_level: ThreatLevel = "none"
-    # details
-    temperature_reason: str | None = Field(default=None, max_length=256)
-    temperature_high: float | None = Field(default=None, ge=-100, le=250)
-    temperature_critical: float | None = Field(default=None, ge=-100, le=250)
-    swap_usage: float | None = Field(default=None, ge=0, le=100)
-    cpu_count: int | None = Field(default=None, ge=1)
-    ssh_failures: int | None = Field(default=0, ge=0)  # None: no SSH log source readable (not monitored)
-    security_age: float | None = Field(default=None, ge=0)
-    findings: tuple[Finding, ...] = ()
-    extra: dict[str, Any] = Field(default_factory=dict)
+
+def _sample_fields() -> dict[str, Any]:
+    """The fields of a sample: the contract's first, then the details (storage.catalog's order)."""
+    fields: dict[str, Any] = {
+        "agent": (str, Field(pattern=AGENT_NAME_PATTERN)),
+        "timestamp": (float, Field(ge=0)),
+    }
+    fields.update((m.name, _metric_field(m)) for m in METRICS if m.contract)
+    fields["threat_level"] = (ThreatLevel, "none")
+    fields["temperature_reason"] = (str | None, Field(default=None, max_length=256))
+    fields.update((m.name, _metric_field(m)) for m in METRICS if not m.contract)
+    fields["findings"] = (tuple[Finding, ...], ())
+    fields["extra"] = (dict[str, Any], Field(default_factory=dict))
+    return fields
+
+
+if TYPE_CHECKING:
+
+    class Sample(_Record):
+        """One stored sample (for type checkers: the metrics of storage.catalog are read as ``Any``)."""
+
+        agent: str
+        timestamp: float
+        threat_level: ThreatLevel = "none"
+        temperature_reason: str | None = None
+        findings: tuple[Finding, ...] = ()
+        extra: dict[str, Any] = {}
+
+        def __init__(self, **data: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    Sample = create_model(
+        "Sample",
+        __base__=_Record,
+        __module__=__name__,
+        __doc__="One stored sample: the contract's fields first, then the details (fields: storage.catalog).",
+        **_sample_fields(),
+    )
 
 
 class Alert(_Record):
@@ -116,25 +139,8 @@ class AuditTail(NamedTuple):
     time: str
 
 
-SAMPLE_COLUMNS: tuple[str, ...] = (
-    "agent",
-    "timestamp",
-    "cpu_usage",
-    "cpu_temperature",
-    "load_1",
-    "load_5",
-    "load_15",
-    "memory_usage",
-    "disk_usage",
-    "security_issues",
-    "threat_level",
-    "temperature_reason",
-    "temperature_high",
-    "temperature_critical",
-    "swap_usage",
-    "cpu_count",
-    "ssh_failures",
-    "security_age",
+SAMPLE_COLUMNS: tuple[str, ...] = tuple(
+    name for name in _sample_fields() if name not in ("findings", "extra")
 )
 """Columns of the frames that :meth:`storage.base.Store.query_samples` returns (findings are not in frames)."""
 

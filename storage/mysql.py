@@ -34,6 +34,7 @@ from pymysql.constants import SERVER_STATUS
 from storage import frames
 from storage.auditcopy import placement
 from storage.base import Batch
+from storage.catalog import METRICS, Metric
 from storage.config import StorageConfig
 from storage.errors import StorageConfigError, StorageError
 from storage.frames import FrameSpec
@@ -81,7 +82,13 @@ def _select(table: str, columns: Sequence[str]) -> str:
 
 
 _SQL_KIND: dict[str, SqlKind] = {"float": "float", "int": "int", "str": "str", "opt_str": "opt_str"}
-_SAMPLE_INSERT = _insert("metrics", frames.SAMPLES, cpu_count="opt_int", details="opt_str")
+_OPTIONAL_INTS: dict[str, SqlKind] = {m.name: "opt_int" for m in METRICS if m.integer and m.nullable}
+_SAMPLE_INSERT = _insert(
+    "metrics",
+    frames.SAMPLES,
+    **_OPTIONAL_INTS,
+    details="opt_str",
+)
 _ALERT_INSERT = _insert("alerts", frames.ALERTS)
 _STATUS_INSERT = _insert("agent_status", frames.STATUSES)
 _AUDIT_COLUMNS = ("agent", "copy_id", "seq", "hash", "prev", "time", "line", "copy_started")
@@ -113,10 +120,29 @@ def sample_params(sample: Sample) -> tuple[Any, ...]:
     return (*_sample_values(sample), details)
 
 
+_METRIC_COLUMNS_MARK = "-- METRIC COLUMNS:"
+
+
+def column_definition(metric: Metric) -> str:
+    """The ``metrics`` table's column of ``metric`` (storage.catalog)."""
+    kind = "DOUBLE"
+    if metric.integer:
+        kind = "BIGINT UNSIGNED" if metric.ge is not None and metric.ge >= 0 else "BIGINT"
+    null = "NULL" if metric.nullable else "NOT NULL"
+    default = "" if metric.default is None else f" DEFAULT {metric.default:g}"
+    return f"`{metric.name}` {kind} {null}{default}"
+
+
 def schema_statements() -> list[str]:
-    """The statements of ``schema.sql``, comments removed."""
+    """The statements of ``schema.sql`` with the metric columns of storage.catalog, comments removed."""
     text = importlib.resources.files("storage").joinpath("schema.sql").read_text(encoding="utf-8")
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(_METRIC_COLUMNS_MARK):
+            lines.extend(f"    {column_definition(metric)}," for metric in METRICS)
+        elif not line.lstrip().startswith("--"):
+            lines.append(line)
+    body = "\n".join(lines)
     return [statement.strip() for statement in body.split(";\n") if statement.strip().rstrip(";")]
 
 
@@ -215,6 +241,20 @@ class MySQLStore:
             self._apply_schema(conn)  # every statement is idempotent: an older schema is brought up to date
         if version is not None:
             self._nullable_ssh_failures(conn)
+            self._add_metric_columns(conn)
+
+    def _add_metric_columns(self, conn: pymysql.connections.Connection[Any]) -> None:
+        """A table made before a metric was declared gets its column (older rows: NULL, or its default)."""
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_NAME = 'metrics'"
+            )
+            present = {str(row[0]) for row in cursor.fetchall()}
+            for metric in METRICS:
+                if metric.name not in present:
+                    cursor.execute(f"ALTER TABLE `metrics` ADD COLUMN {column_definition(metric)}")
+                    log.info("metrics.%s added to %s (a newly declared metric)", metric.name, self.where)
 
     def _nullable_ssh_failures(self, conn: pymysql.connections.Connection[Any]) -> None:
         """Tables made before ``ssh_failures`` could be null (not monitored) get the column relaxed, once."""

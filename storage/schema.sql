@@ -15,22 +15,10 @@ CREATE TABLE IF NOT EXISTS `schema_version` (
 CREATE TABLE IF NOT EXISTS `metrics` (
     `agent` VARCHAR(64) NOT NULL,
     `timestamp` DOUBLE NOT NULL,
-    `cpu_usage` DOUBLE NULL,
-    `cpu_temperature` DOUBLE NULL,
-    `load_1` DOUBLE NULL,
-    `load_5` DOUBLE NULL,
-    `load_15` DOUBLE NULL,
-    `memory_usage` DOUBLE NULL,
-    `disk_usage` DOUBLE NULL,
-    `security_issues` BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    -- METRIC COLUMNS: one per numeric metric of storage/catalog.py, in its order, written in here by
+    -- storage.mysql.schema_statements (and added to an older table by the store when missing)
     `threat_level` ENUM('none', 'low', 'medium', 'high') NOT NULL DEFAULT 'none',
     `temperature_reason` VARCHAR(256) NULL,
-    `temperature_high` DOUBLE NULL,
-    `temperature_critical` DOUBLE NULL,
-    `swap_usage` DOUBLE NULL,
-    `cpu_count` BIGINT UNSIGNED NULL,
-    `ssh_failures` BIGINT UNSIGNED NULL DEFAULT 0,
-    `security_age` DOUBLE NULL,
     `details` LONGTEXT NULL CHECK (`details` IS NULL OR JSON_VALID(`details`)),
     PRIMARY KEY (`agent`, `timestamp`),
     KEY `ix_metrics_time` (`timestamp`)
