@@ -115,7 +115,7 @@ def collector_config(out: Path, collector: str, agents: Sequence[dict[str, Any]]
             "rotation": {"max_size": "10MB", "backup_count": 5},
         },
         "spool_dir": str(data / "spool"),
-        "thresholds": {"cpu_usage": 80, "system_load": 2.0, "memory_usage": 85, "disk_usage": 90},
+        # no "thresholds": the collector's defaults apply (storage/catalog.py, README's table)
     }
 
 

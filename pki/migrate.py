@@ -21,6 +21,7 @@ from pki.errors import PKIError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 COLLECTOR_KEPT = ("poll_interval", "timeout", "max_workers", "log_level", "log_file")
+# the predecessor's threshold keys (its README): a fixed, historical set, kept under the same names
 THRESHOLDS_KEPT = ("cpu_usage", "cpu_temperature", "system_load", "memory_usage", "disk_usage")
 STORAGE_KEPT = (
     "type",

@@ -34,13 +34,13 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from secure_collector.config import Thresholds
+from storage.catalog import Metric, with_thresholds
 from storage.escape import escape
 from storage.models import AgentState, Alert, Finding, Sample, Severity
+from storage.thresholds import DEFAULT_TEMPERATURE, TEMPERATURE_CRITICAL_MARGIN, Thresholds
 
-DEFAULT_TEMPERATURE = 70.0
-"""The predecessor's default, used when neither the config nor the hardware gives a limit."""
-TEMPERATURE_CRITICAL_MARGIN = 15.0
+LEVELS = with_thresholds()
+"""The metrics compared with a threshold (storage.catalog), in the catalog's order."""
 MAX_MESSAGE = 512
 IMPOSTOR_TECHNIQUE = "T1557"
 INDICATOR_REMOVAL_TECHNIQUE = "T1070"
@@ -139,33 +139,38 @@ class AlertEngine:
         t = self._thresholds
         active = self._active.setdefault(sample.agent, {})
         alerts: list[Alert] = []
-        for metric, value, threshold in (
-            ("cpu_usage", sample.cpu_usage, t.cpu_usage),
-            ("memory_usage", sample.memory_usage, t.memory_usage),
-            ("disk_usage", sample.disk_usage, t.disk_usage),
-        ):
-            critical = threshold + (100.0 - threshold) / 2
-            self._level(alerts, active, sample, metric, value, threshold, critical, unit="%")
-        self._level(alerts, active, sample, "system_load", sample.load_1, t.system_load, 2 * t.system_load, unit="")
-        temperature = t.cpu_temperature
-        if temperature is None:
-            temperature = sample.temperature_high if sample.temperature_high is not None else DEFAULT_TEMPERATURE
-        critical_temperature = sample.temperature_critical
-        if critical_temperature is None or critical_temperature <= temperature:
-            critical_temperature = temperature + TEMPERATURE_CRITICAL_MARGIN
-        self._level(
-            alerts,
-            active,
-            sample,
-            "cpu_temperature",
-            sample.cpu_temperature,
-            temperature,
-            critical_temperature,
-            unit=" C",
-        )
+        for metric in LEVELS:
+            value = getattr(sample, metric.name)
+            if metric.threshold is None or value is None:
+                continue
+            limits = self._limits(metric, t.limit(metric), sample)
+            if limits is None:
+                continue
+            threshold, critical = limits
+            unit = " C" if metric.unit == "°C" else metric.unit
+            self._level(alerts, active, sample, metric.threshold.key, value, threshold, critical, unit=unit)
         self._threat(alerts, active, sample)
         self._findings(alerts, active, sample)
         return alerts
+
+    @staticmethod
+    def _limits(metric: Metric, configured: float | None, sample: Sample) -> tuple[float, float] | None:
+        """The warning and critical levels of ``metric`` for ``sample`` (storage.catalog's rule)."""
+        assert metric.threshold is not None  # noqa: S101 - LEVELS holds only metrics with a threshold
+        rule = metric.threshold.critical
+        if rule == "hardware":  # temperature: the configured limit, else the hardware's own
+            threshold = configured
+            if threshold is None:
+                threshold = sample.temperature_high if sample.temperature_high is not None else DEFAULT_TEMPERATURE
+            critical = sample.temperature_critical
+            if critical is None or critical <= threshold:
+                critical = threshold + TEMPERATURE_CRITICAL_MARGIN
+            return threshold, critical
+        if configured is None:
+            return None  # no threshold configured and none by default: never alerted
+        if rule == "double" or metric.le is None:
+            return configured, 2 * configured
+        return configured, configured + (metric.le - configured) / 2
 
     def _level(
         self,

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Collection
 from pathlib import Path
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pki.files import PRIVATE_MODE, write_atomic
 from secure_collector.alerts import AlertEngine, FiringState
 from secure_collector.spool import fsync_dir
+from storage.catalog import with_thresholds
 from storage.models import AGENT_NAME_PATTERN, Severity
 
 logger = logging.getLogger(__name__)
@@ -44,13 +46,11 @@ MAX_BYTES = 64 * 1024 * 1024
 """About 800,000 firing metrics; a bigger state is not written (it fires again after a restart instead)."""
 MAX_METRICS = 1024
 """Per agent: 5 levels, the threat level, the agent's state and at most 256 findings per answer, with room."""
-_METRIC_PATTERN = (
-    r"^(cpu_usage|cpu_temperature|system_load|memory_usage|disk_usage|threat_level|agent_state"
-    r"|security\.[a-z][a-z0-9_]{0,39}\.[0-9a-f]{10})$"
-)
+_LEVEL_NAMES = "|".join(re.escape(m.threshold.key) for m in with_thresholds() if m.threshold is not None)
+METRIC_PATTERN = rf"^({_LEVEL_NAMES}|threat_level|agent_state|security\.[a-z][a-z0-9_]{{0,39}}\.[0-9a-f]{{10}})$"
 
 AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME_PATTERN)]
-MetricName = Annotated[str, StringConstraints(max_length=64, pattern=_METRIC_PATTERN)]
+MetricName = Annotated[str, StringConstraints(max_length=64, pattern=METRIC_PATTERN)]
 
 
 class _StateFile(BaseModel):

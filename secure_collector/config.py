@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pki import tokens
 from secure_collector.listen import is_loopback, parse_listen
 from storage.config import StorageConfig
+from storage.thresholds import Thresholds as Thresholds  # the thresholds section: storage.catalog's
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 HOST_PATTERN = r"^[A-Za-z0-9:.\[\]-]{1,253}$"
@@ -35,18 +36,6 @@ class TLSConfig(_Section):
 class HMACConfig(_Section):
     key_id: str = Field(pattern=tokens.KEY_ID_PATTERN)  # the certificate's name, or NAME/label (a rotation)
     key_file: Path
-
-
-class Thresholds(_Section):
-    cpu_usage: float = Field(default=80, ge=0, le=100)
-    # None: the agent's hardware "high" limit when it reports one, else 70 (the predecessor's default)
-    cpu_temperature: float | None = Field(default=None, ge=0, le=150)
-    system_load: float = Field(default=2.0, ge=0)
-    memory_usage: float = Field(default=85, ge=0, le=100)
-    disk_usage: float = Field(default=90, ge=0, le=100)
-    threat_level: Literal["low", "medium", "high"] = "medium"
-    # an alert clears only once the value is this fraction below its threshold (no flapping at the edge)
-    hysteresis: float = Field(default=0.05, ge=0, le=0.5)
 
 
 class AuditFetchConfig(_Section):

@@ -2,8 +2,8 @@
 
 The recording thread only drops each poll's outcome into a dict (:meth:`FleetView.observe`); a scrape turns
 that snapshot into series on the HTTP thread, so scrapes never wait for polling nor polling for scrapes.
-Every numeric field of :class:`storage.models.Sample` becomes a gauge by itself: a new metric needs no
-change here. The encoding, content negotiation and compression are ``prometheus_client``'s; the listener
+Every metric of :mod:`storage.catalog` becomes a gauge by itself: a new metric needs no change here.
+The encoding, content negotiation and compression are ``prometheus_client``'s; the listener
 is ours, so that the endpoint gets the same TLS floor as the agents, a bounded number of connections and
 no per-request log lines.
 """
@@ -16,7 +16,6 @@ import socket
 import ssl
 import threading
 import time
-import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 
 from pki.tls import server_context
 from secure_collector.listen import ListenAddress, parse_listen
+from storage.catalog import METRICS
 from storage.models import AgentState, Sample, ThreatLevel
 
 logger = logging.getLogger(__name__)
@@ -46,20 +46,8 @@ STATES: tuple[str, ...] = typing.get_args(AgentState)
 LEVELS: tuple[str, ...] = typing.get_args(ThreatLevel)
 
 
-def _numeric(annotation: Any) -> bool:
-    """``int``, ``float``, or either of them or None (bool is not a gauge)."""
-    if annotation in (int, float):
-        return True
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return bool(args) and all(a in (int, float) for a in args)
-    return False
-
-
-GAUGE_FIELDS: tuple[str, ...] = tuple(
-    name for name, field in Sample.model_fields.items() if name != "timestamp" and _numeric(field.annotation)
-)
-"""Every numeric sample field, in the model's order: each is exported as ``secure_monitor_<field>{agent}``."""
+GAUGE_FIELDS: tuple[str, ...] = tuple(metric.name for metric in METRICS)
+"""Every numeric metric (storage.catalog), in its order: each is exported as ``secure_monitor_<name>{agent}``."""
 
 
 class Seen(NamedTuple):

@@ -19,10 +19,11 @@ clocks (``extra["clock_skew"]``, agent minus collector, seconds).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from storage.catalog import METRICS, Metric
 from storage.escape import escape
 from storage.models import AGENT_NAME_PATTERN, Finding, Sample
 
@@ -116,30 +117,67 @@ class SecuritySection(_Wire):
     findings: Annotated[list[FindingSection], Field(max_length=MAX_FINDINGS)] = []
 
 
-class MetricsAnswer(_Wire):
-    """One ``get_metrics()`` answer (docs/protocol.md)."""
+def _answer_field(metric: Metric) -> tuple[Any, Any]:
+    kind: Any = int if metric.integer else float
+    default = int(metric.default) if metric.integer and metric.default is not None else metric.default
+    return (kind | None if metric.nullable else kind), Field(default=default, ge=metric.ge, le=metric.le)
 
-    agent: Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]
-    timestamp: Annotated[float, Field(ge=0, le=1e11)]
-    version: Annotated[str, Field(pattern=VERSION)] = ""
-    cpu_usage: Percent | None = None
-    cpu_temperature: Celsius | None = None
-    load_1: Load | None = None
-    load_5: Load | None = None
-    load_15: Load | None = None
-    memory_usage: Percent | None = None
-    disk_usage: Percent | None = None
-    security_issues: Count = 0
-    threat_level: Level = "none"
-    temperature: TemperatureSection = TemperatureSection()
-    cpu: CPUSection = CPUSection()
-    load: LoadSection = LoadSection()
-    memory: MemorySection | None = MemorySection()  # None: memory unreadable or metrics.enable_memory off
-    disks: Annotated[list[DiskSection], Field(max_length=MAX_DISKS)] = []
-    security: SecuritySection = SecuritySection()
-    unavailable: Annotated[
-        dict[Annotated[str, Field(pattern=METRIC_KEY)], Text | None], Field(max_length=MAX_UNAVAILABLE)
-    ] = {}
+
+_SECTIONS: dict[str, Any] = {
+    "temperature": (TemperatureSection, TemperatureSection()),
+    "cpu": (CPUSection, CPUSection()),
+    "load": (LoadSection, LoadSection()),
+    "memory": (MemorySection | None, MemorySection()),  # None: memory unreadable or metrics.enable_memory off
+    "disks": (Annotated[list[DiskSection], Field(max_length=MAX_DISKS)], []),
+    "security": (SecuritySection, SecuritySection()),
+    "unavailable": (
+        Annotated[dict[Annotated[str, Field(pattern=METRIC_KEY)], Text | None], Field(max_length=MAX_UNAVAILABLE)],
+        {},
+    ),
+}
+
+
+def _answer_fields() -> dict[str, Any]:
+    """The answer's members: its identity, every top-level metric of storage.catalog, the detail sections."""
+    fields: dict[str, Any] = {
+        "agent": (Annotated[str, Field(pattern=AGENT_NAME_PATTERN)], ...),
+        "timestamp": (Annotated[float, Field(ge=0, le=1e11)], ...),
+        "version": (Annotated[str, Field(pattern=VERSION)], ""),
+    }
+    fields.update((m.name, _answer_field(m)) for m in METRICS if not m.source and m.contract)
+    fields["threat_level"] = (Level, "none")
+    fields.update(_SECTIONS)
+    fields.update((m.name, _answer_field(m)) for m in METRICS if not m.source and not m.contract)
+    return fields
+
+
+if TYPE_CHECKING:
+
+    class MetricsAnswer(_Wire):
+        """One ``get_metrics()`` answer (for type checkers: its metrics are read as ``Any``)."""
+
+        agent: str
+        timestamp: float
+        version: str = ""
+        threat_level: Level = "none"
+        temperature: TemperatureSection = TemperatureSection()
+        cpu: CPUSection = CPUSection()
+        load: LoadSection = LoadSection()
+        memory: MemorySection | None = MemorySection()
+        disks: list[DiskSection] = []
+        security: SecuritySection = SecuritySection()
+        unavailable: dict[str, str | None] = {}
+
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    MetricsAnswer = create_model(
+        "MetricsAnswer",
+        __base__=_Wire,
+        __module__=__name__,
+        __doc__="One ``get_metrics()`` answer (docs/protocol.md); its metrics are storage.catalog's.",
+        **_answer_fields(),
+    )
 
 
 class AnswerInvalid(ValueError):
@@ -183,6 +221,16 @@ def _finding(section: FindingSection) -> Finding:
     return finding
 
 
+def _pick(answer: MetricsAnswer, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in a validated answer (None where a section is missing)."""
+    value: Any = answer
+    for name in path:
+        if value is None:
+            return None
+        value = getattr(value, name)
+    return value
+
+
 def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
     """The stored sample of a valid answer, stamped with the collector's ``timestamp``."""
     findings = tuple(_finding(f) for f in answer.security.findings)
@@ -198,28 +246,16 @@ def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
     if answer.unavailable:
         extra["unavailable"] = sorted(answer.unavailable)
     reason = answer.temperature.reason
-    values = {
+    values: dict[str, Any] = {
         "agent": answer.agent,
         "timestamp": timestamp,
-        "cpu_usage": answer.cpu_usage,
-        "cpu_temperature": answer.cpu_temperature,
-        "load_1": answer.load_1,
-        "load_5": answer.load_5,
-        "load_15": answer.load_15,
-        "memory_usage": answer.memory_usage,
-        "disk_usage": answer.disk_usage,
-        "security_issues": answer.security_issues,
         "threat_level": answer.threat_level,
         "temperature_reason": None if reason is None else reason[:MAX_REASON],
-        "temperature_high": answer.temperature.high,
-        "temperature_critical": answer.temperature.critical,
-        "swap_usage": answer.memory.swap_percent if answer.memory is not None else None,
-        "cpu_count": answer.cpu.count,
-        "ssh_failures": answer.security.ssh_failures,
-        "security_age": answer.security.age,
         "findings": findings,
         "extra": extra,
     }
+    for metric in METRICS:
+        values[metric.name] = _pick(answer, metric.path)
     # Every field went through MetricsAnswer's ranges, which are those of Sample or narrower (tests check
     # that the two models agree); Sample's own validator, in pydantic-core, still costs less than
     # model_construct's Python loop, so the stored record is checked once more, for free.

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from storage.base import Store
+from storage.catalog import with_thresholds
 from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
 from viz.dashboard import render_index
 from viz.errors import NoDataError
@@ -92,13 +93,14 @@ def dashboard_cost(samples: int) -> float:
 
 def table_limits(thresholds: PlotThresholds) -> dict[str, float]:
     """The thresholds the agents table marks breaches against (those the plots draw)."""
-    return {
-        "cpu_usage": thresholds.cpu_usage,
-        "memory_usage": thresholds.memory_usage,
-        "disk_usage": thresholds.disk_usage,
-        "load_1": thresholds.system_load,
-        "cpu_temperature": thresholds.cpu_temperature or DEFAULT_TEMPERATURE_THRESHOLD,
-    }
+    limits: dict[str, float] = {}
+    for metric in with_thresholds():
+        limit = thresholds.limit(metric)
+        if metric.name == "cpu_temperature" and limit is None:
+            limit = DEFAULT_TEMPERATURE_THRESHOLD  # the agents' own limits differ: the table marks the default
+        if limit is not None and metric.column is not None:
+            limits[metric.name] = limit
+    return limits
 
 
 def dashboard(store: Store, request: Request, prepared: Prepared, thresholds: PlotThresholds) -> bytes:

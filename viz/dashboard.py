@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
 
+from storage.catalog import columns
 from viz.plots import PlotSpec
 from viz.series import Window
 from viz.summary import AgentRow, OpenAlert
@@ -103,23 +104,17 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
 
 
-# (reading, column heading, format): the latest-readings columns of the table, in order
-COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("cpu_usage", "CPU", "{:.0f} %"),
-    ("memory_usage", "Memory", "{:.0f} %"),
-    ("swap_usage", "Swap", "{:.0f} %"),
-    ("disk_usage", "Disk", "{:.0f} %"),
-    ("load_1", "Load 1 min", "{:.2f}"),
-    ("cpu_temperature", "Temp.", "{:.0f} °C"),
-    ("ssh_failures", "SSH failures", "{:.0f}"),
+# (reading, column heading, format): the latest-readings columns of the table, in order (storage.catalog)
+COLUMNS: tuple[tuple[str, str, str], ...] = tuple(
+    (metric.name, metric.column.heading, metric.column.format) for metric in columns() if metric.column is not None
 )
-MISSING = {"ssh_failures": "not monitored", "cpu_temperature": "no sensor"}
+MISSING = {metric.name: metric.column.missing for metric in columns() if metric.column is not None}
 
 
 def _reading_cell(row: AgentRow, name: str, shape: str, limits: Mapping[str, float]) -> str:
     value = row.readings.get(name)
     if value is None:
-        text = MISSING.get(name, "–") if row.sampled_at is not None else ""
+        text = MISSING[name] if row.sampled_at is not None else ""
         return f'<td class="none">{escape(text)}</td>'
     over = name in row.breaches
     title = f' title="threshold {limits[name]:g}"' if over and name in limits else ""

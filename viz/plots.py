@@ -26,6 +26,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, ScalarFormatter
 
+from storage.catalog import METRICS, Metric, by_name
 from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
 from viz.series import (
     MAX_INDIVIDUAL,
@@ -219,17 +220,30 @@ def _threshold(ax: Axes, value: float, label: str) -> None:
     ax.axhline(value, color="#d32f2f", ls="--", lw=1.2, label=label)
 
 
-def _percent_plot(
-    column: str, title: str, what: str, limit: Callable[[PlotThresholds], float] | None
-) -> Callable[[AxesFor, PlotInput], None]:
+def _what(metric: Metric) -> str:
+    """``disk usage`` for "Disk usage (fullest mounted disk)"; acronyms keep their case ("CPU usage")."""
+    words = metric.title.split(" (")[0]
+    return words if words[:2].isupper() else words[:1].lower() + words[1:]
+
+
+def metric_plot(metric: Metric) -> Callable[[AxesFor, PlotInput], None]:
+    """One panel of ``metric`` over time, with its threshold when it has one (storage.catalog)."""
+    what = _what(metric)
+
     def draw(axes_for: AxesFor, data: PlotInput) -> None:
-        (ax,) = _setup(axes_for, title, data, 1)
-        series = reduce_metric(data.prepared, column)
+        (ax,) = _setup(axes_for, metric.title, data, 1)
+        series = reduce_metric(data.prepared, metric.name, "max" if metric.sums else "mean")
         _draw_series(ax, series, what, data.prepared.names)
-        if limit is not None:  # swap has no threshold of its own
-            _threshold(ax, limit(data.thresholds), f"threshold {limit(data.thresholds):g} %")
-        ax.set_ylim(0, 105)
-        ax.set_ylabel(f"{what} (%)")
+        limit = data.thresholds.limit(metric)
+        if limit is not None:
+            _threshold(ax, limit, f"threshold {limit:g}{' %' if metric.unit == '%' else metric.unit}")
+        if metric.unit == "%":
+            ax.set_ylim(0, 105)
+        elif metric.ge is not None and metric.ge >= 0:
+            ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"{what} ({metric.unit})" if metric.unit else what)
+        if metric.integer:
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         _legend(ax, _legend_title(series))
 
     return draw
@@ -241,8 +255,9 @@ def _legend_title(series: Series) -> str | None:
 
 def temperature_threshold(samples: pd.DataFrame, thresholds: PlotThresholds) -> tuple[float, str]:
     """The line to draw: configured, else the agents' own "high" limit (median), else the default."""
-    if thresholds.cpu_temperature is not None:
-        return thresholds.cpu_temperature, "configured"
+    configured = thresholds.limit(by_name()["cpu_temperature"])
+    if configured is not None:
+        return configured, "configured"
     highs = pd.to_numeric(samples["temperature_high"], errors="coerce").dropna()
     if len(highs):
         return float(highs.median()), "sensor high limit"
@@ -298,7 +313,7 @@ def draw_temperature(axes_for: AxesFor, data: PlotInput) -> None:
 
 
 def draw_load(axes_for: AxesFor, data: PlotInput) -> None:
-    limit = data.thresholds.system_load
+    limit = data.thresholds.limit(by_name()["load_1"]) or 0.0
     if len(data.prepared.names) == 1:
         _draw_one_agent_load(axes_for, data, limit)
         return
@@ -371,20 +386,19 @@ def draw_security(axes_for: AxesFor, data: PlotInput) -> None:
                       f"(no auth log or journal readable): {named}{more}")
 
 
-PLOTS: dict[str, PlotSpec] = {
-    spec.name: spec
-    for spec in (
-        PlotSpec("temperature", "CPU temperature", WIDE, draw_temperature),
-        PlotSpec("cpu", "CPU usage", WIDE,
-                 _percent_plot("cpu_usage", "CPU usage", "CPU usage", lambda t: t.cpu_usage)),
-        PlotSpec("load", "System load (1, 5, 15 min)", TALL, draw_load, 2.0),
-        PlotSpec("memory", "Memory usage", WIDE,
-                 _percent_plot("memory_usage", "Memory usage", "memory usage", lambda t: t.memory_usage)),
-        PlotSpec("swap", "Swap usage", WIDE, _percent_plot("swap_usage", "Swap usage", "swap usage", None)),
-        PlotSpec("disk", "Disk usage (fullest disk)", WIDE,
-                 _percent_plot("disk_usage", "Disk usage (fullest mounted disk)", "disk usage",
-                               lambda t: t.disk_usage)),
-        PlotSpec("security", "Security: threat level, issues, SSH failures", TALL, draw_security, 2.2),
-    )
-}
+def _plots() -> list[PlotSpec]:
+    """The catalog's order; temperature, load and security are drawn by their own functions above."""
+    plots: list[PlotSpec] = []
+    for metric in METRICS:
+        if metric.name == "cpu_temperature":
+            plots.append(PlotSpec("temperature", "CPU temperature", WIDE, draw_temperature))
+        elif metric.name == "load_1":
+            plots.append(PlotSpec("load", "System load (1, 5, 15 min)", TALL, draw_load, 2.0))
+        elif metric.plot is not None:
+            plots.append(PlotSpec(metric.plot.name, metric.plot.title, WIDE, metric_plot(metric)))
+    plots.append(PlotSpec("security", "Security: threat level, issues, SSH failures", TALL, draw_security, 2.2))
+    return plots
+
+
+PLOTS: dict[str, PlotSpec] = {spec.name: spec for spec in _plots()}
 """Every plot, in the order of the dashboard; the key is the ``--plot`` choice and the PNG's stem."""

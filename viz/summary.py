@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from storage.catalog import columns
 from viz.series import THREAT_LEVELS, Prepared
 
 UNKNOWN = "unknown"
@@ -37,7 +38,7 @@ class OpenAlert(NamedTuple):
     message: str
 
 
-READINGS = ("cpu_usage", "memory_usage", "swap_usage", "disk_usage", "load_1", "cpu_temperature", "ssh_failures")
+READINGS = tuple(metric.name for metric in columns())
 """The latest readings the table shows, in its column order."""
 
 
