@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 from secure_agent import __version__, xmlwire
 from secure_agent.config import AgentConfig
+from secure_agent.probes import registry
 from secure_agent.probes._text import INT32_MAX
 from secure_agent.probes.cpu import CpuReading, CpuSampler
 from secure_agent.probes.disk import DiskReading, fullest, read_disks
@@ -64,6 +65,7 @@ class _Slow(NamedTuple):
     read_at: float
     temperature_xml: Fragment  # the wire struct of each, rendered once (snapshot_response splices them)
     disks_xml: Fragment
+    numbers: tuple[tuple[str, float | int | str], ...] = ()  # registered probes: a number or why not
 
 
 def _temperature_struct(temperature: TemperatureReading) -> dict[str, Any]:
@@ -122,6 +124,15 @@ class MetricsService:
         self._stop = threading.Event()
         self._scanned = threading.Event()
         self._logged_unavailable: dict[str, str] = {}
+        self._probes: dict[str, registry.Probe] = {}
+        self._metric_names: tuple[str, ...] = METRICS
+        probes = registry.registered()  # plain numeric metrics (secure_agent.probes.registry)
+        taken = sorted(set(probes) & set(self._fallback()))
+        if taken:
+            raise ValueError(f"a registered probe takes a member the answer has already: {', '.join(taken)}")
+        self._probes = probes
+        self._roots = registry.Roots(proc_root, sys_root)
+        self._metric_names = (*METRICS, *probes)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -190,8 +201,16 @@ class MetricsService:
         except Exception:  # a probe bug must not kill the thread: logged with its traceback
             logger.exception("reading temperature/disks failed")
             return
+        numbers = tuple((name, self._read_number(name, probe)) for name, probe in self._probes.items())
         with self._lock:
-            self._slow = _Slow(temperature, disks, self._clock(), temperature_xml, disks_xml)
+            self._slow = _Slow(temperature, disks, self._clock(), temperature_xml, disks_xml, numbers)
+
+    def _read_number(self, name: str, probe: registry.Probe) -> float | int | str:
+        try:
+            return registry.wire_value(probe(self._roots))
+        except Exception:  # a probe bug must not kill the thread: logged with its traceback
+            logger.exception("reading %s failed", name)
+            return INTERNAL_ERROR
 
     def _refresh_security(self) -> None:
         if not self._config.metrics.enable_security:
@@ -238,7 +257,7 @@ class MetricsService:
         except Exception:  # as in snapshot()
             logger.exception("building the info struct failed")
             unavailable = _Unavailable()
-            for metric in METRICS:
+            for metric in self._metric_names:
                 unavailable.add(metric, INTERNAL_ERROR)
         lasting = {m: r for m, r in unavailable.reasons.items() if m not in unavailable.transient}
         return {
@@ -246,7 +265,7 @@ class MetricsService:
             "version": __version__,
             "platform": self._platform,
             "python": platform_module.python_version(),
-            "metrics": {metric: metric not in lasting for metric in METRICS},
+            "metrics": {metric: metric not in lasting for metric in self._metric_names},
             "unavailable": lasting,
         }
 
@@ -280,6 +299,14 @@ class MetricsService:
             unavailable.add("cpu_temperature", temperature.reason, transient=slow is None)
         if isinstance(disks, str):
             unavailable.add("disk_usage", disks, transient=slow is None)
+        numbers: dict[str, float | int | None] = dict.fromkeys(self._probes)
+        for name, number in slow.numbers if slow is not None else ():
+            numbers[name] = None if isinstance(number, str) else number
+            if isinstance(number, str):
+                unavailable.add(name, number)
+        if slow is None:
+            for name in self._probes:
+                unavailable.add(name, NOT_YET, transient=True)
         security_struct = self._security_struct(security, scan_error, now, unavailable, findings_xml)
         temperature_struct: dict[str, Any] | Fragment
         disks_struct: list[dict[str, Any]] | Fragment
@@ -311,6 +338,7 @@ class MetricsService:
             "disks": disks_struct,
             "security": security_struct,
             "unavailable": dict(unavailable.reasons),
+            **numbers,
         }
         self._log_unavailable(unavailable)
         return struct, unavailable
@@ -359,7 +387,8 @@ class MetricsService:
             "cpu": {"percent": None, "per_core": [], "count": os.cpu_count() or 1},
             "load": {"load_1": None, "load_5": None, "load_15": None, "per_core_1": None},
             "memory": None, "disks": [], "security": _no_security(),
-            "unavailable": dict.fromkeys(METRICS, INTERNAL_ERROR),
+            "unavailable": dict.fromkeys(self._metric_names, INTERNAL_ERROR),
+            **dict.fromkeys(self._probes),
         }
 
     def _log_unavailable(self, unavailable: _Unavailable) -> None:
