@@ -7,17 +7,14 @@ Reads only the ``storage`` section of the collector's JSON configuration. Exit s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
+import jsonconfig
 from storage import __version__
 from storage.config import StorageConfig
-from storage.configerrors import describe_errors
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 
 PROG = "python -m storage"
@@ -25,23 +22,8 @@ PROG = "python -m storage"
 
 def load_storage_config(path: Path) -> StorageConfig:
     """The validated ``storage`` section of the JSON file at ``path``. Raises StorageConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise StorageConfigError(f"{path}: cannot read: {reason}") from exc
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise StorageConfigError(f"{path}: not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise StorageConfigError(f"{path}: the configuration must be a JSON object")
-    section = document.get("storage", {})
-    try:
-        return StorageConfig.model_validate(section)
-    except ValidationError as exc:
-        lines = describe_errors(exc, StorageConfig, "storage")
-        raise StorageConfigError("\n".join(f"{path}: {line}" for line in lines)) from exc
+    document = jsonconfig.read_object(path, StorageConfigError)
+    return jsonconfig.validate(path, document.get("storage", {}), StorageConfig, StorageConfigError, "storage")
 
 
 def _init_db(config_path: Path) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from pki.configerrors import describe_errors
+from jsonconfig import describe_errors
 from secure_agent.config import AgentConfig
 from secure_collector.config import CollectorConfig
 from tests.plugins.agent import agent_config_data
@@ -127,6 +127,12 @@ def test_an_unknown_key_far_from_any_known_one_gets_no_guess(model: type[AgentCo
     assert not any("did you mean" in line for line in lines if line.startswith("zzzzzz"))
 
 
-def test_the_storage_copy_of_the_wording_is_the_pki_one() -> None:
-    # viz and `python -m storage` may not import pki; they use a copy that must not drift
-    assert (ROOT / "storage" / "configerrors.py").read_bytes() == (ROOT / "pki" / "configerrors.py").read_bytes()
+def test_every_program_reads_its_configuration_through_one_loader() -> None:
+    # the loader and its wording exist once (jsonconfig); no package keeps a copy of them
+    copies = [
+        path.relative_to(ROOT)
+        for package in ("pki", "secure_agent", "secure_collector", "storage", "viz", "secure_audit")
+        for path in (ROOT / package).rglob("*.py")
+        if "json.loads(raw)" in path.read_text() or "def describe_errors" in path.read_text()
+    ]
+    assert copies == []

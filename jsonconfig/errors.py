@@ -4,9 +4,6 @@ pydantic reports all problems of a document at once; this turns its list into li
 ``security.rate_limit.burst: must be at least 1`` or ``securty: unknown key (did you mean 'security'?)``.
 Its own wording ("Field required", "Value error, ...") and the input values never appear: a value may
 be a password. A union (``str | int``) reports once per member; those reports are merged into one line.
-
-viz and ``python -m storage`` may not import :mod:`pki` (the import rules), so ``storage/configerrors.py``
-is a byte-for-byte copy of this file for them; a test keeps the two identical.
 """
 
 from __future__ import annotations
