@@ -147,7 +147,7 @@ class Revocations(NamedTuple):
     """What a CRL of our CA revokes, for a server that checks the peer itself right after the handshake.
 
     OpenSSL's own CRL check (``server_context(crl=...)``) verifies the CRL's signature again in every
-    handshake: ~0.15-0.2 ms of each new connection's CPU. The agent loads the CRL once with
+    handshake (a measurable share of a new connection's CPU: docs/benchmarks.md). The agent loads the CRL once with
     :func:`load_revocations` instead (the same checks: our CA's signature, nextUpdate) and asks
     :meth:`refusal` for each connection before it reads a request byte. Our CA issues leaves only
     (pathlen 0), so the leaf is all there is to check, as with ``VERIFY_CRL_CHECK_LEAF``.

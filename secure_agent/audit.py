@@ -1,53 +1,15 @@
 """The hash-chained audit log: one JSON line per security event, each sealing the one before.
 
-Record format
-    A record is a JSON object whose values are strings, integers, floats, booleans or null. Every
-    record has ``time`` (UTC, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), ``event``, ``outcome``, ``agent``,
-    ``seq`` (0, 1, 2 ... within one file), ``prev`` and ``hash``; the other fields are those of
-    :data:`~secure_agent.audit_record.FIELDS` that apply (peer address, certificate subject,
-    fingerprint and serial, method, request id, key id, reason, HTTP status ...). A ``call`` record
-    (a request whose token passed verification) also carries the token's ``ts`` (integer Unix
-    seconds) and ``nonce`` (32 hex digits): the agent reads them back at start to refuse replays across a restart
-    (:mod:`secure_agent.audit_replay`). The token's signature and the keys are never recorded.
-    Record times never decrease from one record to the next (the clock is read under the lock that
-    orders the writes) unless the system clock is stepped back.
+:class:`AuditLog` writes records (format and chain: :mod:`pki.auditchain`), rotates by size without
+dropping what no collector has fetched yet, and syncs on a bounded delay. Two decisions are not obvious:
 
-Format and chain
-    Canonical JSON, SHA-256 over each record without its ``hash``, ``prev`` linking to the record
-    before: :mod:`pki.auditchain`, shared with the collector (which checks every record it copies)
-    and ``secure-audit verify``. Truncating the *tail* is not detectable from the file alone: the
-    collector's copy (``get_audit``, :mod:`secure_agent.audit_reader`) is what shows it.
+- a write that fails (a full disk) is undone to the last whole record and the log refuses until a timer's
+  retry works, so the agent answers 503 rather than serve a call it cannot account for, and recovers with
+  no signal or restart;
+- records are the durable replay cache: a ``call`` record carries its token's ``ts`` and ``nonce``, read
+  back at start (:mod:`secure_agent.audit_replay`).
 
-Rotation
-    A new segment's first record carries ``prev`` = the last hash of the segment before, so
-    ``verify_lines(segment, prev=last_hash_of_previous_segment)`` checks a chain across files.
-    :meth:`AuditLog.reopen` opens a (new) file at the configured path and keeps ``prev`` going.
-    Given a :class:`~secure_agent.audit_rotation.RotationPolicy`, the log rotates itself by size
-    between two records (:mod:`secure_agent.audit_rotation`), keeping every segment that holds a record
-    no collector has fetched yet (:meth:`AuditLog.mark_collected`) up to the policy's ceiling. Every
-    segment that continues another starts with a ``rotate`` record, and a first open that finds an empty
-    live file next to ``audit.log.1`` continues that segment's chain instead of starting a new one.
-
-Durability (fsync policy)
-    Each record is one ``write(2)`` on an ``O_APPEND`` descriptor: it is in the kernel when the
-    call returns (a crash of the agent loses nothing, and threads never interleave lines).
-    ``fdatasync`` runs for start, stop and reload records, after any record when the last sync is
-    older than ``sync_interval`` (1 s by default), and from :meth:`sync_if_due`, which the server's
-    accept loop calls when :meth:`sync_due` says so: :data:`PENDING_SYNC_DELAY` (0.1 s) after the first
-    record still pending (the loop is woken through :meth:`set_waker` when it is written). A power loss
-    costs at most about 0.1 s of records, and with ``sync_interval`` 0 none that was answered. An idle
-    log is never synced (nor woken for). The agent reads the
-    nonces of accepted tokens back from these records at start (:mod:`secure_agent.audit_replay`):
-    a token whose record a power loss took, and dated after the next start, can be replayed once.
-
-Failures (a full disk)
-    A write or sync that fails is undone: the file is cut back to the end of the last whole record, so
-    no partial record is ever left behind, and the log is *broken*: :meth:`AuditLog.record` raises (the
-    agent answers 503) and counts what it could not write. A timer tries again (:data:`RETRY_FIRST`,
-    doubling to :data:`RETRY_MAX` seconds); once a write works, an ``audit_resumed`` record says how many
-    records could not be written, of which events, and between which times, and the log serves again:
-    no signal, no restart. A torn last line found at open (a power loss mid-write) is cut the same way
-    and a ``repair`` record says so, instead of refusing to start.
+docs/audit-log.md describes the record fields, rotation, the fsync policy and failure handling in full.
 """
 
 from __future__ import annotations

@@ -1,44 +1,12 @@
 """The audit log as the durable replay cache: the nonces of accepted tokens, read back at start.
 
-The replay cache of :class:`pki.tokens.Verifier` lives in memory, and the start floor (tokens dated
-before the agent's start are refused) does not cover a token dated *ahead* of the agent's clock (a
-collector clock running fast, within ``security.max_clock_skew``). So every ``call`` record, which is
-written for every request whose token passed verification and whose nonce entered the cache, and
-before that request is answered, carries the token's ``ts`` and ``nonce`` next to its ``key_id``
-(neither is secret: both travel in the ``Authorization`` header; the signature and the keys are never
-recorded). At start, :func:`recorded_tokens` reads them back, and the agent puts them into the cache.
-
-What is read
-    A token is accepted at agent time ``t`` only if ``|t - ts| <= window``, and after a start at
-    ``now`` only a token with ``ts >= now - window`` can be accepted again. Its record is written
-    after the check (its ``time`` is at least ``t``), and record times never decrease along the log
-    (they are taken under the writer's lock) unless the clock is stepped back. So the first record,
-    going backwards, whose time is before ``now - 2 * window`` ends the search: it and every record
-    before it hold only tokens that are stale now. The search runs from the newest record backwards
-    through the live segment, then ``audit.log.1``, ``.2`` ... as long as they are younger than that
-    (after a rotation the live segment may be), and it also ends at the first record of a chain
-    (``prev`` of 64 zeros). Only ``call`` records with ``ts >= now - window`` are returned.
-
-Bound
-    At most ``max_bytes`` (:data:`MAX_PRELOAD_BYTES`, 64 MiB: about 100,000 records of calls, as
-    many as the replay cache holds) are read, in blocks of 1 MiB, from at most ``backup_count + 1``
-    segments. Each line gets a byte search and a string comparison of its time; only ``call`` lines
-    holding a nonce are parsed as JSON. Measured: a full 64 MiB of recent records, half of them
-    calls, take about 0.8 s on a 2-core host (page cache warm). In normal operation the window
-    holds a few records per collector and a few KiB are read.
-
-What it cannot see
-    Records a power loss took before they reached the disk (at most about
-    ``server.audit_sync_interval``: see :mod:`secure_agent.audit`), and a log moved aside. Tokens
-    of those records dated before the agent's start are refused by the start floor
-    (:func:`secure_agent.lifecycle._token_floor`); one dated after it can be replayed once.
-
-Fail closed
-    If the search stops before it reaches a record older than the window (the byte cap is reached,
-    a segment on the way is missing, compressed, unreadable or holds a line no record of ours has),
-    the tokens of the records not read cannot be loaded. :meth:`Preload.floor` is then the token
-    floor that refuses every token those records could hold: their times are at most that of the
-    oldest record read, so their tokens' ``ts`` at most that plus ``window``.
+The verifier's replay cache lives in memory and the start floor does not cover a token dated *ahead* of
+the agent's clock, so every ``call`` record carries its token's ``ts`` and ``nonce`` and
+:func:`recorded_tokens` reads back those that could still be accepted. The search runs backwards from the
+newest record and stops at the first record too old to matter (record times never decrease along the log),
+within :data:`MAX_PRELOAD_BYTES`. It fails closed: when it cannot reach such a record (the byte cap, a
+missing or unreadable segment), :meth:`Preload.floor` refuses every token the unread records could hold.
+docs/audit-log.md gives the reasoning in full.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ displaces the oldest unfinished one of its address rather than being refused, so
 finish a handshake cannot keep a collector out). Each admitted connection is then handed to a worker
 thread of its own, where the TLS handshake and everything after it happen
 (:mod:`secure_agent.connection`); once its client is identified it moves to the established budget.
-A worker whose connection ended waits a while for the next one (:class:`Workers`): starting a thread
-cost ~0.13 ms of a new connection.
+A worker whose connection ended waits a while for the next one (:class:`Workers`), so a new connection
+does not pay for starting a thread.
 
 The methods are registered on this server's ``SimpleXMLRPCDispatcher`` (:mod:`secure_agent.dispatch`);
 the stdlib's HTTP request handler is not used: :mod:`secure_agent.httpframe` frames requests strictly.

@@ -6,7 +6,7 @@ Tables (``storage/schema.sql``, shipped with the package): ``metrics`` (one row 
 when they are missing; ``python -m storage init-db --config FILE`` does it explicitly.
 
 Writes are one transaction per :meth:`MySQLStore.write` (one per polling sweep), multi-row ``INSERT``s of
-``batch_size`` rows (literals built column by column, :mod:`storage.sqlvalues`, several times faster than
+``batch_size`` rows (literals built column by column, :mod:`storage.sqlvalues`, rather than by
 pymysql's per-value ``executemany``), ``ON DUPLICATE KEY UPDATE`` a no-op: a replayed record is stored
 once, and the first copy wins. A connection lost while idle (server restart) is re-opened and
 the call retried once; otherwise the call raises :class:`StorageUnavailable` and the next call connects

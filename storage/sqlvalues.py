@@ -1,7 +1,7 @@
 """Multi-row ``INSERT ... VALUES`` statements, their literals made column by column.
 
-pymysql's ``executemany`` escapes every value through a type dispatch in Python (about 1 µs a value);
-for 19 columns that is most of the time of a 1,000-row insert. Here each column's type is known from
+pymysql's ``executemany`` escapes every value through a type dispatch in Python, which for a sample's
+columns is most of the time of a 1,000-row insert (docs/benchmarks.md). Here each column's type is known from
 the model, so each column is turned into literals by one comprehension:
 
 * floats: ``repr(float(v))`` (the shortest string that reads back as the same double) with ``e0``

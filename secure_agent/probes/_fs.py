@@ -86,9 +86,9 @@ def _pread_whole(fd: int, limit: int) -> bytes:
 def read_kernel_text(path: str) -> str:
     """:func:`read_text` (up to :data:`LARGE_FILE`) for a file read on every call, such as /proc/stat.
 
-    A file of the real procfs is kept open and read again from its start with ``pread``: a third of
-    the cost of ``open``, ``read``, ``read``, ``close`` (~13 us less per ``get_metrics()`` call for
-    three files). Its content is generated anew by the kernel on each read, so nothing is stale.
+    A file of the real procfs is kept open and read again from its start with ``pread``, a fraction of
+    the cost of ``open``, ``read``, ``read``, ``close`` (docs/benchmarks.md). Its content is generated
+    anew by the kernel on each read, so nothing is stale.
     Anything else (a fixture tree, a FIFO planted in one) is read afresh each time, as
     :func:`read_text` does. At most :data:`MAX_KEPT` files stay open.
     """
