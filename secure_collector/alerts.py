@@ -4,14 +4,15 @@ A metric of an agent *fires* when its value crosses its threshold and *clears* o
 ``threshold * (1 - thresholds.hysteresis)``, so a value hovering at the edge does not flap. While firing, a
 move from ``warning`` to ``critical`` fires again (an escalation); nothing else repeats.
 
-Metrics and thresholds (names of the predecessor's ``thresholds.*``):
+Metrics and thresholds (names of the predecessor's ``thresholds.*``): every metric of
+:mod:`storage.catalog` that declares a threshold, with its rule for the critical level:
 
-- ``cpu_usage``, ``memory_usage``, ``disk_usage`` (percent): warning at the threshold, critical halfway
-  between it and 100;
-- ``cpu_temperature``: the configured threshold or, when unset, the hardware's own ``high`` limit that the
-  agent reports (70 C when it reports none); critical at the hardware's ``critical`` limit (threshold + 15 C
-  when unknown). A host without a sensor raises nothing;
-- ``system_load`` (the 1-minute load average): warning at the threshold, critical at twice it;
+- ``halfway`` (``cpu_usage``, ``memory_usage``, ``disk_usage``: percent): warning at the threshold,
+  critical halfway between it and the metric's upper bound;
+- ``double`` (``system_load``, the 1-minute load average): warning at the threshold, critical at twice it;
+- ``hardware`` (``cpu_temperature``): the configured threshold or, when unset, the hardware's own ``high``
+  limit that the agent reports (70 C when it reports none); critical at the hardware's ``critical`` limit
+  (threshold + 15 C when unknown). A host without a sensor raises nothing;
 - ``threat_level``: fires at ``thresholds.threat_level`` or above; severity follows the level;
 - each security finding, identified by what it is -- its kind and the cause's evidence (the executable's
   path, the SSH source address, the port and process), never the PID or the user, so that one binary run
