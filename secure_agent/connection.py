@@ -31,21 +31,19 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pki.errors import TokenError
 from pki.tls import PeerIdentity, peer_identity
 from pki.tokens import Token, key_belongs
 from pki.tokens import parse as parse_token
 from secure_agent import httpframe
+from secure_agent.context import Shared
 from secure_agent.dispatch import handle_call
 from secure_agent.errors import AuditError
 from secure_agent.guard import Policy, identity_refusal, still_admitted
 from secure_agent.httpframe import HTTPRefusal, Reader, ReadTimeout
 from secure_agent.refusals import source_of
-
-if TYPE_CHECKING:
-    from secure_agent.server import AgentServer
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +84,8 @@ def _handshake_reason(exc: OSError) -> str:
 
 
 class Connection:
-    def __init__(self, server: AgentServer, raw: socket.socket, client_address: Any) -> None:
-        self.server = server
+    def __init__(self, shared: Shared, raw: socket.socket, client_address: Any) -> None:
+        self.shared = shared
         self.peer = format_peer(client_address)
         self.host = str(client_address[0])
         self.idle = False
@@ -96,7 +94,7 @@ class Connection:
         self.displaced = False
         self._raw = raw
         self._sock: socket.socket = raw
-        self._policy = server.policy  # a reload since is judged at the next request (_judged_again)
+        self._policy = shared.policy  # a reload since is judged at the next request (_judged_again)
         self._identity: PeerIdentity | None = None
         self._der: bytes | None = None
         self._request_id: str | None = None
@@ -119,7 +117,7 @@ class Connection:
     def _audit(self, event: str, outcome: str, **fields: object) -> bool:
         """A record that is always written (a call): False when the log cannot take it."""
         try:
-            self.server.audit.record(event, outcome, **self._fields(fields))
+            self.shared.audit.record(event, outcome, **self._fields(fields))
         except AuditError as exc:
             logger.error("%s", exc)
             return False
@@ -129,7 +127,7 @@ class Connection:
         """A refusal's record, within the refusal budget: by certificate once known, else by network."""
         identity = self._identity
         source = identity.fingerprint if identity is not None else source_of(self.host)
-        self.server.refusals.refuse(source, event, reason, self._fields(fields))
+        self.shared.refusals.refuse(source, event, reason, self._fields(fields))
 
     # -- the connection ---------------------------------------------------------------------------
 
@@ -158,7 +156,7 @@ class Connection:
         self.cut()
 
     def run(self) -> None:
-        limits = self.server.limits
+        limits = self.shared.limits
         deadline = time.monotonic() + limits.handshake_timeout
         try:
             self._await_client_hello(deadline)
@@ -188,7 +186,7 @@ class Connection:
             self._refusal("identity_refused", refusal, status=403)
             self._answer_refused_head(reader, 403)
             return
-        if not self.server.slots.establish(self):  # this address's (or every) established slot is taken
+        if not self.shared.slots.establish(self):  # this address's (or every) established slot is taken
             self._refusal("connection_denied", "too_many_connections", status=503)
             self._answer_refused_head(reader, 503, {"Retry-After": "1"})
             return
@@ -211,23 +209,23 @@ class Connection:
     def _answer_refused_head(self, reader: Reader, status: int, headers: Mapping[str, str] | None = None) -> None:
         """Read the request head (so the client reads our answer) and refuse it."""
         try:
-            reader.read_head(time.monotonic() + self.server.limits.request_timeout)
+            reader.read_head(time.monotonic() + self.shared.limits.request_timeout)
         except (HTTPRefusal, ReadTimeout, EOFError, OSError):
             return
         self._send_refusal(status, headers)
 
     def _serve(self, reader: Reader) -> None:
-        limits = self.server.limits
+        limits = self.shared.limits
         wait = limits.request_timeout  # the first request must come promptly after the handshake
         for left in range(limits.max_requests_per_connection - 1, -1, -1):
-            if self.server.stopping:
+            if self.shared.stopping:
                 return
             self.idle = True
             started = reader.wait_for_request(time.monotonic() + wait)
             self.idle = False
-            if not started or self.server.stopping:
+            if not started or self.shared.stopping:
                 return
-            policy = self.server.policy
+            policy = self.shared.policy
             if policy is not self._policy and not self._judged_again(reader, policy):
                 return
             # the last request this connection may carry is answered with "Connection: close", so
@@ -238,7 +236,7 @@ class Connection:
 
     def _one_request(self, reader: Reader, deadline: float, *, last: bool = False) -> bool:
         """Handle one request; True to keep the connection for another."""
-        server = self.server
+        shared = self.shared
         self._request_id = secrets.token_hex(8)
         try:
             head = httpframe.parse_head(reader.read_head(deadline))
@@ -250,13 +248,13 @@ class Connection:
             self._refusal("bad_request", "incomplete_request")
             return False
         request_fields: dict[str, object] = {"http_method": head.method, "path": head.target}
-        if server.audit.broken is not None:
-            logger.error("refusing a request: the audit log is unusable (%s)", server.audit.broken)
+        if shared.audit.broken is not None:
+            logger.error("refusing a request: the audit log is unusable (%s)", shared.audit.broken)
             return self._refuse(503, "bad_request", "audit_unavailable", fields=request_fields)
         identity = self._identity
         if identity is None:  # run() sets it before any request; never serve without it
             return False
-        decision = server.limiter.take(identity.fingerprint)
+        decision = shared.limiter.take(identity.fingerprint)
         if not decision.allowed:
             headers = {"Retry-After": str(decision.retry_after)}
             return self._refuse(429, "rate_limited", "rate_limited", headers=headers, fields=request_fields)
@@ -266,7 +264,7 @@ class Connection:
             allow = {"Allow": "POST"}
             return self._refuse(405, "bad_request", "method_not_allowed", headers=allow, fields=request_fields)
         try:
-            length = httpframe.body_length(head, server.limits.max_body_bytes)
+            length = httpframe.body_length(head, shared.limits.max_body_bytes)
             body = reader.read_exact(length, deadline)
         except HTTPRefusal as refusal:
             return self._refuse(refusal.status, "bad_request", refusal.reason, fields=request_fields)
@@ -280,7 +278,7 @@ class Connection:
             token = parse_token(head.headers.get("authorization"))  # parsed once: checked, then recorded
             if not key_belongs(token.key_id, identity.common_name):  # another holder's key: refused unverified
                 raise TokenError("key_not_bound")
-            key_id = server.verifier.verify_parsed(token, body)
+            key_id = shared.verifier.verify_parsed(token, body)
         except TokenError as refused:
             # the key id the header claims (None if it did not parse), for the audit log
             fields = {**request_fields, "key_id": token.key_id if token is not None else None}
@@ -293,11 +291,11 @@ class Connection:
         # The nonce is in the replay cache now; the call record carries it (with ts) so that the
         # next start can load it again (secure_agent.audit_replay), and it is written before the answer.
         accepted = {"key_id": key_id, "ts": token.ts, "nonce": token.nonce}
-        outcome = handle_call(server, body)
+        outcome = handle_call(shared.methods, body)
         served = "served" if outcome.fault is None else "faulted"
         if not self._audit("call", served, method=outcome.method, reason=outcome.fault, status=200, **accepted):
             return self._refuse(503, "call", "audit_unavailable", fields={"method": outcome.method, **accepted})
-        keep_alive = head.keep_alive and not last and not server.stopping
+        keep_alive = head.keep_alive and not last and not shared.stopping
         data = httpframe.response(
             200, outcome.body, content_type=XML_TYPE, keep_alive=keep_alive, headers={"X-Request-Id": self._request_id}
         )

@@ -8,8 +8,8 @@ interoperability values); what went wrong inside goes to the log only.
 
 ``get_metrics`` is answered by :meth:`MetricsSource.snapshot_response`, which writes the XML-RPC
 response itself (the same document ``xmlrpc.client.dumps`` would write for ``snapshot()``, most of it
-rendered once per background scan): marshalling the ~9 KB struct on every call was the largest
-single cost of a call.
+rendered once per background scan): marshalling the whole struct on every call was the largest single
+cost of a call (docs/fast-paths.md).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class PreparedAnswer:
 
 
 def register_contract(dispatcher: SimpleXMLRPCDispatcher, metrics: MetricsSource, audit: AuditSource) -> None:
-    """Register the contract's methods, and only those, on ``dispatcher`` (our SimpleXMLRPCServer)."""
+    """Register the contract's methods, and only those, on ``dispatcher`` (the agent's method table)."""
     dispatcher.register_function(_ping, "ping")
     dispatcher.register_function(PreparedAnswer(metrics.snapshot, metrics.snapshot_response), "get_metrics")
     dispatcher.register_function(metrics.info, "get_info")
@@ -123,7 +123,7 @@ def handle_call(dispatcher: SimpleXMLRPCDispatcher, body: bytes) -> Outcome:
     try:
         if isinstance(function, PreparedAnswer):
             return Outcome(function.respond(), name, None)
-        result = dispatcher._dispatch(name, call.params)
+        result = function(*call.params)
         return Outcome(xmlwire.method_response(result), name, None)
     except ParamsError:
         return Outcome(fault_body("params"), name, "params")

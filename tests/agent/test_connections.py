@@ -11,7 +11,7 @@ import time
 import pytest
 
 from secure_agent.guard import address_allowed
-from secure_agent.server import MAX_IDLE_WORKERS
+from secure_agent.slots import MAX_IDLE_WORKERS
 from tests.agent import wire
 from tests.plugins.agent import RunningAgent, StartAgent, rpc_call
 from tests.plugins.pki import TestPKI

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from secure_agent.server import MAX_IDLE_WORKERS, Workers
+from secure_agent.slots import MAX_IDLE_WORKERS, Workers
 
 TIMEOUT = 5.0
 
