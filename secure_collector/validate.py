@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from storage.catalog import METRICS, Metric
+from storage.catalog import METRICS
 from storage.escape import escape
-from storage.models import AGENT_NAME_PATTERN, Finding, Sample
+from storage.models import AGENT_NAME_PATTERN, Finding, Sample, metric_field
 
 MAX_TEXT = 512
 MAX_FINDINGS = 256
@@ -117,12 +117,6 @@ class SecuritySection(_Wire):
     findings: Annotated[list[FindingSection], Field(max_length=MAX_FINDINGS)] = []
 
 
-def _answer_field(metric: Metric) -> tuple[Any, Any]:
-    kind: Any = int if metric.integer else float
-    default = int(metric.default) if metric.integer and metric.default is not None else metric.default
-    return (kind | None if metric.nullable else kind), Field(default=default, ge=metric.ge, le=metric.le)
-
-
 _SECTIONS: dict[str, Any] = {
     "temperature": (TemperatureSection, TemperatureSection()),
     "cpu": (CPUSection, CPUSection()),
@@ -144,10 +138,10 @@ def _answer_fields() -> dict[str, Any]:
         "timestamp": (Annotated[float, Field(ge=0, le=1e11)], ...),
         "version": (Annotated[str, Field(pattern=VERSION)], ""),
     }
-    fields.update((m.name, _answer_field(m)) for m in METRICS if not m.source and m.contract)
+    fields.update((m.name, metric_field(m)) for m in METRICS if not m.source and m.contract)
     fields["threat_level"] = (Level, "none")
     fields.update(_SECTIONS)
-    fields.update((m.name, _answer_field(m)) for m in METRICS if not m.source and not m.contract)
+    fields.update((m.name, metric_field(m)) for m in METRICS if not m.source and not m.contract)
     return fields
 
 

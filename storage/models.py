@@ -40,7 +40,8 @@ class Finding(_Record):
     evidence: dict[str, str | int | float | None] = Field(default_factory=dict)
 
 
-def _metric_field(metric: Metric) -> tuple[Any, Any]:
+def metric_field(metric: Metric) -> tuple[Any, Any]:
+    """The pydantic field of ``metric`` (type and bounds), for the stored sample and the agent's answer."""
     kind: Any = int if metric.integer else float
     default = int(metric.default) if metric.integer and metric.default is not None else metric.default
     return (kind | None if metric.nullable else kind), Field(default=default, ge=metric.ge, le=metric.le)
@@ -52,10 +53,10 @@ def _sample_fields() -> dict[str, Any]:
         "agent": (str, Field(pattern=AGENT_NAME_PATTERN)),
         "timestamp": (float, Field(ge=0)),
     }
-    fields.update((m.name, _metric_field(m)) for m in METRICS if m.contract)
+    fields.update((m.name, metric_field(m)) for m in METRICS if m.contract)
     fields["threat_level"] = (ThreatLevel, "none")
     fields["temperature_reason"] = (str | None, Field(default=None, max_length=256))
-    fields.update((m.name, _metric_field(m)) for m in METRICS if not m.contract)
+    fields.update((m.name, metric_field(m)) for m in METRICS if not m.contract)
     fields["findings"] = (tuple[Finding, ...], ())
     fields["extra"] = (dict[str, Any], Field(default_factory=dict))
     return fields
