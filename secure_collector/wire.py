@@ -1,41 +1,19 @@
 """XML-RPC on the collector's side: pre-built request bodies and a strict parser for untrusted answers.
 
-Hostile XML is refused before any tree exists: an answer holding ``<!`` anywhere (a DOCTYPE, an entity or
-notation declaration, a comment, CDATA) is rejected, and the parser decodes the bytes as UTF-8 whatever
-the document declares, so ``<!`` cannot hide in another encoding (NUL bytes and UTF-16 byte order marks,
-which expat would honour anyway, are refused first). Without a DOCTYPE there is no internal
-or external DTD, hence no entity can be declared: no billion laughs, no quadratic blowup, no external
-entity or DTD fetch; only XML's five predefined entities and character references remain, and expat
-refuses any other entity reference. This is what defusedxml enforces with ``forbid_dtd=True`` (plus its
-entity and external-reference bans), decided once on the raw bytes instead of in a callback.
+Two decisions matter:
 
-The document must be UTF-8 in fact and in name: an XML declaration naming another encoding is refused
-(expat would otherwise read the bytes one way for us and another way for any other reader), and so is
-any processing instruction other than that declaration.
+- **Hostile XML is refused on the raw bytes, before any tree exists**: anything holding ``<!`` (so no DTD,
+  hence no entity can be declared), NUL bytes, byte order marks, an encoding other than UTF-8, any
+  processing instruction. This is what defusedxml's ``forbid_dtd`` enforces, decided once instead of in a
+  callback. The tree is then read strictly: only the XML-RPC types we send, ASCII digits only, no duplicate
+  struct keys, no non-finite numbers, bounded elements, depth and strings.
+- **A fast path for our own layout** (:func:`_fast_value`): an agent's answer is what ``xmlrpc.client.dumps``
+  writes, so two regular expression passes and a loop read it without building a tree; on anything else it
+  gives up and the tree reader decides (docs/fast-paths.md).
 
-The tree is then read strictly: ``methodResponse`` with one ``param`` or a ``fault`` (a struct of exactly
-``faultCode``, an int, and ``faultString``, a string), and only ``string``, ``int``/``i4``/``i8``,
-``double``, ``boolean``, ``nil``, ``struct`` and ``array``. Numbers are ASCII digits (with XML white space
-around them), never what :func:`int` or :func:`float` would also take (Arabic-Indic or full-width digits,
-``1_000``, superscripts, ``infinity``). ``dateTime``, ``base64``, extension types and unknown tags are refused,
-as are duplicate struct keys, non-finite numbers, more than :data:`MAX_ELEMENTS` elements, nesting deeper
-than :data:`MAX_DEPTH` and strings longer than :data:`MAX_STRING` characters. The size cap is the transport's.
-
-The reference is ``defusedxml.xmlrpc`` (expat through defusedxml's parser, unmarshalled by
-:mod:`xmlrpc.client`): whatever this reader accepts, the reference accepts with the same value, and what
-the reference accepts that this reader refuses is one of the refusals above (tests/collector/test_wire_reference.py).
-This reader drives expat's C tree builder instead of a Python callback per element; ``monkey_patch`` is
-never called.
-
-**The fast path.** An agent's answer is what ``xmlrpc.client.dumps`` writes, the same layout every time.
-:func:`_fast_value` reads exactly that layout, after the same checks on the raw bytes, with two C regular
-expression passes (one proving the document is nothing but the layout's tokens in a row, one collecting
-them) and a loop over the tokens: about 2.5 times cheaper than building and walking the tree, which is most
-of the collector's CPU per poll (docs/fast-paths.md, docs/benchmarks.md). It accepts only the layout's
-literal markup, text without markup characters, references, carriage returns, characters XML forbids or
-``]]>``, a bounded nesting and no fault; it turns text into values with the tree reader's own :func:`_scalar`;
-on anything else, or anything :func:`_scalar` refuses, it gives up and the tree reader decides. Tests hold
-both readers to the reference (tests/collector/test_wire_reference.py).
+The reference is ``defusedxml.xmlrpc``: whatever either reader accepts, the reference accepts with the same
+value, and what the reference accepts that they refuse is one of the refusals above
+(tests/collector/test_wire_reference.py). docs/hostile-inputs.md lists the inputs.
 """
 
 from __future__ import annotations
