@@ -39,6 +39,11 @@ def _optional(value: object) -> Path | None:
     return Path(value) if isinstance(value, str) else None
 
 
+def _key_on_its_host(cert: Path, key: Path) -> bool:
+    """A certificate signed from a CSR (``make_certs --sign``): its key was never on this machine."""
+    return cert.exists() and not key.exists() and cert.with_suffix(".key") == key
+
+
 def _check_agent(path: Path, data: dict[str, Any], problems: list[str]) -> tuple[str, int, str] | None:
     tls_section, security = _section(data, "tls"), _section(data, "security")
     keys = security.get("hmac_keys")
@@ -47,7 +52,10 @@ def _check_agent(path: Path, data: dict[str, Any], problems: list[str]) -> tuple
         keys = {}
     try:
         cert, key, ca = (Path(str(tls_section.get(name))) for name in ("cert", "key", "ca"))
-        tls.server_context(cert, key, ca, None, tls_section.get("min_version", "TLSv1.3"))
+        if _key_on_its_host(cert, key):
+            tls.check_certificate(cert, ca, "server")
+        else:
+            tls.server_context(cert, key, ca, None, tls_section.get("min_version", "TLSv1.3"))
         crl = _optional(tls_section.get("crl"))
         if crl is not None:
             tls.load_revocations(crl, ca)
@@ -66,7 +74,10 @@ def _check_collector(path: Path, data: dict[str, Any], ports: dict[str, int], pr
     tls_section, hmac = _section(data, "tls"), _section(data, "hmac")
     try:
         cert, key, ca = (Path(str(tls_section.get(name))) for name in ("cert", "key", "ca"))
-        tls.client_context(cert, key, ca, _optional(tls_section.get("crl")))
+        if _key_on_its_host(cert, key):
+            tls.check_certificate(cert, ca, "client")
+        else:
+            tls.client_context(cert, key, ca, _optional(tls_section.get("crl")))
         tokens.load_key(Path(str(hmac.get("key_file"))))
     except PKIError as exc:
         problems.append(f"{path}: {exc}")

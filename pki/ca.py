@@ -116,15 +116,34 @@ def issue(
     not_after: dt.datetime | None = None,
     usages: Sequence[x509.ObjectIdentifier] | None = None,
 ) -> Issued:
-    """Issue a leaf certificate for ``role`` signed by ``ca``.
+    """Issue a leaf certificate for ``role`` signed by ``ca``, with a new key.
 
     ``not_before``/``not_after`` and ``usages`` exist so tests can make expired, future and
     wrong-purpose certificates with the same code that makes good ones.
     """
+    key = new_key()
+    cert = certify(
+        ca, key.public_key(), common_name, role, hosts=hosts, days=days, not_before=not_before,
+        not_after=not_after, usages=usages,
+    )
+    return Issued(key, cert)
+
+
+def certify(
+    ca: Issued,
+    public: ec.EllipticCurvePublicKey,
+    common_name: str,
+    role: Role,
+    *,
+    hosts: Sequence[str] = (),
+    days: int = LEAF_DAYS,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    usages: Sequence[x509.ObjectIdentifier] | None = None,
+) -> x509.Certificate:
+    """A leaf certificate for ``public`` (a key made here, or on its own host: :mod:`pki.csr`)."""
     if not 1 <= days <= MAX_LEAF_DAYS and not_after is None:
         raise ValueError(f"leaf lifetime must be 1..{MAX_LEAF_DAYS} days, not {days}")
-    key = new_key()
-    public = key.public_key()
     now = utcnow()
     start = not_before if not_before is not None else now - _BACKDATE
     end = not_after if not_after is not None else now + dt.timedelta(days=days)
@@ -149,7 +168,7 @@ def issue(
         builder = builder.add_extension(
             x509.SubjectAlternativeName([general_name(host) for host in hosts]), critical=False
         )
-    return Issued(key, builder.sign(ca.key, hashes.SHA256()))
+    return builder.sign(ca.key, hashes.SHA256())
 
 
 def build_crl(

@@ -6,6 +6,8 @@
     python pki/make_certs.py --out DIR --refresh-crl
     python pki/make_certs.py --out DIR --from-predecessor OLD_COLLECTOR_CONFIG [--agent-config OLD_AGENT_CONFIG]
     python pki/make_certs.py --out DIR --rotate-hmac --collector NAME
+    python pki/make_certs.py --request --out HOSTDIR (--agent NAME=HOST[,HOST...] | --collector NAME)
+    python pki/make_certs.py --out DIR --sign HOSTDIR/NAME.csr (--agent NAME=HOST[,HOST...] | --collector NAME)
 
 Re-running with the same ``--out`` keeps the CA and every existing key and certificate, adds what is
 new, and touches no existing file (configs only gain entries for new agents or collectors) except to
@@ -45,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki import __version__
 from pki import ca as ca_lib
+from pki import csr as csr_lib
 from pki.bootcheck import check_written
 from pki.configwriter import (
     DEFAULT_PORT,
@@ -84,6 +87,7 @@ class Plan:
     rotate_hmac: bool = False
     ports: dict[str, int] = field(default_factory=dict)  # agents given a port on this run (NAME=HOSTS:PORT)
     port_given: bool = False  # --port was on the command line: the named agents take it
+    signed: dict[str, ec.EllipticCurvePublicKey] = field(default_factory=dict)  # --sign: keys made on their host
 
 
 def _name(value: str, what: str) -> str:
@@ -152,6 +156,15 @@ def _ensure_leaf(
 ) -> list[str]:
     cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
     notes: list[str] = []
+    public = plan.signed.get(name)
+    if public is not None:  # --sign: the key stays on its host; a key made here earlier would not match
+        if key_path.exists():
+            if not plan.force:
+                raise UsageError(f"{key_path} exists (a key made here): --force removes it, the host's key replaces it")
+            key_path.unlink()
+        cert = ca_lib.certify(authority, public, name, role, hosts=hosts, days=plan.days)
+        _write_public(cert_path, ca_lib.cert_pem(cert), force=True)
+        return [f"{cert_path}: signed for the key on its host; copy it there with ca.crt and crl.pem"]
     if cert_path.exists() and key_path.exists() and not plan.force:
         if role == "server":
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -381,6 +394,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--agent-config", type=Path, metavar="OLD_AGENT_CONFIG", help="with --from-predecessor: its agent config"
     )
+    parser.add_argument(
+        "--request",
+        action="store_true",
+        help="on the host: write only NAME.key (0600) and NAME.csr in --out for one --agent or --collector",
+    )
+    parser.add_argument(
+        "--sign",
+        type=Path,
+        metavar="FILE.csr",
+        help="on the CA machine: sign a --request CSR that asks for exactly the --agent or --collector restated",
+    )
     parser.add_argument("--revoke", metavar="NAME", help="revoke this collector's (or agent's) certificate")
     parser.add_argument("--refresh-crl", action="store_true", help="re-sign crl.pem with a new nextUpdate")
     return parser
@@ -485,6 +509,52 @@ def rotate_hmac(out: Path, collectors: Sequence[str], today: dt.date | None = No
     return notes
 
 
+def _one_entity(args: argparse.Namespace, flag: str) -> tuple[str, ca_lib.Role, tuple[str, ...]]:
+    """The single ``--agent NAME=HOSTS`` or ``--collector NAME`` that ``--request``/``--sign`` act on."""
+    if len(args.agent) + len(args.collector) != 1:
+        raise UsageError(f"{flag} takes exactly one --agent NAME=HOST[,HOST...] or --collector NAME")
+    if args.agent:
+        name, hosts, _ = parse_agent(args.agent[0])
+        return name, "server", hosts
+    return _name(args.collector[0], "collector"), "client", ()
+
+
+def request(args: argparse.Namespace) -> str:
+    """``--request``: a new key and its CSR in ``--out`` (the host's directory), nothing else."""
+    name, role, hosts = _one_entity(args, "--request")
+    out = args.out.resolve()
+    _check_writable(out)
+    key_path, csr_path = out / f"{name}.key", out / f"{name}.csr"
+    if not args.force and (key_path.exists() or csr_path.exists()):
+        raise UsageError(f"{key_path} or {csr_path} exists; --force makes a new key and request")
+    key, csr = csr_lib.make_request(name, role, hosts)
+    _write_private(key_path, ca_lib.key_pem(key), force=True)
+    _write_public(csr_path, csr_lib.request_pem(csr), force=True)
+    what = f"--agent {args.agent[0]}" if args.agent else f"--collector {name}"
+    return (
+        f"request written: {csr_path} (the key {key_path} stays on this host); on the CA machine: "
+        f"make_certs.py --out DIR --sign {csr_path.name} {what}"
+    )
+
+
+def _plan_signing(args: argparse.Namespace) -> Plan:
+    """``--sign FILE.csr``: the plan of a bootstrap that certifies the CSR's key instead of making one."""
+    name, role, hosts = _one_entity(args, "--sign")
+    try:
+        data = args.sign.read_bytes()[: csr_lib.MAX_CSR_BYTES + 1]
+    except OSError as exc:
+        raise UsageError(f"{args.sign}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        public = csr_lib.check_request(data, name, role, hosts)
+    except csr_lib.RequestRefused as exc:
+        raise UsageError(f"{args.sign}: refused: {exc}") from None
+    _ensure_existing_ca(args.out.resolve())
+    args.agent, args.collector = (args.agent, []) if role == "server" else ([], [name])
+    plan = _plan(args)
+    plan.signed[name] = public
+    return plan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -501,7 +571,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"note: {note}", file=sys.stderr)
             print(f"HMAC keys rotated in {args.out.resolve()}")
             return 0
-        plan = _plan(args) if args.from_predecessor is None else _plan_migration(args)
+        if args.request:
+            print(request(args))
+            return 0
+        if args.sign is not None:
+            plan = _plan_signing(args)
+        elif args.from_predecessor is None:
+            plan = _plan(args)
+        else:
+            plan = _plan_migration(args)
         for note in bootstrap(plan) if args.from_predecessor is None else from_predecessor(plan, args):
             print(f"note: {note}", file=sys.stderr)
     except PKIError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -241,6 +242,22 @@ def _harden(context: ssl.SSLContext, min_version: TLSVersionName) -> None:
     # Refuse certificates that bend X.509 rules (missing key identifiers, bad encodings).
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     context.verify_mode = ssl.CERT_REQUIRED
+
+
+def check_certificate(cert: Path, ca: Path, role: Literal["server", "client"]) -> None:
+    """What the contexts check of a certificate whose key is not on this machine (made on its host).
+
+    Its purpose and validity as :func:`server_context` and :func:`client_context` check them, and that our
+    CA issued it; MaterialError otherwise.
+    """
+    leaf = _load_pem_cert(cert)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+    _check_leaf(cert, leaf, usage, "serverAuth" if role == "server" else "clientAuth")
+    authority = _load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ca)
+    try:
+        leaf.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise MaterialError(cert, f"is not a certificate of the CA {ca}") from exc
 
 
 def server_context(
