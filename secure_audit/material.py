@@ -4,7 +4,8 @@ Each check reads the file the way the programs do (through :mod:`pki.files`, bou
 findings instead of raising, so one report lists every problem of a deployment at once. Policy:
 
 - certificates: expired or not yet valid (high); expiring within :data:`EXPIRY_WARNING` (medium);
-  a leaf living longer than ``pki.ca.MAX_LEAF_DAYS`` (397, the CA/Browser Forum ceiling) (medium);
+  a leaf living longer than ``pki.ca.MAX_LEAF_DAYS`` (397, the CA/Browser Forum ceiling) (medium), or than
+  :data:`MODERN_LEAF_DAYS` (90, Mozilla modern) (info);
 - keys: EC below P-256, RSA below 2048 bits, DSA or an unknown type (high);
 - private files (TLS keys, HMAC keys): readable or writable by group or others (high), the same
   rule that makes the agent and collector refuse to start (``pki.files.check_private``);
@@ -29,6 +30,7 @@ from pki.errors import MaterialError
 from pki.files import read_material
 from secure_audit.findings import Finding, Role, Severity
 
+MODERN_LEAF_DAYS = 90  # Mozilla's server-side TLS guidelines, modern profile
 EXPIRY_WARNING = dt.timedelta(days=30)
 CRL_WARNING = dt.timedelta(days=7)
 # make_certs backdates notBefore by 5 minutes; a 397-day leaf is still within policy
@@ -140,6 +142,17 @@ def check_certificate(
                 Severity.MEDIUM,
                 f"leaf certificate lives {lifetime.days} days; policy is at most {MAX_LEAF_DAYS}",
                 f"re-issue it with make_certs --days 90 (at most {MAX_LEAF_DAYS})",
+                path,
+            )
+        )
+    elif leaf and lifetime > dt.timedelta(days=MODERN_LEAF_DAYS) + LIFETIME_TOLERANCE:
+        findings.append(
+            where.finding(
+                "cert-lifetime-modern",
+                Severity.INFO,
+                f"leaf certificate lives {lifetime.days} days; Mozilla's modern profile says at most "
+                f"{MODERN_LEAF_DAYS}",
+                f"re-issue it with make_certs --days {MODERN_LEAF_DAYS} (the default)",
                 path,
             )
         )

@@ -152,7 +152,12 @@ def test_tls_floor_below_12_is_refused_by_the_config(
 
 @pytest.mark.parametrize(
     ("days", "expected", "severity"),
-    [(10, "cert-expiring", "medium"), (-1, "cert-expired", "high"), (400, "cert-lifetime", "medium")],
+    [
+        (10, "cert-expiring", "medium"),
+        (-1, "cert-expired", "high"),
+        (400, "cert-lifetime", "medium"),  # above the CA/Browser Forum's 397 days
+        (120, "cert-lifetime-modern", "info"),  # above Mozilla modern's 90 days
+    ],
 )
 def test_agent_certificate_expiry_and_lifetime(
     capsys: pytest.CaptureFixture[str], pki: TestPKI, days: int, expected: str, severity: str
@@ -177,7 +182,9 @@ def test_collector_certificate_expiring_is_found(capsys: pytest.CaptureFixture[s
     assert "in 28 days" in report.finding("cert-expiring")["message"]
 
 
-def test_a_397_day_leaf_is_within_policy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_a_397_day_leaf_is_within_policy_and_only_noted_against_the_modern_profile(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from pki import make_certs
 
     assert make_certs.main(["--out", str(tmp_path / "pki"), "--days", "397"]) == 0
@@ -186,7 +193,9 @@ def test_a_397_day_leaf_is_within_policy(capsys: pytest.CaptureFixture[str], tmp
     config = edit(tmp_path / "pki" / "agent-localhost.json",
                   lambda d: d["security"].update(auth_log_paths=[str(tmp_path / "auth.log")], auth_sources=["files"]))
     report = run_check(capsys, "--agent-config", str(config))
-    assert report.code == 0, report.document
+    assert report.code == 1 and report.ids == {"cert-lifetime-modern"}, report.document
+    assert report.finding("cert-lifetime-modern")["severity"] == "info"
+    assert run_check(capsys, "--agent-config", str(config), "--fail-on", "low").code == 0
 
 
 @pytest.mark.parametrize(
