@@ -548,7 +548,9 @@ def _plan_signing(args: argparse.Namespace) -> Plan:
         public = csr_lib.check_request(data, name, role, hosts)
     except csr_lib.RequestRefused as exc:
         raise UsageError(f"{args.sign}: refused: {exc}") from None
-    _ensure_existing_ca(args.out.resolve())
+    out = args.out.resolve()
+    if not (out / "ca.crt").exists() and out.is_dir() and any(out.iterdir()):
+        raise PKIError(f"{out}: no CA here (ca.crt and ca.key), but not empty either: is this the CA's --out?")
     args.agent, args.collector = (args.agent, []) if role == "server" else ([], [name])
     plan = _plan(args)
     plan.signed[name] = public

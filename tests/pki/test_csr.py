@@ -8,7 +8,6 @@ each way one can differ is refused with exit 2 and one line saying what differs.
 from __future__ import annotations
 
 import base64
-import contextlib
 import ipaddress
 import json
 import stat
@@ -168,10 +167,35 @@ def test_a_csr_asking_for_anything_else_is_refused_with_one_line(
     assert sorted(p.relative_to(ca_dir) for p in ca_dir.rglob("*")) == before  # nothing written
 
 
-def test_signing_needs_a_ca_here(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_first_signing_makes_the_ca_and_a_directory_that_is_not_one_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "request.csr"
     path.write_bytes(_csr())
-    code, _, err = run(["--out", str(tmp_path / "nothing"), "--sign", str(path), "--agent", AGENT], capsys)
-    assert code == 2 and "no CA" in err
-    with contextlib.suppress(FileNotFoundError):
-        assert not any((tmp_path / "nothing").iterdir())
+    code, _, err = run(["--out", str(tmp_path / "new"), "--sign", str(path), "--agent", AGENT], capsys)
+    assert code == 0, err
+    assert (tmp_path / "new" / "ca.crt").exists() and (tmp_path / "new" / "agents" / "web1.crt").exists()
+    assert not (tmp_path / "new" / "agents" / "web1.key").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a PKI")
+    code, _, err = run(["--out", str(other), "--sign", str(path), "--agent", AGENT], capsys)
+    assert code == 2 and "no CA here" in err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_a_collector_key_made_here_is_replaced_by_one_made_on_its_host_only_with_force(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = tmp_path / "monitoring"
+    assert run(["--request", "--out", str(host), "--collector", "collector"], capsys)[0] == 0
+    sign = ["--out", str(ca_dir), "--sign", str(host / "collector.csr"), "--collector", "collector"]
+    code, _, err = run(sign, capsys)
+    assert code == 2 and "--force" in err and (ca_dir / "collectors" / "collector.key").exists()
+    code, _, err = run([*sign, "--force"], capsys)
+    assert code == 0, err
+    assert not (ca_dir / "collectors" / "collector.key").exists()
+    assert (ca_dir / "collectors" / "collector.hmac").exists()  # the agents' shared key stays
+    cert = x509.load_pem_x509_certificate((ca_dir / "collectors" / "collector.crt").read_bytes())
+    key = serialization.load_pem_private_key((host / "collector.key").read_bytes(), password=None)
+    assert cert.public_key() == key.public_key()
