@@ -14,6 +14,9 @@ Metrics and thresholds (names of the predecessor's ``thresholds.*``): every metr
   limit that the agent reports (70 C when it reports none); critical at the hardware's ``critical`` limit
   (threshold + 15 C when unknown). A host without a sensor raises nothing;
 - ``threat_level``: fires at ``thresholds.threat_level`` or above; severity follows the level;
+- ``certificate_expiry``: the certificate an agent presented in the poll's handshake has at most
+  ``thresholds.certificate_expiry_warning_days`` left (warning), or ``..._critical_days`` (critical);
+  it clears once a renewed certificate has more;
 - each security finding, identified by what it is -- its kind and the cause's evidence (the executable's
   path, the SSH source address, the port and process), never the PID or the user, so that one binary run
   by many processes, or a brute force trying many user names, fires once -- fires when it appears and
@@ -46,6 +49,7 @@ MAX_MESSAGE = 512
 IMPOSTOR_TECHNIQUE = "T1557"
 INDICATOR_REMOVAL_TECHNIQUE = "T1070"
 AUDIT_CHAIN = "audit_chain"
+CERTIFICATE_EXPIRY = "certificate_expiry"
 _LEVEL_RANK = {"none": 0, "low": 1, "medium": 2, "high": 3}
 _FINDING_SEVERITY: dict[str, Severity] = {"low": "info", "medium": "warning", "high": "critical"}
 _SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
@@ -151,8 +155,72 @@ class AlertEngine:
             unit = " C" if metric.unit == "°C" else metric.unit
             self._level(alerts, active, sample, metric.threshold.key, value, threshold, critical, unit=unit)
         self._threat(alerts, active, sample)
+        self._expiry(alerts, active, sample)
         self._findings(alerts, active, sample)
         return alerts
+
+    def evaluate_own_material(
+        self, name: str, timestamp: float, lefts: Sequence[tuple[str, float, bool]]
+    ) -> list[Alert]:
+        """``certificate_expiry`` of the collector ``name`` itself: its certificate, the CA, the CRL.
+
+        ``lefts``: (what, days left, is a CRL) of each; one alert for the collector, as bad as the worst.
+        A CRL is re-signed every few weeks (30 days' validity by default), so it warns only at the critical
+        days and is critical in its last day.
+        """
+        warning = self._thresholds.certificate_expiry_warning_days
+        critical = self._thresholds.certificate_expiry_critical_days
+        close: list[tuple[str, float, Severity]] = []
+        for what, left, crl in lefts:
+            warn_at, critical_at = (critical, 1.0) if crl else (warning, critical)
+            if left <= warn_at:
+                close.append((what, left, "critical" if left <= critical_at else "warning"))
+        active = self._active.setdefault(name, {})
+        alerts: list[Alert] = []
+        if close:
+            worst = max((entry[2] for entry in close), key=_SEVERITY_RANK.__getitem__)
+            said = "; ".join(f"{what} in {left:.1f} days" for what, left, _ in close)
+            soonest = min(left for _, left, _ in close)
+            self._expiry_level(alerts, active, name, timestamp, soonest, f"expiring: {said}", worst)
+        else:
+            self._expiry_level(alerts, active, name, timestamp, None, "renewed")
+        return alerts
+
+    def _expiry(self, alerts: list[Alert], active: dict[str, _Active], sample: Sample) -> None:
+        """``certificate_expiry``: the certificate the agent presented in this poll's handshake."""
+        left = sample.cert_days_left
+        if left is None:
+            return
+        self._expiry_level(
+            alerts, active, sample.agent, sample.timestamp, left, f"the agent's certificate expires in {left:.1f} days"
+        )
+
+    def _expiry_level(
+        self,
+        alerts: list[Alert],
+        active: dict[str, _Active],
+        agent: str,
+        timestamp: float,
+        left: float | None,
+        said: str,
+        severity: Severity | None = None,
+    ) -> None:
+        """Fire, escalate or clear ``certificate_expiry`` for ``left`` days (None: nothing close any more);
+        ``severity`` when the caller judged it (the collector's own material), else from the thresholds."""
+        warning = self._thresholds.certificate_expiry_warning_days
+        critical = self._thresholds.certificate_expiry_critical_days
+        current = active.get(CERTIFICATE_EXPIRY)
+        if left is not None and (severity is not None or left <= warning):
+            if severity is None:
+                severity = "critical" if left <= critical else "warning"
+            if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
+                message = f"{said} (warning at {warning:g} days, critical at {critical:g})"
+                alerts.append(make_alert(agent, timestamp, CERTIFICATE_EXPIRY, left, warning, severity, message))
+            self._put(active, CERTIFICATE_EXPIRY, _Active(severity, None))
+        elif current is not None:  # renewed
+            self._drop(active, CERTIFICATE_EXPIRY)
+            message = "renewed" if left is None else f"renewed: expires in {left:.0f} days"
+            alerts.append(make_alert(agent, timestamp, CERTIFICATE_EXPIRY, left, warning, "info", message, "cleared"))
 
     @staticmethod
     def _limits(metric: Metric, configured: float | None, sample: Sample) -> tuple[float, float] | None:

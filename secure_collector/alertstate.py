@@ -47,7 +47,8 @@ MAX_BYTES = 64 * 1024 * 1024
 MAX_METRICS = 1024
 """Per agent: 5 levels, the threat level, the agent's state and at most 256 findings per answer, with room."""
 _LEVEL_NAMES = "|".join(re.escape(m.threshold.key) for m in with_thresholds() if m.threshold is not None)
-METRIC_PATTERN = rf"^({_LEVEL_NAMES}|threat_level|agent_state|security\.[a-z][a-z0-9_]{{0,39}}\.[0-9a-f]{{10}})$"
+_OWN_NAMES = "threat_level|agent_state|certificate_expiry"
+METRIC_PATTERN = rf"^({_LEVEL_NAMES}|{_OWN_NAMES}|security\.[a-z][a-z0-9_]{{0,39}}\.[0-9a-f]{{10}})$"
 
 AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME_PATTERN)]
 MetricName = Annotated[str, StringConstraints(max_length=64, pattern=METRIC_PATTERN)]

@@ -35,6 +35,7 @@ from secure_collector.audittrail import AuditTrail
 from secure_collector.check import run_check
 from secure_collector.config import CollectorConfig, ExporterConfig
 from secure_collector.errors import CollectorError
+from secure_collector.expiry import OwnMaterial, common_name
 from secure_collector.exporter import Exporter, FleetView
 from secure_collector.hook import AlertHook
 from secure_collector.outbox import outbox_dir
@@ -209,6 +210,7 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         trail,
         audit_hold=config.audit_fetch.alert_hold,
         observe=view.observe if view is not None else None,
+        own=(common_name(config.tls.cert) or "collector", OwnMaterial(config.tls.cert, config.tls.ca, config.tls.crl)),
     )
     poller = Poller(
         connections,
@@ -259,10 +261,16 @@ def _own_spool_dir(args: argparse.Namespace, config: CollectorConfig, shard: tup
     return lock
 
 
-def status_line(result: PollResult, width: int, stored: tuple[str, str] | None = None) -> str:
-    """One agent's line for ``--once``: its state as stored (``audit_broken`` beside ``up``) and the detail."""
+def status_line(
+    result: PollResult, width: int, stored: tuple[str, str] | None = None, warn_days: float | None = None
+) -> str:
+    """One agent's line for ``--once``: its state as stored (``audit_broken`` beside ``up``) and the detail,
+    and the days left on its certificate when they are at most ``warn_days``."""
     state, detail = stored if stored is not None else (result.state, result.detail)
     shown = f"  {escape(detail)}" if detail else ""
+    left = result.sample.cert_days_left if result.sample is not None else None
+    if left is not None and warn_days is not None and left <= warn_days:
+        shown += f"  certificate expires in {left:.1f} days"
     return f"{result.agent:<{width}}  {state:<12}  {result.latency_ms:8.1f} ms{shown}"
 
 
@@ -277,7 +285,8 @@ def run_once(collector: Collector) -> int:
     width = max((len(r.agent) for r in results), default=0)
     stored = recorder.last_state if recorder is not None else {}
     for result in results:
-        print(status_line(result, width, stored.get(result.agent)), flush=True)
+        warn = collector.config.thresholds.certificate_expiry_warning_days
+        print(status_line(result, width, stored.get(result.agent), warn), flush=True)
     if not all(r.state == "up" for r in results):  # an audit_broken agent answered: it is printed, not failed
         return 1
     if delivery is not None and delivery.backlog:

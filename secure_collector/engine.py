@@ -88,6 +88,11 @@ class Stamper:
         return now
 
 
+def days_left(not_after: float | None, now: float) -> float | None:
+    """Days from ``now`` until ``not_after`` (negative once past), to the hundredth."""
+    return None if not_after is None else round((not_after - now) / 86_400, 2)
+
+
 class FollowUp(Protocol):
     """More calls after a good ``get_metrics``: ``(method, params)`` to make next, or None when done."""
 
@@ -216,7 +221,8 @@ class Engine:
             if call.pending is None:
                 timestamp = self.stamp(name)
                 try:
-                    sample = to_sample(validate_answer(value, name), timestamp)
+                    measured = {"cert_days_left": days_left(connection.not_after, timestamp)}
+                    sample = to_sample(validate_answer(value, name), timestamp, measured)
                 except AnswerInvalid as exc:
                     raise AgentBadResponse(name, str(exc)) from None
                 latency = (time.monotonic() - call.started) * 1000

@@ -28,6 +28,7 @@ from secure_collector.alerts import AUDIT_CHAIN, AlertEngine
 from secure_collector.alertstate import AlertState
 from secure_collector.audittrail import AuditOutcome, AuditTrail
 from secure_collector.errors import SpoolError
+from secure_collector.expiry import OwnMaterial, days_left
 from secure_collector.hook import AlertHook, storage_summary
 from secure_collector.outbox import SEVERITY_RANK
 from secure_collector.spool import Spool
@@ -214,6 +215,7 @@ class Recorder:
         *,
         audit_hold: float = DEFAULT_AUDIT_HOLD,
         observe: Observer | None = None,
+        own: tuple[str, OwnMaterial] | None = None,
     ) -> None:
         self.delivery = delivery
         self.engine = engine
@@ -222,6 +224,7 @@ class Recorder:
         self.trail = trail
         self.audit_hold = audit_hold
         self.observe = observe
+        self.own = own  # the collector's name and its own certificate, CA and CRL (certificate_expiry)
         self._samples: list[Sample] = []
         self._alerts: list[Alert] = []
         self._statuses: list[AgentStatus] = []
@@ -318,6 +321,16 @@ class Recorder:
         trail.load(tails)
         return True
 
+    def _own_material(self) -> None:
+        """``certificate_expiry`` of the collector's own certificate, CA and CRL, once per sweep."""
+        assert self.own is not None  # noqa: S101 - called only then
+        name, material = self.own
+        now = time.time()
+        lefts = [(d.what, days_left(d.at, now), d.crl) for d in material.deadlines()]
+        for alert in self.engine.evaluate_own_material(name, now, lefts):
+            self._alerts.append(alert)
+            logger.warning("ALERT %s %s %s %s: %s", name, alert.metric, alert.state, alert.severity, alert.message)
+
     def add_all(self, results: Sequence[PollResult]) -> None:
         for result in results:
             self.add(result)
@@ -327,6 +340,8 @@ class Recorder:
 
         ``final`` (at exit): also store, per agent, how many alerts still wait for ``alert_command``.
         """
+        if self.own is not None and self._statuses:
+            self._own_material()
         if self.hook is not None:
             self._alerts.extend(self.hook.submit(self._alerts))
             self._alerts.extend(self.hook.delivery_alerts(final=final))

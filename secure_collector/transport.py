@@ -96,6 +96,7 @@ class AgentConnection:
         self._exchange = Exchange(name, self._host_header, max_response=max_response_bytes)
         self._bodies: dict[str, bytes] = {}
         self._sock: socket.socket | None = None
+        self.not_after: float | None = None  # the agent certificate's notAfter (Unix seconds), from the handshake
         self._state = _IDLE
         self._want = WRITE
         self._fresh = True
@@ -273,6 +274,7 @@ class AgentConnection:
             raise AgentTLSFailure(self.name, f"handshake failed: {ssl_reason(exc)}") from None
         except OSError as exc:
             raise AgentTLSFailure(self.name, f"handshake failed: {os_detail(exc, 'handshake')}") from None
+        self.not_after = _not_after(sock)
         self._prepare_send()
 
     # -- the exchange ----------------------------------------------------------------------------
@@ -366,6 +368,15 @@ class AgentConnection:
                 if not exchange.reusable:
                     self.close()
                 return body
+
+
+def _not_after(sock: ssl.SSLSocket) -> float | None:
+    """When the certificate the agent presented (and we verified) expires."""
+    text = (sock.getpeercert() or {}).get("notAfter")
+    try:
+        return float(ssl.cert_time_to_seconds(text)) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _common_name(sock: socket.socket | None) -> str | None:

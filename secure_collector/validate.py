@@ -19,6 +19,7 @@ clocks (``extra["clock_skew"]``, agent minus collector, seconds).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -138,10 +139,10 @@ def _answer_fields() -> dict[str, Any]:
         "timestamp": (Annotated[float, Field(ge=0, le=1e11)], ...),
         "version": (Annotated[str, Field(pattern=VERSION)], ""),
     }
-    fields.update((m.name, metric_field(m)) for m in METRICS if not m.source and m.contract)
+    fields.update((m.name, metric_field(m)) for m in METRICS if not m.source and m.contract and not m.by_collector)
     fields["threat_level"] = (Level, "none")
     fields.update(_SECTIONS)
-    fields.update((m.name, metric_field(m)) for m in METRICS if not m.source and not m.contract)
+    fields.update((m.name, metric_field(m)) for m in METRICS if not m.source and not m.contract and not m.by_collector)
     return fields
 
 
@@ -225,8 +226,12 @@ def _pick(answer: MetricsAnswer, path: tuple[str, ...]) -> Any:
     return value
 
 
-def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
-    """The stored sample of a valid answer, stamped with the collector's ``timestamp``."""
+def to_sample(answer: MetricsAnswer, timestamp: float, measured: Mapping[str, float | None] | None = None) -> Sample:
+    """The stored sample of a valid answer, stamped with the collector's ``timestamp``.
+
+    ``measured``: the metrics the collector measures itself (``by_collector`` in storage.catalog), such as
+    the days left on the certificate the agent presented in its handshake.
+    """
     findings = tuple(_finding(f) for f in answer.security.findings)
     disks = sorted((d for d in answer.disks if d.percent is not None), key=lambda d: d.percent or 0.0, reverse=True)[
         :STORED_DISKS
@@ -249,7 +254,10 @@ def to_sample(answer: MetricsAnswer, timestamp: float) -> Sample:
         "extra": extra,
     }
     for metric in METRICS:
-        values[metric.name] = _pick(answer, metric.path)
+        if metric.by_collector:
+            values[metric.name] = (measured or {}).get(metric.name)
+        else:
+            values[metric.name] = _pick(answer, metric.path)
     # Every field went through MetricsAnswer's ranges, which are those of Sample or narrower (tests check
     # that the two models agree); Sample's own validator, in pydantic-core, still costs less than
     # model_construct's Python loop, so the stored record is checked once more, for free.

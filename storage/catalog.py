@@ -71,6 +71,7 @@ class Metric:
     plot: Plot | None = None
     column: Column | None = None
     sums: bool = False  # counts of events: rollups and viz take the max of a bin, not the mean
+    by_collector: bool = False  # measured by the collector itself (never taken from the agent's answer)
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -129,6 +130,10 @@ METRICS: list[Metric] = [
         column=Column("SSH failures", "{:.0f}", "not monitored", position=6), sums=True,
     ),
     Metric("security_age", "Age of the security scan (s)", unit="s", ge=0.0, source=("security", "age")),
+    Metric(
+        "cert_days_left", "Days until the agent's certificate expires", unit="d", ge=-36500.0, le=36500.0,
+        by_collector=True, column=Column("Cert. days", "{:.0f}", "–", position=7),
+    ),
 ]
 """In the order of a stored sample (the contract's fields first); viz and the dashboard keep it."""
 

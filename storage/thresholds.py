@@ -29,6 +29,9 @@ def _fields() -> dict[str, Any]:
         kind: Any = float if limit.default is not None else float | None
         fields[limit.key] = (kind, Field(default=limit.default, ge=limit.ge, le=limit.le))
     fields["threat_level"] = (ThreatThreshold, "medium")
+    # certificate_expiry: the days left on a certificate at which it warns, then is critical
+    fields["certificate_expiry_warning_days"] = (float, Field(default=30.0, ge=0, le=3650))
+    fields["certificate_expiry_critical_days"] = (float, Field(default=7.0, ge=0, le=3650))
     # an alert clears only once the value is this fraction below its threshold (no flapping at the edge)
     fields["hysteresis"] = (float, Field(default=0.05, ge=0, le=0.5))
     return fields
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
     class Thresholds(_Base):
         threat_level: ThreatThreshold = "medium"
         hysteresis: float = 0.05
+        certificate_expiry_warning_days: float = 30.0
+        certificate_expiry_critical_days: float = 7.0
 
         def __getattr__(self, name: str) -> Any: ...
 
