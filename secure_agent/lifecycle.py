@@ -30,6 +30,7 @@ from typing import Protocol
 from pki.configfile import load_config
 from pki.errors import PKIError
 from pki.tokens import FORWARD_SKEW, Verifier
+from pki.validity import certificate_not_after, crl_next_update, days_left
 from secure_agent import __version__
 from secure_agent.audit import AuditLog, check_audit_path
 from secure_agent.audit_replay import recorded_tokens
@@ -42,6 +43,10 @@ from secure_agent.probes import acknowledge
 from secure_agent.ratelimit import RateLimiter
 from secure_agent.refusals import Budget, RefusalRecorder
 from secure_agent.server import AgentServer
+
+EXPIRY_CHECK_INTERVAL = 86_400.0  # the agent looks at its certificate and CRL at start, on reload and daily
+CERT_WARNING_DAYS = 30.0  # as the collector's thresholds.certificate_expiry_warning_days default
+CRL_WARNING_DAYS = 7.0  # a CRL lives 30 days and is re-signed every few weeks: secure-audit check's margin
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +153,7 @@ class Agent:
             self.audit.close()
             raise
         self._thread: threading.Thread | None = None
+        self._expiry_timer: threading.Timer | None = None
         self._reload_lock = threading.Lock()
         self._stopped = False
 
@@ -203,6 +209,7 @@ class Agent:
             self._server.server_close()
             self.audit.close()
             raise StartupError(str(exc)) from exc
+        self._watch_expiry()
         self._metrics.start()
         self._thread = threading.Thread(
             target=self._server.serve, name="agent-accept", daemon=True
@@ -237,7 +244,35 @@ class Agent:
                     logger.error("%s", exc)
             self._audit_quietly("reload", "ok")
             logger.info("reloaded certificates, CRL, HMAC keys and allowlists")
+            self._check_expiry()
             return True
+
+    def _watch_expiry(self) -> None:
+        """Say in the log and the audit log when our certificate or CRL is close to expiry: now and daily."""
+        self._check_expiry()
+        timer = threading.Timer(EXPIRY_CHECK_INTERVAL, self._watch_expiry)
+        timer.daemon = True
+        timer.name = "agent-expiry-watch"
+        self._expiry_timer = timer
+        if not self._stopped:
+            timer.start()
+
+    def _check_expiry(self) -> None:
+        tls_config = self.config.tls
+        items = [("tls.cert", "the agent's certificate", tls_config.cert, certificate_not_after, CERT_WARNING_DAYS)]
+        if tls_config.crl is not None:
+            items.append(("tls.crl", "the CRL's nextUpdate", tls_config.crl, crl_next_update, CRL_WARNING_DAYS))
+        now = time.time()
+        for key, what, path, read, warn in items:
+            try:
+                left = days_left(read(path), now)
+            except (OSError, ValueError) as exc:
+                logger.warning("cannot read %s (%s) to check its expiry: %s", path, key, exc)
+                continue
+            if left <= warn:
+                detail = f"{what} expires in {left:.1f} days: renew it (docs/runbook.md); {key} {path}"
+                logger.warning("%s", detail)
+                self._audit_quietly("certificate_expiry", "warning", detail=detail)
 
     def _audit_quietly(self, event: str, outcome: str, **fields: object) -> None:
         try:
@@ -250,6 +285,8 @@ class Agent:
         if self._stopped:
             return
         self._stopped = True
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
         if self._thread is not None:
             self._server.stop(timeout)
             self._thread.join(timeout)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
+from pki.validity import days_left
 from secure_collector.errors import AgentBadResponse, AgentTimeout, AgentUnreachable, PollError
 from secure_collector.sink import PollResult
 from secure_collector.transport import Address, AgentConnection, is_ip_literal, os_detail, resolve
@@ -86,11 +87,6 @@ class Stamper:
             now = round(last + 0.001, 3)
         self._last[agent] = now
         return now
-
-
-def days_left(not_after: float | None, now: float) -> float | None:
-    """Days from ``now`` until ``not_after`` (negative once past), to the hundredth."""
-    return None if not_after is None else round((not_after - now) / 86_400, 2)
 
 
 class FollowUp(Protocol):
@@ -221,7 +217,8 @@ class Engine:
             if call.pending is None:
                 timestamp = self.stamp(name)
                 try:
-                    measured = {"cert_days_left": days_left(connection.not_after, timestamp)}
+                    after = connection.not_after
+                    measured = {"cert_days_left": None if after is None else days_left(after, timestamp)}
                     sample = to_sample(validate_answer(value, name), timestamp, measured)
                 except AnswerInvalid as exc:
                     raise AgentBadResponse(name, str(exc)) from None

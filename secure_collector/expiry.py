@@ -8,7 +8,6 @@ before the first poll fails.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cryptography import x509
+
+from pki.validity import certificate_not_after, crl_next_update
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +27,6 @@ class Deadline(NamedTuple):
     what: str  # "the collector's certificate", "the CA certificate", "the CRL (its nextUpdate)"
     at: float  # Unix seconds
     crl: bool = False
-
-
-def _certificate_end(path: Path) -> float:
-    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
-
-
-def _crl_next_update(path: Path) -> float:
-    crl = x509.load_pem_x509_crl(path.read_bytes())
-    following = crl.next_update_utc
-    return following.timestamp() if following is not None else float("inf")
 
 
 def common_name(path: Path) -> str | None:
@@ -57,11 +48,11 @@ class OwnMaterial:
         self, cert: Path, ca: Path, crl: Path | None, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._files: list[tuple[str, Path, Callable[[Path], float]]] = [
-            ("the collector's certificate", cert, _certificate_end),
-            ("the CA certificate", ca, _certificate_end),
+            ("the collector's certificate", cert, certificate_not_after),
+            ("the CA certificate", ca, certificate_not_after),
         ]
         if crl is not None:
-            self._files.append(("the CRL (its nextUpdate)", crl, _crl_next_update))
+            self._files.append(("the CRL (its nextUpdate)", crl, crl_next_update))
         self._clock = clock
         self._read_at: float | None = None
         self._stamps: tuple[float, ...] = ()
@@ -75,7 +66,7 @@ class OwnMaterial:
         found = []
         for what, path, read in self._files:
             try:
-                found.append(Deadline(what, read(path), read is _crl_next_update))
+                found.append(Deadline(what, read(path), read is crl_next_update))
             except (OSError, ValueError) as exc:  # the collector loaded them at start: a file changed since
                 logger.warning("cannot read %s at %s to check its expiry: %s", what, path, exc)
         self._read_at, self._stamps, self._deadlines = now, stamps, tuple(found)
@@ -87,11 +78,3 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return -1.0
-
-
-def days_left(at: float, now: float) -> float:
-    return round((at - now) / 86_400, 2)
-
-
-def utc(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d")

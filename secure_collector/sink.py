@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from pki.validity import days_left
 from secure_collector.alerts import AUDIT_CHAIN, AlertEngine
 from secure_collector.alertstate import AlertState
 from secure_collector.audittrail import AuditOutcome, AuditTrail
 from secure_collector.errors import SpoolError
-from secure_collector.expiry import OwnMaterial, days_left
+from secure_collector.expiry import OwnMaterial
 from secure_collector.hook import AlertHook, storage_summary
 from secure_collector.outbox import SEVERITY_RANK
 from secure_collector.spool import Spool
