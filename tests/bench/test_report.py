@@ -38,7 +38,7 @@ def test_summary_is_ordered(samples: list[int]) -> None:
     summary = summarize(samples)
     assert summary.n == len(samples)
     assert summary.minimum <= summary.median <= summary.p99 <= summary.maximum
-    assert summary.minimum <= summary.mean <= summary.maximum + 1e-9
+    assert summary.minimum - 1e-9 <= summary.mean <= summary.maximum + 1e-9  # a mean of equal floats may round
 
 
 def test_goal_met_and_missed_by_how_much() -> None:
