@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
@@ -84,10 +85,15 @@ def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
     )
 
 
-def create_ca(common_name: str = "secure-monitor CA", *, days: int = CA_DAYS) -> Issued:
+def ca_name(now: dt.datetime | None = None) -> str:
+    """A CA's common name that says when it was made and tells two CAs apart (old and new during a rotation)."""
+    return f"secure-monitor CA {(now or utcnow()):%Y-%m-%d} {secrets.token_hex(3)}"
+
+
+def create_ca(common_name: str | None = None, *, days: int = CA_DAYS) -> Issued:
     key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = utcnow()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or ca_name(now))])
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import hashlib
+import re
 import ssl
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Literal, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.errors import MaterialError
@@ -26,6 +27,7 @@ from pki.files import check_private, read_material
 TLSVersionName = Literal["TLSv1.2", "TLSv1.3"]
 
 DEFAULT_MIN_VERSION: TLSVersionName = "TLSv1.3"
+MAX_CAS = 4  # tls.ca: our CA, or the old and the new one during a rotation (docs/runbook.md)
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0  # seconds; a peer that says nothing is cut off after this
 
 # TLS 1.2 suites: ECDHE only (forward secrecy) with AEAD only (GCM, ChaCha20-Poly1305), Mozilla
@@ -98,18 +100,25 @@ def _check_leaf(path: Path, cert: x509.Certificate, usage: x509.ObjectIdentifier
         raise MaterialError(path, f"certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d} UTC")
 
 
-def _load_ca(context: ssl.SSLContext, ca: Path) -> x509.Certificate:
+def _load_ca(context: ssl.SSLContext, ca: Path) -> list[x509.Certificate]:
+    """The CA certificates in ``ca``: one, or several while a new CA is trusted alongside the old one."""
     pem = read_material(ca)
     try:
-        cert = x509.load_pem_x509_certificate(pem)
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (ValueError, x509.ExtensionNotFound) as exc:
+        authorities = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
         raise MaterialError(ca, "is not a PEM CA certificate") from exc
-    if not constraints.ca:
-        raise MaterialError(ca, "is not a CA certificate (basicConstraints CA:FALSE)")
-    # Our CA only: cadata from the bytes we checked, never load_default_certs() or the system store.
+    if len(authorities) > MAX_CAS:
+        raise MaterialError(ca, f"holds {len(authorities)} certificates; at most {MAX_CAS} CAs (old and new)")
+    for cert in authorities:
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound as exc:
+            raise MaterialError(ca, "is not a PEM CA certificate") from exc
+        if not constraints.ca:
+            raise MaterialError(ca, "is not a CA certificate (basicConstraints CA:FALSE)")
+    # Our CAs only: cadata from the bytes we checked, never load_default_certs() or the system store.
     context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
-    return cert
+    return authorities
 
 
 def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
@@ -122,23 +131,48 @@ def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
         raise MaterialError(key, f"cannot read: {exc.strerror or exc}") from exc
 
 
-def _read_crl(crl_path: Path, ca_cert: x509.Certificate) -> tuple[x509.CertificateRevocationList, dt.datetime]:
-    """The CRL at ``crl_path`` and its nextUpdate, checked: PEM, issued and signed by our CA, not past it."""
+_CRL_BLOCK = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", re.DOTALL)
+
+
+def _read_crls(crl_path: Path, authorities: list[x509.Certificate]) -> tuple[frozenset[int], dt.datetime]:
+    """The serials the CRLs at ``crl_path`` revoke and their earliest nextUpdate, checked: PEM, one CRL per
+    configured CA, each signed by its CA and not past its nextUpdate (a bundle while a new CA is trusted)."""
+    blocks = _CRL_BLOCK.findall(read_material(crl_path))
+    if not blocks:
+        raise MaterialError(crl_path, "is not a PEM CRL")
+    revoked: set[int] = set()
+    next_updates: list[dt.datetime] = []
+    covered: set[bytes] = set()
+    for block in blocks:
+        try:
+            crl = x509.load_pem_x509_crl(block)
+        except ValueError as exc:
+            raise MaterialError(crl_path, "is not a PEM CRL") from exc
+        issuer = next((ca for ca in authorities if crl.issuer == ca.subject and _signed_by(crl, ca)), None)
+        if issuer is None:
+            raise MaterialError(crl_path, "CRL is not signed by the configured CA")
+        next_update = crl.next_update_utc
+        if next_update is None or next_update < dt.datetime.now(dt.UTC):
+            raise MaterialError(crl_path, "CRL is past its nextUpdate; issue a fresh one (make_certs --refresh-crl)")
+        covered.add(issuer.fingerprint(hashes.SHA256()))
+        revoked |= {entry.serial_number for entry in crl}
+        next_updates.append(next_update)
+    missing = [ca for ca in authorities if ca.fingerprint(hashes.SHA256()) not in covered]
+    if missing:
+        names = ", ".join(ca.subject.rfc4514_string() for ca in missing)
+        raise MaterialError(crl_path, f"holds no CRL of the CA {names} (one CRL per CA in tls.ca)")
+    return frozenset(revoked), min(next_updates)
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
     try:
-        crl = x509.load_pem_x509_crl(read_material(crl_path))
-    except ValueError as exc:
-        raise MaterialError(crl_path, "is not a PEM CRL") from exc
-    public_key = ca_cert.public_key()
-    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(public_key):  # type: ignore[arg-type]
-        raise MaterialError(crl_path, "CRL is not signed by the configured CA")
-    next_update = crl.next_update_utc
-    if next_update is None or next_update < dt.datetime.now(dt.UTC):
-        raise MaterialError(crl_path, "CRL is past its nextUpdate; issue a fresh one (make_certs --refresh-crl)")
-    return crl, next_update
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except TypeError:
+        return False
 
 
-def _load_crl(context: ssl.SSLContext, crl_path: Path, ca_cert: x509.Certificate) -> None:
-    _read_crl(crl_path, ca_cert)
+def _load_crl(context: ssl.SSLContext, crl_path: Path, authorities: list[x509.Certificate]) -> None:
+    _read_crls(crl_path, authorities)
     context.load_verify_locations(cafile=str(crl_path))
     # Check the peer's certificate against the CRL; a missing or foreign CRL fails the handshake.
     context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
@@ -167,9 +201,14 @@ class Revocations(NamedTuple):
 
 
 def load_revocations(crl: Path, ca: Path) -> Revocations:
-    """The CRL at ``crl``, checked against the CA certificate at ``ca``; raises :class:`MaterialError`."""
-    revoked, next_update = _read_crl(crl, _load_pem_cert(ca))
-    return Revocations(frozenset(format(entry.serial_number, "x") for entry in revoked), next_update.timestamp())
+    """The CRLs at ``crl``, checked against the CA certificates at ``ca``; raises :class:`MaterialError`.
+
+    Serials are those of every CA's CRL together: our serials are random 159-bit numbers, so a serial one
+    CA revoked cannot name a certificate of the other.
+    """
+    authorities = _load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ca)
+    revoked, next_update = _read_crls(crl, authorities)
+    return Revocations(frozenset(format(serial, "x") for serial in revoked), next_update.timestamp())
 
 
 def _ssl_ctx_pointer(context: ssl.SSLContext) -> int | None:
@@ -253,11 +292,13 @@ def check_certificate(cert: Path, ca: Path, role: Literal["server", "client"]) -
     leaf = _load_pem_cert(cert)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
     _check_leaf(cert, leaf, usage, "serverAuth" if role == "server" else "clientAuth")
-    authority = _load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ca)
-    try:
-        leaf.verify_directly_issued_by(authority)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise MaterialError(cert, f"is not a certificate of the CA {ca}") from exc
+    for authority in _load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), ca):
+        try:
+            leaf.verify_directly_issued_by(authority)
+            return
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    raise MaterialError(cert, f"is not a certificate of the CA {ca}")
 
 
 def server_context(
@@ -274,9 +315,9 @@ def server_context(
     context.num_tickets = 0  # TLS 1.3: send no session tickets (see OP_NO_TICKET above)
     _check_leaf(cert, _load_pem_cert(cert), ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth")
     _load_chain(context, cert, key)
-    ca_cert = _load_ca(context, ca)
+    authorities = _load_ca(context, ca)
     if crl is not None:
-        _load_crl(context, crl, ca_cert)
+        _load_crl(context, crl, authorities)
     _tune_native(context)
     return context
 
@@ -294,8 +335,8 @@ def client_context(
     context.check_hostname = True  # the agent's certificate must name the host we dialled (DNS or IP SAN)
     _check_leaf(cert, _load_pem_cert(cert), ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth")
     _load_chain(context, cert, key)
-    ca_cert = _load_ca(context, ca)
+    authorities = _load_ca(context, ca)
     if crl is not None:  # a revoked agent certificate is refused by the collector too
-        _load_crl(context, crl, ca_cert)
+        _load_crl(context, crl, authorities)
     _tune_native(context)
     return context
