@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from pki import make_certs
 from secure_collector import cli
 from tests.collector.helpers import WIDE, collector_data, load, read_store, write_config
 from tests.plugins.agent import RPCStatusError, RunningAgent, StartAgent, connect, rpc_call
@@ -119,3 +120,22 @@ def test_during_the_window_each_cas_crl_is_honoured_and_a_ca_without_one_is_refu
     crls.write_bytes(old.crl.read_bytes())  # the new CA has no CRL here
     agent.rewrite_config(tls={"crl": str(crls)})
     assert not agent.reload()  # refused: the old material stays in force
+
+
+def test_refreshing_the_crl_from_cron_while_polled_fails_no_poll(
+    make_pki: Callable[..., TestPKI], start_agent: StartAgent, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki", agents=[AGENT], collectors=["collector"])
+    limits = {"rate_limit": {"per_second": 50, "burst": 100}}
+    agent = start_agent(pki, "web1", tls={"crl": str(pki.crl)}, security=limits)
+    before = pki.crl.read_bytes()
+    (tmp_path / "c").mkdir()
+    data = collector_data(pki, tmp_path / "data", [("web1", agent.host, agent.port)], poll_interval=0.2)
+    (tmp_path / "data").mkdir()
+    with polling(write_config(tmp_path / "c", data), sweeps=8):
+        time.sleep(1.1)
+        assert make_certs.main(["--out", str(pki.root), "--refresh-crl"]) == 0  # what the cron job runs
+        assert agent.reload()
+    assert pki.crl.read_bytes() != before  # re-signed (and reloaded by the agent, no poll failing)
+    statuses = read_store(load(data)).query_statuses(*WIDE)
+    assert len(statuses) == 8 and set(statuses["state"]) == {"up"}
