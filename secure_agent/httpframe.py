@@ -29,6 +29,8 @@ _REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([\x21-\x7e]{1,%d}) HTTP/(1\.[01])" 
 # followed by optional blanks made the engine backtrack at every character (8 us for one token header).
 _HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):([\x20-\x7e\t]*)")
 _DIGITS = re.compile(r"[0-9]{1,10}")
+# h11's grammar for the header (digits, or a list of them it folds when equal); body_length judges the rest
+_CONTENT_LENGTH = re.compile(r"[0-9]+(?:[ \t]*,[ \t]*[0-9]+)*")
 # headers that decide framing, routing or authentication: a second copy is an attack, not a list
 _SINGLETONS = frozenset({"content-length", "transfer-encoding", "content-encoding", "authorization", "host"})
 
@@ -153,6 +155,9 @@ def parse_head(raw: bytes) -> RequestHead:
             headers[name] = f"{headers[name]}, {value}"
         else:
             headers[name] = value
+    length = headers.get("content-length")
+    if length is not None and _CONTENT_LENGTH.fullmatch(length) is None:
+        raise HTTPRefusal(400, "bad_content_length")  # as h11 refuses it, in the head (its size: body_length)
     method, target, version = match.groups()
     return RequestHead(method.decode("ascii"), target.decode("ascii"), version.decode("ascii"), headers)
 
