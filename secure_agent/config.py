@@ -191,11 +191,26 @@ class AuditRefusalsConfig(_Section):
     summary_interval: float = Field(default=60.0, ge=10, le=86_400)
 
 
+class BufferConfig(_Section):
+    """The sample buffer a collector back-fills its outages from (:mod:`secure_agent.buffer`, ``get_samples``).
+
+    At the default 30 s ``sample_interval`` a sample is about 1.5 KB: a day is about 4 MB, well inside
+    the default 64 MiB; ``max_age`` (a day) is what bounds it then. A collector outage longer than that loses
+    its oldest samples, counted and logged.
+    """
+
+    path: Path | None = None  # a directory; None: "samples" beside audit_log
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, le=1024**4)
+    max_age: float = Field(default=86_400.0, ge=60, le=366 * 86_400)
+    fsync_interval: float = Field(default=5.0, ge=0, le=300)  # seconds; at most this much is lost to a power cut
+
+
 class AgentConfig(_Section):
     name: str = Field(pattern=AGENT_NAME_PATTERN)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     check_interval: float = Field(default=30.0, ge=1, le=3600)
+    sample_interval: float = Field(default=30.0, ge=1, le=3600)  # a sample into the buffer this often
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_file: Path | None = None
     metrics: MetricsConfig = MetricsConfig()
@@ -205,6 +220,11 @@ class AgentConfig(_Section):
     audit_log: Path
     audit_rotation: AuditRotationConfig = AuditRotationConfig()
     audit_refusals: AuditRefusalsConfig = AuditRefusalsConfig()
+    buffer: BufferConfig = BufferConfig()
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.buffer.path if self.buffer.path is not None else self.audit_log.parent / "samples"
 
     @field_validator("host")
     @classmethod

@@ -1,4 +1,4 @@
-"""The XML-RPC methods of the contract and nothing else: ``ping``, ``get_metrics``, ``get_info``, ``get_audit``.
+"""The XML-RPC methods of the contract and nothing else: ping, get_metrics, get_info, get_audit, get_samples.
 
 Built on :class:`xmlrpc.server.SimpleXMLRPCDispatcher` with plain registered functions: no
 instance is registered (so no attribute walking and no dotted names), no introspection or
@@ -26,7 +26,10 @@ from secure_agent.xmlsafe import Call, XMLRefused, parse_call
 
 logger = logging.getLogger(__name__)
 
-METHODS: Mapping[str, int] = {"ping": 0, "get_metrics": 0, "get_info": 0, "get_audit": 2}  # name -> parameters
+METHODS: Mapping[str, int] = {  # name -> parameters
+    "ping": 0, "get_metrics": 0, "get_info": 0, "get_audit": 2, "get_samples": 2,
+}
+MAX_SAMPLES_LIMIT = 1000
 
 FAULTS: Mapping[str, tuple[int, str]] = {
     "parse": (-32700, "parse error"),
@@ -52,6 +55,8 @@ class MetricsSource(Protocol):
     def snapshot_response(self) -> bytes: ...
 
     def info(self) -> dict[str, Any]: ...
+
+    def samples(self, after: int, limit: int) -> dict[str, Any]: ...
 
 
 class AuditSource(Protocol):
@@ -99,8 +104,25 @@ def register_contract(dispatcher: SimpleXMLRPCDispatcher, metrics: MetricsSource
         return audit.get_audit(*check_params(params))
 
     dispatcher.register_function(get_audit, "get_audit")
+
+    def get_samples(*params: Any) -> dict[str, Any]:
+        return metrics.samples(*check_sample_params(params))
+
+    dispatcher.register_function(get_samples, "get_samples")
     if set(dispatcher.funcs) != set(METHODS):
         raise RuntimeError("the registered methods differ from the contract")
+
+
+def check_sample_params(params: tuple[Any, ...]) -> tuple[int, int]:
+    """``get_samples(after, limit)``: ``after`` a sequence number (0 or ``""``: from the oldest), 1..1000."""
+    after, limit = params
+    if after == "":
+        after = 0
+    if type(after) is not int or after < 0:
+        raise ParamsError("after")
+    if type(limit) is not int or not 1 <= limit <= MAX_SAMPLES_LIMIT:
+        raise ParamsError("limit")
+    return after, limit
 
 
 def handle_call(dispatcher: SimpleXMLRPCDispatcher, body: bytes) -> Outcome:

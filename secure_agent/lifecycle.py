@@ -51,7 +51,10 @@ CRL_WARNING_DAYS = 7.0  # a CRL lives 30 days and is re-signed every few weeks: 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 5.0
-_RESTART_ONLY = ("name", "host", "port", "server", "metrics", "audit_log", "audit_rotation", "audit_refusals")
+_RESTART_ONLY = (
+    "name", "host", "port", "server", "metrics", "audit_log", "audit_rotation", "audit_refusals", "sample_interval",
+    "buffer",
+)
 
 
 

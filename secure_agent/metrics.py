@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from secure_agent import __version__, xmlwire
+from secure_agent.buffer import SampleBuffer
 from secure_agent.config import AgentConfig
 from secure_agent.probes import registry
 from secure_agent.probes._text import INT32_MAX
@@ -97,6 +98,16 @@ def _no_security() -> dict[str, Any]:
     }
 
 
+def buffered(struct: dict[str, Any]) -> dict[str, Any]:
+    """A ``get_metrics`` struct for the sample buffer: per-core values, disks and findings left out."""
+    sample = {key: value for key, value in struct.items() if key not in ("disks", "sample_seq")}
+    if isinstance(struct.get("cpu"), dict):
+        sample["cpu"] = {**struct["cpu"], "per_core": []}
+    if isinstance(struct.get("security"), dict):
+        sample["security"] = {**struct["security"], "findings": []}
+    return sample
+
+
 class MetricsService:
     def __init__(
         self,
@@ -124,6 +135,7 @@ class MetricsService:
         self._stop = threading.Event()
         self._scanned = threading.Event()
         self._logged_unavailable: dict[str, str] = {}
+        self._buffer: SampleBuffer | None = None  # opened by start(): samples for get_samples
         self._probes: dict[str, registry.Probe] = {}
         self._metric_names: tuple[str, ...] = METRICS
         probes = registry.registered()  # plain numeric metrics (secure_agent.probes.registry)
@@ -142,6 +154,15 @@ class MetricsService:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
+            if self._buffer is None:
+                buffer = self._config.buffer
+                self._buffer = SampleBuffer(
+                    self._config.buffer_path,
+                    max_bytes=buffer.max_bytes,
+                    max_age=buffer.max_age,
+                    fsync_interval=buffer.fsync_interval,
+                    clock=self._clock,
+                )
             thread = threading.Thread(target=self._run, name="metrics-scan", daemon=True)
             self._thread = thread
         self._refresh_slow()
@@ -159,6 +180,8 @@ class MetricsService:
                 return False
         with self._scan_lock:
             self._scanner.close()
+        if self._buffer is not None:
+            self._buffer.close()
         return True
 
     def refresh(self) -> None:
@@ -173,8 +196,10 @@ class MetricsService:
     def _run(self) -> None:
         slow_every = min(FAST_INTERVAL, self._config.check_interval)
         scan_every = self._config.check_interval
+        sample_every = self._config.sample_interval
         next_slow = time.monotonic() + slow_every
         next_scan = time.monotonic()
+        next_sample = time.monotonic() + sample_every
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_scan:
@@ -183,7 +208,27 @@ class MetricsService:
             if now >= next_slow:
                 self._refresh_slow()
                 next_slow = max(now + slow_every, time.monotonic())
-            self._stop.wait(max(0.0, min(next_slow, next_scan) - time.monotonic()))
+            if now >= next_sample:
+                self.take_sample()
+                next_sample = max(now + sample_every, time.monotonic())
+            self._stop.wait(max(0.0, min(next_slow, next_scan, next_sample) - time.monotonic()))
+
+    def take_sample(self) -> int | None:
+        """Put what ``get_metrics`` would answer now, without the bulky details, into the buffer; its seq."""
+        if self._buffer is None:
+            return None
+        try:
+            return self._buffer.append(buffered(self.snapshot()))
+        except (OSError, ValueError) as exc:  # a full disk: this sample is lost, counted in the log
+            logger.error("sample buffer: cannot store a sample: %s", exc)
+            return None
+
+    def samples(self, after: int, limit: int) -> dict[str, Any]:
+        """The ``get_samples`` struct (docs/protocol.md)."""
+        if self._buffer is None:
+            return {"samples": [], "more": False, "gap": after > 0}
+        page = self._buffer.page(after, limit)
+        return {"samples": page.samples, "more": page.more, "gap": page.gap}
 
     def _refresh_slow(self) -> None:
         enabled = self._config.metrics
@@ -338,6 +383,7 @@ class MetricsService:
             "disks": disks_struct,
             "security": security_struct,
             "unavailable": dict(unavailable.reasons),
+            "sample_seq": self._buffer.newest_seq if self._buffer is not None else 0,
             **numbers,
         }
         self._log_unavailable(unavailable)
@@ -388,6 +434,7 @@ class MetricsService:
             "load": {"load_1": None, "load_5": None, "load_15": None, "per_core_1": None},
             "memory": None, "disks": [], "security": _no_security(),
             "unavailable": dict.fromkeys(self._metric_names, INTERNAL_ERROR),
+            "sample_seq": 0,
             **dict.fromkeys(self._probes),
         }
 

@@ -166,7 +166,7 @@ class AuditTrail:
 
     # -- the engine's hook ------------------------------------------------------------------------
 
-    def first_call(self, agent: str) -> Call | None:
+    def first_call(self, agent: str, sample: object = None) -> Call | None:
         """The first ``get_audit`` of this sweep for ``agent`` (None: its place is not known yet)."""
         with self._lock:
             trail = self._trails.get(agent)

@@ -32,6 +32,7 @@ from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
 from secure_collector.alertstate import AlertState, state_path
 from secure_collector.audittrail import AuditTrail
+from secure_collector.backfill import Backfill, BackfillState, FollowUps
 from secure_collector.check import run_check
 from secure_collector.config import CollectorConfig, ExporterConfig
 from secure_collector.errors import CollectorError
@@ -201,6 +202,9 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
     state = AlertState(state_path(config.spool_dir, shard))
     state.load(engine, {a.name for a in agents})
     trail = AuditTrail([a.name for a in agents], max_records_per_sweep=config.audit_fetch.max_records_per_sweep)
+    backfill = Backfill([a.name for a in agents])
+    backfill_state = BackfillState(config.spool_dir)
+    backfill.load(backfill_state.load())
     view = FleetView(spool.pending_bytes) if config.exporter is not None and not args.once else None
     recorder = Recorder(
         delivery,
@@ -211,6 +215,7 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         audit_hold=config.audit_fetch.alert_hold,
         observe=view.observe if view is not None else None,
         own=(common_name(config.tls.cert) or "collector", OwnMaterial(config.tls.cert, config.tls.ca, config.tls.crl)),
+        backfill=(backfill, backfill_state),
     )
     poller = Poller(
         connections,
@@ -218,7 +223,7 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         poll_interval=config.poll_interval,
         max_workers=config.max_workers,
         backoff_max=config.backoff_max,
-        follow_up=trail,
+        follow_up=FollowUps(backfill=backfill, audit=trail),
     )
     exporter = _start_exporter(args, config.exporter, view) if config.exporter is not None and view else None
     return Collector(config, poller, delivery, spool, hook, lock, exporter)

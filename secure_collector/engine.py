@@ -39,6 +39,7 @@ from secure_collector.errors import AgentBadResponse, AgentTimeout, AgentUnreach
 from secure_collector.sink import PollResult
 from secure_collector.transport import Address, AgentConnection, is_ip_literal, os_detail, resolve
 from secure_collector.validate import AnswerInvalid, to_sample, validate_answer
+from storage.models import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +93,14 @@ class Stamper:
 class FollowUp(Protocol):
     """More calls after a good ``get_metrics``: ``(method, params)`` to make next, or None when done."""
 
-    def first_call(self, agent: str) -> tuple[str, tuple[Any, ...]] | None: ...
+    def first_call(self, agent: str, sample: Sample | None = None) -> tuple[str, tuple[Any, ...]] | None: ...
 
     def answer(self, agent: str, value: object) -> tuple[str, tuple[Any, ...]] | None: ...
 
     def failed(self, agent: str, error: PollError) -> None: ...
 
-    def finish(self, agent: str) -> Any: ...
+    def finish(self, agent: str) -> Any:
+        """What the follow-ups brought: a mapping of PollResult fields, or the audit trail's outcome."""
 
 
 class _Call(NamedTuple):
@@ -224,7 +226,7 @@ class Engine:
                     raise AgentBadResponse(name, str(exc)) from None
                 latency = (time.monotonic() - call.started) * 1000
                 result = PollResult(name, timestamp, "up", "", latency, sample)
-                follow = self._follow_up.first_call(name) if self._follow_up is not None else None
+                follow = self._follow_up.first_call(name, sample) if self._follow_up is not None else None
             else:
                 result = call.pending
                 follow = self._follow_up.answer(name, value) if self._follow_up is not None else None
@@ -261,7 +263,8 @@ class Engine:
     def _done(self, name: str, result: PollResult) -> None:
         self._calls.pop(name, None)
         if self._follow_up is not None:
-            result = result._replace(audit=self._follow_up.finish(name))
+            brought = self._follow_up.finish(name)
+            result = result._replace(**brought) if isinstance(brought, dict) else result._replace(audit=brought)
         self._finished.append(result)
 
     def _unexpected(self, name: str, exc: Exception) -> PollError:

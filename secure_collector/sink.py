@@ -28,6 +28,7 @@ from pki.validity import days_left
 from secure_collector.alerts import AUDIT_CHAIN, AlertEngine
 from secure_collector.alertstate import AlertState
 from secure_collector.audittrail import AuditOutcome, AuditTrail
+from secure_collector.backfill import Backfill, BackfillOutcome, BackfillState
 from secure_collector.errors import SpoolError
 from secure_collector.expiry import OwnMaterial
 from secure_collector.hook import AlertHook, storage_summary
@@ -58,6 +59,7 @@ class PollResult(NamedTuple):
     sample: Sample | None = None
     retry_after: float | None = None
     audit: AuditOutcome | None = None  # what this sweep fetched of the agent's audit trail
+    backfill: BackfillOutcome | None = None  # samples the agent buffered while the collector missed them
 
 
 class Observer(Protocol):
@@ -217,6 +219,7 @@ class Recorder:
         audit_hold: float = DEFAULT_AUDIT_HOLD,
         observe: Observer | None = None,
         own: tuple[str, OwnMaterial] | None = None,
+        backfill: tuple[Backfill, BackfillState] | None = None,
     ) -> None:
         self.delivery = delivery
         self.engine = engine
@@ -226,6 +229,8 @@ class Recorder:
         self.audit_hold = audit_hold
         self.observe = observe
         self.own = own  # the collector's name and its own certificate, CA and CRL (certificate_expiry)
+        self.backfill: Backfill | None = backfill[0] if backfill is not None else None
+        self._backfill_state: BackfillState | None = backfill[1] if backfill is not None else None
         self._samples: list[Sample] = []
         self._alerts: list[Alert] = []
         self._statuses: list[AgentStatus] = []
@@ -240,6 +245,11 @@ class Recorder:
     def add(self, result: PollResult) -> None:
         if result.sample is not None:
             self._samples.append(result.sample)
+        if result.backfill is not None and result.backfill.samples:
+            self._samples.extend(result.backfill.samples)
+            logger.info("%s: back-filled %d samples", result.agent, len(result.backfill.samples))
+        if self.backfill is not None and result.state != "up":
+            self.backfill.gap(result.agent)
         state, detail = result.state, result.detail
         try:
             alerts = self.engine.evaluate_state(result.agent, result.state, result.timestamp, result.detail)
@@ -356,3 +366,6 @@ class Recorder:
         if self.state is not None:
             # after the alerts are stored or spooled: a crash in between repeats an alert, never loses one
             self.state.save(self.engine)
+        if self.backfill is not None and self._backfill_state is not None:
+            # likewise: a crash before this save fetches those samples again, and storage keeps them once
+            self._backfill_state.save(self.backfill.export())

@@ -129,6 +129,8 @@ _SECTIONS: dict[str, Any] = {
         Annotated[dict[Annotated[str, Field(pattern=METRIC_KEY)], Text | None], Field(max_length=MAX_UNAVAILABLE)],
         {},
     ),
+    # the newest sample in the agent's buffer (get_samples); absent from agents without one
+    "sample_seq": (Annotated[int, Field(ge=0, le=2**31 - 1)] | None, None),
 }
 
 
@@ -244,6 +246,8 @@ def to_sample(answer: MetricsAnswer, timestamp: float, measured: Mapping[str, fl
     }
     if answer.unavailable:
         extra["unavailable"] = sorted(answer.unavailable)
+    if answer.sample_seq is not None:
+        extra["sample_seq"] = answer.sample_seq
     reason = answer.temperature.reason
     values: dict[str, Any] = {
         "agent": answer.agent,
