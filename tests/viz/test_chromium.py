@@ -62,7 +62,7 @@ def test_operator_dashboard_with_one_agent_down(run_viz: RunViz, tmp_path: Path,
         page.load((out / "index.html").as_uri())
         columns = json.loads(page.evaluate(COLUMNS))
         assert columns == ["Agent", "State", "Threat", "CPU", "Memory", "Swap", "Disk", "Load 1 min", "Temp.",
-                           "SSH failures", "Sample age", "Open alerts"]
+                           "SSH failures", "Cert. days", "Sample age", "Open alerts"]
         rows = {row[0]: row for row in json.loads(page.evaluate(ROWS))}
         order = list(rows)
         # most trouble first: the agent that does not answer, then by threat level (high, low), then breaches
