@@ -25,7 +25,7 @@ TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
     "cpu_temperature": (float, type(None)), "load_1": (float, type(None)), "load_5": (float, type(None)),
     "load_15": (float, type(None)), "memory_usage": (float, type(None)), "disk_usage": (float, type(None)),
     "security_issues": int, "threat_level": str, "temperature": dict, "cpu": dict, "load": dict,
-    "memory": (dict, type(None)), "disks": list, "security": dict, "unavailable": dict,
+    "memory": (dict, type(None)), "disks": list, "security": dict, "unavailable": dict, "sample_seq": int,
 }
 SECURITY_KEYS = {"threat_level", "issues", "scanned_at", "age", "ssh_failures", "unknown_processes", "findings"}
 
