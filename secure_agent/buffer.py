@@ -84,6 +84,9 @@ class SampleBuffer:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._segments = self._scan()  # first seq -> path, oldest first
         self._next_seq, self._newest_time = self._recover()
+        # first seq -> where each of its lines starts (and, last, where the segment ends): seq k of a segment
+        # whose first is f is line k - f, so a page is one read of the bytes it needs
+        self._offsets: dict[int, list[int]] = {first: _line_offsets(path) for first, path in self._segments.items()}
         self._fd: int | None = None
         self._size = self._total()
         self._synced_at = time.monotonic()
@@ -145,6 +148,8 @@ class SampleBuffer:
             if written != len(line):  # a short write (disk full): cut it back, the sample is not stored
                 self._cut_back(written)
                 raise OSError("short write to the sample buffer")
+            offsets = self._offsets[next(reversed(self._segments))]
+            offsets.append(offsets[-1] + len(line))
             self._next_seq, self._size, self._dirty = seq + 1, self._size + len(line), True
             self._newest_time = float(sample.get("timestamp", 0.0))
             self._sync_if_due()
@@ -160,6 +165,7 @@ class SampleBuffer:
         path = self.directory / f"{PREFIX}{seq:020d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._segments[seq] = path
+        self._offsets[seq] = [0]
         _fsync_dir(self.directory)
 
     def _cut_back(self, written: int) -> None:
@@ -190,6 +196,7 @@ class SampleBuffer:
             size = path.stat().st_size
             path.unlink()
             del self._segments[first]
+            self._offsets.pop(first, None)
             self._size -= size
             self.dropped += following - first
             logger.warning(
@@ -231,32 +238,43 @@ class SampleBuffer:
     def page(self, after: int, limit: int) -> Page:
         """The samples after sequence number ``after`` (0: from the oldest), oldest first, at most ``limit``."""
         with self._lock:
-            segments = list(self._segments.items())
+            segments = [(first, path, list(self._offsets.get(first, [0]))) for first, path in self._segments.items()]
             newest = self._next_seq - 1
         oldest = segments[0][0] if segments else self._next_seq
         gap = after > newest or (0 < after < oldest - 1)
         start = oldest if gap or after < oldest else after + 1
         samples: list[dict[str, Any]] = []
-        for index, (_, path) in enumerate(segments):
-            following = segments[index + 1][0] if index + 1 < len(segments) else newest + 1
-            if following <= start:
+        for first, path, offsets in segments:
+            count = len(offsets) - 1  # whole lines indexed in this segment
+            if first + count <= start:
                 continue
+            begin = max(0, start - first)
+            end = min(count, begin + limit - len(samples) + 1)  # one more: is there more?
             try:
-                data = path.read_bytes()
+                with open(path, "rb") as handle:
+                    handle.seek(offsets[begin])
+                    data = handle.read(offsets[end] - offsets[begin])
             except FileNotFoundError:  # dropped meanwhile: the caller sees the gap next time
                 continue
             for line in data.splitlines(keepends=True):
                 sample = _decode(line)
                 if sample is None:
-                    if line.endswith(b"\n"):
-                        self.corrupt += 1
-                    continue
-                if sample["seq"] < start or sample["seq"] > newest:
+                    self.corrupt += 1
                     continue
                 if len(samples) == limit:
                     return Page(samples, True, gap)
                 samples.append(sample)
+            start = first + count
         return Page(samples, False, gap)
+
+
+def _line_offsets(path: Path) -> list[int]:
+    """Where each whole line of ``path`` starts, and its end."""
+    offsets = [0]
+    for line in path.read_bytes().splitlines(keepends=True):
+        if line.endswith(b"\n"):
+            offsets.append(offsets[-1] + len(line))
+    return offsets
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -99,12 +99,16 @@ def _no_security() -> dict[str, Any]:
 
 
 def buffered(struct: dict[str, Any]) -> dict[str, Any]:
-    """A ``get_metrics`` struct for the sample buffer: per-core values, disks and findings left out."""
-    sample = {key: value for key, value in struct.items() if key not in ("disks", "sample_seq")}
-    if isinstance(struct.get("cpu"), dict):
-        sample["cpu"] = {**struct["cpu"], "per_core": []}
-    if isinstance(struct.get("security"), dict):
-        sample["security"] = {**struct["security"], "findings": []}
+    """A ``get_metrics`` struct for the sample buffer: what a stored sample keeps, the bulky details left out
+    (per-core values, disks, findings, byte counts, the load section that repeats the top-level loads)."""
+    sample = {key: value for key, value in struct.items() if key not in ("disks", "sample_seq", "load")}
+    cpu, memory, security = struct.get("cpu"), struct.get("memory"), struct.get("security")
+    if isinstance(cpu, dict):
+        sample["cpu"] = {"count": cpu.get("count")}
+    if isinstance(memory, dict):
+        sample["memory"] = {"percent": memory.get("percent"), "swap_percent": memory.get("swap_percent")}
+    if isinstance(security, dict):
+        sample["security"] = {key: security.get(key) for key in ("threat_level", "issues", "age", "ssh_failures")}
     return sample
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secure_agent.buffer import SampleBuffer
 
@@ -115,3 +118,36 @@ def test_a_writer_killed_with_sigkill_mid_append_leaves_every_whole_sample(tmp_p
         after = int(str(seqs[-1]))
     assert seqs == list(range(1, newest + 1))  # every whole sample, in order, none torn
     assert buffer.append({"timestamp": 0.5, "agent": "a"}) == newest + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(min_value=0, max_value=300),
+    max_bytes=st.sampled_from([64 * 1024, 128 * 1024, 1024 * 1024]),
+    asks=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=320), st.integers(min_value=1, max_value=50)), max_size=8
+    ),
+)
+def test_a_page_is_what_reading_every_kept_line_gives(
+    tmp_path_factory: pytest.TempPathFactory, count: int, max_bytes: int, asks: list[tuple[int, int]]
+) -> None:
+    """The indexed reader against the plain one: every whole line of every segment, in order."""
+    directory = tmp_path_factory.mktemp("buf")
+    buffer = _buffer(directory, max_bytes=max_bytes)
+    for i in range(count):
+        buffer.append({**_sample(i), "payload": "y" * 400})
+    kept = [
+        json.loads(line.split(b" ", 1)[1])
+        for path in sorted(directory.iterdir())
+        for line in path.read_bytes().splitlines()
+    ]
+    seqs = [s["seq"] for s in kept]
+    assert seqs == list(range(seqs[0], count + 1)) if seqs else count == 0
+    for after, limit in asks:
+        page = buffer.page(after, limit)
+        oldest = seqs[0] if seqs else buffer.newest_seq + 1
+        start = oldest if after < oldest else after + 1
+        rest = [s for s in kept if s["seq"] >= start] if after <= buffer.newest_seq else kept
+        assert page.samples == rest[:limit]
+        assert page.more == (len(rest) > limit)
+        assert page.gap == (after > buffer.newest_seq or 0 < after < oldest - 1)
