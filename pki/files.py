@@ -15,6 +15,15 @@ PUBLIC_MODE = 0o644
 _MAX_MATERIAL_BYTES = 1024 * 1024
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a file created, renamed or deleted in it) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int, overwrite: bool = False) -> bool:
     """Write ``data`` to ``path`` through a temporary file and a rename; return False if it exists.
 

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pki.files import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 SEGMENTS = 8
@@ -166,7 +168,7 @@ class SampleBuffer:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._segments[seq] = path
         self._offsets[seq] = [0]
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _cut_back(self, written: int) -> None:
         if self._fd is not None and written > 0:
@@ -275,11 +277,3 @@ def _line_offsets(path: Path) -> list[int]:
         if line.endswith(b"\n"):
             offsets.append(offsets[-1] + len(line))
     return offsets
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

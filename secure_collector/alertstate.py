@@ -32,9 +32,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from pki.files import PRIVATE_MODE, write_atomic
+from pki.files import PRIVATE_MODE, fsync_dir, write_atomic
 from secure_collector.alerts import AlertEngine, FiringState
-from secure_collector.spool import fsync_dir
 from storage.catalog import with_thresholds
 from storage.models import AGENT_NAME_PATTERN, Severity
 

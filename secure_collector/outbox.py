@@ -28,9 +28,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pki.files import PRIVATE_MODE, write_atomic
+from pki.files import PRIVATE_MODE, fsync_dir, write_atomic
 from secure_collector.errors import AlertHookError
-from secure_collector.spool import fsync_dir
 from storage.models import Alert
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from pki.files import fsync_dir
 from secure_collector.errors import SpoolError
 from storage.base import Batch
 from storage.models import AgentStatus, Alert, AuditEntry, Sample
@@ -259,11 +260,3 @@ def _append_whole(fd: int, data: bytes) -> None:
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as handle:
         return sum(1 for _ in handle)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,7 +13,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from secure_agent.config import AgentConfig
 from secure_agent.lifecycle import Agent
 from secure_agent.metrics import MetricsService
 from secure_collector import cli
@@ -21,7 +20,7 @@ from secure_collector.alertstate import METRIC_PATTERN
 from storage.factory import open_store
 from tests.addmetric.declare import FILE, NAME
 from tests.collector.helpers import WIDE, collector_data, load, write_config
-from tests.plugins.agent import agent_config_data
+from tests.plugins.agent import agent_with_service
 from tests.plugins.mariadb import MariaDBServer
 from tests.plugins.pki import TestPKI
 from viz import cli as viz_cli
@@ -34,15 +33,8 @@ def agent_reading(test_pki: TestPKI, folder: Path) -> Iterator[tuple[Agent, Metr
     proc = folder / "proc"
     (proc / FILE).parent.mkdir(parents=True)
     (proc / FILE).write_text(f"{VALUE}\n")
-    (folder / "agent").mkdir()
-    config = AgentConfig.model_validate(agent_config_data(test_pki, "localhost", folder / "agent"))
-    service = MetricsService(config, proc_root=proc)
-    agent = Agent(config, metrics=lambda _config: service)
-    agent.start()
-    try:
-        yield agent, service
-    finally:
-        agent.stop(timeout=2.0)
+    with agent_with_service(test_pki, folder / "agent", proc_root=proc) as running:
+        yield running
 
 
 def _once(folder: Path, data: dict[str, object]) -> None:

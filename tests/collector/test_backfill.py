@@ -14,28 +14,19 @@ from typing import Any
 
 import pytest
 
-from secure_agent.config import AgentConfig
 from secure_agent.lifecycle import Agent
 from secure_agent.metrics import MetricsService
 from secure_collector import cli
 from tests.collector.helpers import collector_data, write_config
-from tests.plugins.agent import agent_config_data, rpc_call
+from tests.plugins.agent import agent_with_service, rpc_call
 from tests.plugins.pki import TestPKI
 
 
 @pytest.fixture
 def sampled(test_pki: TestPKI, tmp_path: Path) -> Iterator[tuple[Agent, MetricsService]]:
-    folder = tmp_path / "agent"
-    folder.mkdir()
     # no background sampling: the test takes each sample, standing for a sample_interval passing
-    config = AgentConfig.model_validate(agent_config_data(test_pki, "localhost", folder, sample_interval=3600))
-    service = MetricsService(config)
-    agent = Agent(config, metrics=lambda _config: service)
-    agent.start()
-    try:
-        yield agent, service
-    finally:
-        agent.stop(timeout=2.0)
+    with agent_with_service(test_pki, tmp_path / "agent", sample_interval=3600) as running:
+        yield running
 
 
 def _stored(data: dict[str, Any]) -> list[dict[str, Any]]:

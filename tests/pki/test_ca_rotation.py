@@ -51,15 +51,25 @@ def _issuer(agent: RunningAgent, pki: TestPKI) -> str:
     return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
 
 
-def test_moving_every_host_to_a_new_ca_fails_no_poll(
-    make_pki: Callable[..., TestPKI], start_agent: StartAgent, tmp_path: Path
-) -> None:
+def _two_cas(make_pki: Callable[..., TestPKI], tmp_path: Path, *, revoke_new: str | None = None) -> tuple[
+    TestPKI, TestPKI, Path, Path
+]:
+    """The old and the new PKI, and the bundles of the window: both CAs, a CRL of each."""
     old = make_pki(tmp_path / "old", agents=[AGENT], collectors=["collector"])
     new = make_pki(tmp_path / "new", agents=[AGENT], collectors=["collector"])
+    if revoke_new is not None:
+        new.revoke(revoke_new)
     bundle = tmp_path / "ca-bundle.crt"
     bundle.write_bytes(old.ca.read_bytes() + new.ca.read_bytes())
     crls = tmp_path / "crl-bundle.pem"
     crls.write_bytes(old.crl.read_bytes() + new.crl.read_bytes())
+    return old, new, bundle, crls
+
+
+def test_moving_every_host_to_a_new_ca_fails_no_poll(
+    make_pki: Callable[..., TestPKI], start_agent: StartAgent, tmp_path: Path
+) -> None:
+    old, new, bundle, crls = _two_cas(make_pki, tmp_path)
     limits = {"rate_limit": {"per_second": 50, "burst": 100}}
     agent = start_agent(old, "web1", tls={"crl": str(old.crl)}, security=limits)
     polled = [("web1", agent.host, agent.port)]
@@ -96,13 +106,7 @@ def test_moving_every_host_to_a_new_ca_fails_no_poll(
 def test_during_the_window_each_cas_crl_is_honoured_and_a_ca_without_one_is_refused(
     make_pki: Callable[..., TestPKI], start_agent: StartAgent, tmp_path: Path
 ) -> None:
-    old = make_pki(tmp_path / "old", agents=[AGENT], collectors=["collector"])
-    new = make_pki(tmp_path / "new", agents=[AGENT], collectors=["collector"])
-    bundle = tmp_path / "ca-bundle.crt"
-    bundle.write_bytes(old.ca.read_bytes() + new.ca.read_bytes())
-    new.revoke("collector")  # the new CA's CRL revokes its collector certificate
-    crls = tmp_path / "crl-bundle.pem"
-    crls.write_bytes(old.crl.read_bytes() + new.crl.read_bytes())
+    old, new, bundle, crls = _two_cas(make_pki, tmp_path, revoke_new="collector")  # the new CA revokes its collector
     agent = start_agent(old, "web1", tls={"ca": str(bundle), "crl": str(crls)})
     assert rpc_call(agent, old, "ping") == "pong"  # the old CA's collector: admitted
     cert, key, _ = new.collector_files()

@@ -14,6 +14,7 @@ SMON1 token) for the happy path; hostile tests build their requests by hand.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -29,6 +30,7 @@ from pki import tls, tokens
 from pki.migrate import overlay
 from secure_agent.config import AgentConfig
 from secure_agent.lifecycle import Agent
+from secure_agent.metrics import MetricsService
 from tests.plugins.pki import TestPKI
 
 # Short limits so that timeout cases run in well under a second.
@@ -133,6 +135,22 @@ def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
     yield start
     for running in reversed(started):
         running.stop()
+
+
+@contextlib.contextmanager
+def agent_with_service(
+    pki: TestPKI, folder: Path, proc_root: Path = Path("/proc"), **overrides: Any
+) -> Iterator[tuple[Agent, MetricsService]]:
+    """A real agent whose metrics service the test holds (to take samples, or to read a fixture proc root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = AgentConfig.model_validate(agent_config_data(pki, "localhost", folder, **overrides))
+    service = MetricsService(config, proc_root=proc_root)
+    agent = Agent(config, metrics=lambda _config: service)
+    agent.start()
+    try:
+        yield agent, service
+    finally:
+        agent.stop(timeout=2.0)
 
 
 class RPCStatusError(Exception):
