@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -22,6 +23,8 @@ from pki.errors import PKIError
 
 MAX_CSR_BYTES = 16 * 1024
 """A CSR of ours is under 1 KiB; anything near this is not one."""
+# what cryptography raises on a malformed CSR (its lazily parsed parts too); only the first is a ValueError
+_MALFORMED = (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 _PURPOSE = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 _PURPOSE_NAME = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
 
@@ -54,9 +57,10 @@ def _load(data: bytes) -> x509.CertificateSigningRequest:
     if len(data) > MAX_CSR_BYTES:
         raise RequestRefused(f"larger than {MAX_CSR_BYTES} bytes: not a CSR of ours")
     try:
-        return x509.load_pem_x509_csr(data)
-    except ValueError:
+        request = x509.load_pem_x509_csr(data)
+    except _MALFORMED:
         raise RequestRefused("not a PEM certificate signing request") from None
+    return request
 
 
 def _asked_hosts(request: x509.CertificateSigningRequest) -> set[str]:
@@ -85,11 +89,14 @@ def check_request(data: bytes, name: str, role: ca_lib.Role, hosts: Sequence[str
     request = _load(data)
     try:
         signed = request.is_signature_valid
-    except Exception:  # a malformed or unsupported signature algorithm: cryptography raises various types
+    except (*_MALFORMED, UnsupportedAlgorithm):
         signed = False
     if not signed:
         raise RequestRefused("its signature does not verify (altered, or not made with its key)")
-    public = request.public_key()
+    try:  # parsed now, so that nothing below meets a malformed part
+        public, _, _ = request.public_key(), request.subject, request.extensions
+    except (*_MALFORMED, UnsupportedAlgorithm):
+        raise RequestRefused("its key, subject or extensions cannot be parsed") from None
     if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(public.curve, ec.SECP256R1):
         kind = f"EC {public.curve.name}" if isinstance(public, ec.EllipticCurvePublicKey) else type(public).__name__
         raise RequestRefused(f"its key is {kind.replace('_', ' ')}; ours are EC P-256 (secp256r1)")

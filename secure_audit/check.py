@@ -15,7 +15,8 @@ address (low); ``allowed_clients`` empty (info: any certificate of our CA is acc
 written down (low) or above :data:`MAX_RATE_PER_SECOND`/:data:`MAX_BURST` (medium); HMAC keys; CRL;
 audit log not writable (high) or open to group/others (medium); no readable SSH log source, neither an
 auth log nor the journal (medium: brute-force detection would be off).
-Collector: certificates, key files, HMAC key, and MySQL without TLS to a non-loopback host (high).
+Collector: certificates, key files (its own and the exporter's), HMAC key, and MySQL without TLS to a
+non-loopback host (high).
 
 Run it as the service user (``sudo -u secure-monitor secure-audit check ...``): "writable" means
 writable by whoever runs the check.
@@ -264,6 +265,10 @@ def check_collector(config: CollectorConfig, config_path: str, *, now: dt.dateti
     if config.tls.crl is not None:  # optional on the collector: the same expiry and signature checks
         findings += material.check_crl(where.at("tls.crl"), config.tls.crl, ca, now=now)
     findings += material.check_hmac_key(where.at("hmac.key_file"), config.hmac.key_file)
+    if config.exporter is not None and config.exporter.tls is not None:  # the /metrics endpoint's own material
+        exporter = config.exporter.tls
+        findings += material.check_certificate(where.at("exporter.tls.cert"), exporter.cert, leaf=True, now=now)[1]
+        findings += material.check_private_file(where.at("exporter.tls.key"), exporter.key, "TLS private key")
     findings += check_storage(where, config.storage, Path(config_path))
     return findings
 

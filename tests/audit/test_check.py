@@ -459,3 +459,13 @@ def test_predecessor_and_verification_switches_do_not_exist(
 def test_no_config_given_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     report = run_check(capsys)
     assert report.code == 2 and report.stderr.count("\n") == 1 and "--agent-config" in report.stderr
+
+
+def test_the_exporters_key_open_to_others_is_found(capsys: pytest.CaptureFixture[str], pki: TestPKI) -> None:
+    cert, key = pki.issue("exporter", "server", hosts=["127.0.0.1"], folder="exporter")
+    key.chmod(0o644)
+    tls_section = {"cert": str(cert), "key": str(key), "ca": str(pki.ca)}
+    edit(collector_config(pki), lambda d: d.update(exporter={"listen": "127.0.0.1:0", "tls": tls_section}))
+    report = check_collector(capsys, pki)
+    assert report.code == 1 and report.ids == {"key-file-readable"}
+    assert report.finding("key-file-readable")["key"] == "exporter.tls.key"

@@ -19,7 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pki import csr as csr_lib
 from pki import make_certs
 from secure_agent.config import AgentConfig
 from secure_agent.lifecycle import Agent
@@ -199,3 +202,20 @@ def test_a_collector_key_made_here_is_replaced_by_one_made_on_its_host_only_with
     cert = x509.load_pem_x509_certificate((ca_dir / "collectors" / "collector.crt").read_bytes())
     key = serialization.load_pem_private_key((host / "collector.key").read_bytes(), password=None)
     assert cert.public_key() == key.public_key()
+
+
+GOOD = _csr()
+
+
+@settings(max_examples=200, deadline=None)
+@given(position=st.integers(min_value=0, max_value=len(GOOD) - 1), value=st.integers(min_value=0, max_value=255))
+def test_any_byte_of_a_csr_altered_is_signed_as_asked_or_refused_in_one_line(position: int, value: int) -> None:
+    """Untrusted input: whatever a byte becomes, the CA signs exactly what was asked or refuses, never raises else."""
+    data = bytearray(GOOD)
+    data[position] = value
+    try:
+        public = csr_lib.check_request(bytes(data), "web1", "server", ["localhost", "127.0.0.1"])
+    except csr_lib.RequestRefused as refused:
+        assert "\n" not in str(refused) and str(refused)
+        return
+    assert isinstance(public, ec.EllipticCurvePublicKey)  # unaltered where it matters (base64 padding, PEM text)
