@@ -39,6 +39,7 @@ from secure_collector.errors import CollectorError
 from secure_collector.expiry import OwnMaterial, common_name
 from secure_collector.exporter import Exporter, FleetView
 from secure_collector.hook import AlertHook
+from secure_collector.membership import DatabaseCursors, Membership, member_name
 from secure_collector.outbox import outbox_dir
 from secure_collector.poller import Poller, parse_shard, select_shard
 from secure_collector.runlock import RunLock, lock_path
@@ -46,8 +47,9 @@ from secure_collector.sink import Delivery, LazyStore, PollResult, Recorder
 from secure_collector.spool import Spool
 from secure_collector.transport import AgentConnection
 from storage import open_store
-from storage.errors import StorageConfigError, StorageUnavailable
+from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.escape import escape
+from storage.mysql import MySQLStore
 
 logger = logging.getLogger("secure_collector")
 
@@ -86,9 +88,12 @@ class Collector:
     hook: AlertHook | None
     lock: RunLock
     exporter: Exporter | None = None
+    membership: Membership | None = None
 
     def close(self) -> None:
         self.poller.close()
+        if self.membership is not None:
+            self.membership.close()
         if self.exporter is not None:
             self.exporter.close()
         if self.hook is not None:
@@ -113,7 +118,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check", action="store_true", help="check config, TLS material, spool_dir and storage; poll nothing"
     )
-    parser.add_argument("--shard", metavar="I/N", help="poll only shard I of N of the agents (rendezvous hashing)")
+    parser.add_argument(
+        "--shard",
+        metavar="I/N|auto",
+        help="poll only shard I of N of the agents (rendezvous hashing); auto: share them with the live collectors "
+        "of the same MySQL store, failing over when one stops",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
@@ -150,7 +160,10 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         raise _Fatal(str(exc)) from exc
     agents = config.agents
     shard: tuple[int, int] | None = None
-    if args.shard is not None:
+    auto = args.shard == "auto"
+    if auto and config.storage.type != "mysql":
+        raise _Fatal(f'{args.config}: --shard auto: needs storage.type "mysql" (the collectors coordinate through it)')
+    if args.shard is not None and not auto:
         try:
             shard = parse_shard(args.shard)
         except ValueError as exc:
@@ -203,8 +216,19 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
     state.load(engine, {a.name for a in agents})
     trail = AuditTrail([a.name for a in agents], max_records_per_sweep=config.audit_fetch.max_records_per_sweep)
     backfill = Backfill([a.name for a in agents])
-    backfill_state = BackfillState(config.spool_dir)
-    backfill.load(backfill_state.load())
+    cursors: BackfillState | DatabaseCursors = BackfillState(config.spool_dir)
+    membership = None
+    if auto and not args.once:  # --once polls every agent: a check must not take agents from the others
+        try:
+            coordinator = open_store(config.storage)
+        except StorageError as exc:
+            raise _Fatal(f"{args.config}: --shard auto: cannot reach the shared database: {exc}") from exc
+        if not isinstance(coordinator, MySQLStore):
+            raise _Fatal(f'{args.config}: --shard auto: needs storage.type "mysql"')
+        lease = config.shard_lease or 3 * config.poll_interval
+        membership = Membership(coordinator, member_name(config.spool_dir), [a.name for a in agents], lease, backfill)
+        cursors = DatabaseCursors(coordinator)
+    backfill.load(cursors.load())
     view = FleetView(spool.pending_bytes) if config.exporter is not None and not args.once else None
     recorder = Recorder(
         delivery,
@@ -215,7 +239,7 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         audit_hold=config.audit_fetch.alert_hold,
         observe=view.observe if view is not None else None,
         own=(common_name(config.tls.cert) or "collector", OwnMaterial(config.tls.cert, config.tls.ca, config.tls.crl)),
-        backfill=(backfill, backfill_state),
+        backfill=(backfill, cursors),
     )
     poller = Poller(
         connections,
@@ -224,9 +248,10 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         max_workers=config.max_workers,
         backoff_max=config.backoff_max,
         follow_up=FollowUps(backfill=backfill, audit=trail),
+        membership=membership,
     )
     exporter = _start_exporter(args, config.exporter, view) if config.exporter is not None and view else None
-    return Collector(config, poller, delivery, spool, hook, lock, exporter)
+    return Collector(config, poller, delivery, spool, hook, lock, exporter, membership)
 
 
 def _start_exporter(args: argparse.Namespace, settings: ExporterConfig, view: FleetView) -> Exporter:

@@ -88,6 +88,8 @@ class CollectorConfig(_Section):
     hmac: HMACConfig
     spool_dir: Path
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # --shard auto: seconds after its last renewal that a collector's agents go to the others (None: 3 intervals)
+    shard_lease: float | None = Field(default=None, gt=0, le=86_400)
     # the longest wait between two tries of a failing agent (exponential backoff from poll_interval)
     backoff_max: float = Field(default=300, ge=1, le=86_400)
     # argv of a program that receives each alert as one JSON document on stdin; never run through a shell

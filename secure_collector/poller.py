@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from secure_collector.config import AgentEntry
 from secure_collector.engine import Engine, FollowUp, Stamper
+from secure_collector.membership import Membership
 from secure_collector.sink import PollResult, Recorder
 from secure_collector.transport import AgentConnection
 from storage.escape import escape
@@ -141,8 +142,10 @@ class Poller:
         stamp: Stamper | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         follow_up: FollowUp | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.recorder = recorder
+        self.membership = membership  # --shard auto: which agents are this collector's now
         self.interval = poll_interval
         self.max_workers = max_workers
         self.backoff_max = max(backoff_max, poll_interval)
@@ -175,7 +178,9 @@ class Poller:
     # -- --once --------------------------------------------------------------------------------
     def poll_once(self) -> list[PollResult]:
         """Poll every agent once (``max_workers`` at a time), record and store; results in config order."""
-        waiting = list(self._order)
+        if self.membership is not None:
+            self.membership.refresh()
+        waiting = [name for name in self._order if self.membership is None or self.membership.owns(name)]
         results: dict[str, PollResult] = {}
         while waiting or len(self._engine):
             while waiting and len(self._engine) < self.max_workers:
@@ -184,7 +189,7 @@ class Poller:
             for result in self._engine.poll(None):
                 results[result.agent] = result
                 self._slots[result.agent].state = result.state
-        ordered = [results[name] for name in self._order]
+        ordered = [results[name] for name in self._order if name in results]
         if self.recorder is not None:  # None: a probe beside the running service records nothing
             self.recorder.add_all(ordered)
             self.recorder.flush()
@@ -213,14 +218,22 @@ class Poller:
         if self.recorder is None:
             raise ValueError("a poller without a recorder can only poll_once")
         writer = Writer(self.recorder)
+        renew_at = start
         try:
             while not self._stop.is_set():
                 now = self._monotonic()
                 self.sweeps = int((now - start) / self.interval + 1e-9) + 1
+                if self.membership is not None and now >= renew_at:
+                    self.membership.refresh()  # once a poll interval: the lease, and which agents are ours
+                    renew_at = now + self.interval
                 while heap and heap[0][0] <= now:
                     if max_sweeps is not None and self._tick_of(heap[0][0], start) >= max_sweeps:
                         break
-                    ready.append(heapq.heappop(heap)[2])
+                    due, position, name = heapq.heappop(heap)
+                    if self.membership is not None and not self.membership.owns(name):
+                        heapq.heappush(heap, (due + self.interval, position, name))  # another collector's now
+                        continue
+                    ready.append(name)
                 waiting: list[str] = []
                 for name in ready:
                     if self._startable(name):

@@ -28,7 +28,7 @@ from pki.validity import days_left
 from secure_collector.alerts import AUDIT_CHAIN, AlertEngine
 from secure_collector.alertstate import AlertState
 from secure_collector.audittrail import AuditOutcome, AuditTrail
-from secure_collector.backfill import Backfill, BackfillOutcome, BackfillState
+from secure_collector.backfill import Backfill, BackfillOutcome
 from secure_collector.errors import SpoolError
 from secure_collector.expiry import OwnMaterial
 from secure_collector.hook import AlertHook, storage_summary
@@ -60,6 +60,12 @@ class PollResult(NamedTuple):
     retry_after: float | None = None
     audit: AuditOutcome | None = None  # what this sweep fetched of the agent's audit trail
     backfill: BackfillOutcome | None = None  # samples the agent buffered while the collector missed them
+
+
+class CursorStore(Protocol):
+    """Where the back-fill cursors are kept: ``spool_dir`` (BackfillState), or the shared database."""
+
+    def save(self, state: dict[str, int]) -> None: ...
 
 
 class Observer(Protocol):
@@ -219,7 +225,7 @@ class Recorder:
         audit_hold: float = DEFAULT_AUDIT_HOLD,
         observe: Observer | None = None,
         own: tuple[str, OwnMaterial] | None = None,
-        backfill: tuple[Backfill, BackfillState] | None = None,
+        backfill: tuple[Backfill, CursorStore] | None = None,
     ) -> None:
         self.delivery = delivery
         self.engine = engine
@@ -230,7 +236,7 @@ class Recorder:
         self.observe = observe
         self.own = own  # the collector's name and its own certificate, CA and CRL (certificate_expiry)
         self.backfill: Backfill | None = backfill[0] if backfill is not None else None
-        self._backfill_state: BackfillState | None = backfill[1] if backfill is not None else None
+        self._backfill_state: CursorStore | None = backfill[1] if backfill is not None else None
         self._samples: list[Sample] = []
         self._alerts: list[Alert] = []
         self._statuses: list[AgentStatus] = []

@@ -22,7 +22,7 @@ import math
 import operator
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import pandas as pd
@@ -107,6 +107,14 @@ _AUDIT_PAGE = (
     "ORDER BY `id` LIMIT %s"
 )
 _AUDIT_PAGE_ROWS = 10_000
+_COLLECTORS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS `collectors` (`member` VARCHAR(191) NOT NULL PRIMARY KEY, "
+    "`heartbeat` DOUBLE NOT NULL, `lease` DOUBLE NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+)
+_CURSORS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS `backfill_cursors` (`agent` VARCHAR(64) NOT NULL PRIMARY KEY, "
+    "`seq` BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+)
 _sample_values = operator.attrgetter(*frames.SAMPLES.columns)
 _alert_values = operator.attrgetter(*frames.ALERTS.columns)
 _status_values = operator.attrgetter(*frames.STATUSES.columns)
@@ -426,6 +434,73 @@ class MySQLStore:
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
             return tuple(cursor.fetchall())
+
+    # -- coordinating collectors (--shard auto) ---------------------------------------------------
+
+    def heartbeat(self, member: str, lease: float) -> list[str]:
+        """Renew ``member``'s lease (the server's clock, so collectors' clocks need not agree); the members
+        whose lease has not run out, sorted."""
+
+        def work(conn: pymysql.connections.Connection[Any]) -> list[str]:
+            with conn.cursor() as cursor:
+                cursor.execute(_COLLECTORS_TABLE)
+                cursor.execute(
+                    "INSERT INTO `collectors` (`member`, `heartbeat`, `lease`) VALUES (%s, UNIX_TIMESTAMP(NOW(6)), %s)"
+                    " ON DUPLICATE KEY UPDATE `heartbeat` = VALUES(`heartbeat`), `lease` = VALUES(`lease`)",
+                    (member, lease),
+                )
+                cursor.execute(
+                    "SELECT `member` FROM `collectors` WHERE `heartbeat` + `lease` >= UNIX_TIMESTAMP(NOW(6)) "
+                    "ORDER BY `member`"
+                )
+                members = [str(row[0]) for row in cursor.fetchall()]
+            conn.commit()
+            return members
+
+        return self._run("heartbeat", work)
+
+    def leave(self, member: str) -> None:
+        """``member`` stops: its agents go to the others at their next heartbeat, not after its lease."""
+
+        def work(conn: pymysql.connections.Connection[Any]) -> None:
+            with conn.cursor() as cursor:
+                cursor.execute("DELETE FROM `collectors` WHERE `member` = %s", (member,))
+            conn.commit()
+
+        self._run("leave", work, on_missing_table=lambda: None)
+
+    def backfill_cursors(self, agents: Sequence[str]) -> dict[str, int]:
+        """Where each agent's back-fill stands, as whichever collector polled it last saved it."""
+        if not agents:
+            return {}
+
+        def work(conn: pymysql.connections.Connection[Any]) -> dict[str, int]:
+            with conn.cursor() as cursor:
+                marks = ", ".join(["%s"] * len(agents))
+                cursor.execute(
+                    f"SELECT `agent`, `seq` FROM `backfill_cursors` WHERE `agent` IN ({marks})",  # noqa: S608 - marks
+                    tuple(agents),
+                )
+                return {str(agent): int(seq) for agent, seq in cursor.fetchall()}
+
+        return self._run("backfill_cursors", work, on_missing_table=dict)
+
+    def save_backfill_cursors(self, cursors: Mapping[str, int]) -> None:
+        """Move cursors forward (never back: a collector that lost an agent cannot undo its new owner's)."""
+        if not cursors:
+            return
+
+        def work(conn: pymysql.connections.Connection[Any]) -> None:
+            with conn.cursor() as cursor:
+                cursor.execute(_CURSORS_TABLE)
+                cursor.executemany(
+                    "INSERT INTO `backfill_cursors` (`agent`, `seq`) VALUES (%s, %s)"
+                    " ON DUPLICATE KEY UPDATE `seq` = GREATEST(`seq`, VALUES(`seq`))",
+                    list(cursors.items()),
+                )
+            conn.commit()
+
+        self._run("save_backfill_cursors", work)
 
     def query_samples(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
         return self._query("metrics", frames.SAMPLES, start, end, agent)

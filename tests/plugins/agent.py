@@ -139,11 +139,11 @@ def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
 
 @contextlib.contextmanager
 def agent_with_service(
-    pki: TestPKI, folder: Path, proc_root: Path = Path("/proc"), **overrides: Any
+    pki: TestPKI, folder: Path, proc_root: Path = Path("/proc"), name: str = "localhost", **overrides: Any
 ) -> Iterator[tuple[Agent, MetricsService]]:
     """A real agent whose metrics service the test holds (to take samples, or to read a fixture proc root)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = AgentConfig.model_validate(agent_config_data(pki, "localhost", folder, **overrides))
+    config = AgentConfig.model_validate(agent_config_data(pki, name, folder, **overrides))
     service = MetricsService(config, proc_root=proc_root)
     agent = Agent(config, metrics=lambda _config: service)
     agent.start()
