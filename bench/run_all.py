@@ -120,6 +120,16 @@ BENCHES = (
         ),
     ),
     Bench("storage", 120),
+    Bench(
+        "backfill",
+        60,
+        quick_args=("--samples", "500", "--rounds", "1"),
+        limits=(
+            "a day of one agent (2,880 samples) in pages of 100 on one connection: the agent reads them through "
+            "a line index and writes each page's XML; the collector reads the XML, validates each sample as a "
+            "live answer and stores it; both in one process here, sharing the interpreter lock"
+        ),
+    ),
     Bench("viz", 90),
     Bench(
         "audit",
