@@ -261,13 +261,20 @@ class SampleBuffer:
             for line in data.splitlines(keepends=True):
                 sample = _decode(line)
                 if sample is None:
-                    self.corrupt += 1
+                    self._skipped(path)
                     continue
                 if len(samples) == limit:
                     return Page(samples, True, gap)
                 samples.append(sample)
             start = first + count
         return Page(samples, False, gap)
+
+    def _skipped(self, path: Path) -> None:
+        """A whole line whose checksum fails (a damaged disk): skipped, counted and logged, never served."""
+        with self._lock:
+            self.corrupt += 1
+            total = self.corrupt
+        logger.warning("sample buffer: skipped a corrupt sample in %s (%d so far)", path, total)
 
 
 def _line_offsets(path: Path) -> list[int]:

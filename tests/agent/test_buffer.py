@@ -151,3 +151,17 @@ def test_a_page_is_what_reading_every_kept_line_gives(
         assert page.samples == rest[:limit]
         assert page.more == (len(rest) > limit)
         assert page.gap == (after > buffer.newest_seq or 0 < after < oldest - 1)
+
+
+def test_a_corrupt_sample_in_the_middle_is_skipped_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    buffer = _buffer(tmp_path / "buf")
+    for i in range(3):
+        buffer.append(_sample(i))
+    (segment,) = (tmp_path / "buf").iterdir()
+    lines = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(lines[0] + b"0" * (len(lines[1]) - 1) + b"\n" + lines[2])  # the disk damaged seq 2
+    assert [s["seq"] for s in buffer.page(0, 10).samples] == [1, 3]
+    assert buffer.corrupt == 1
+    assert any("skipped a corrupt sample" in r.getMessage() for r in caplog.records)
