@@ -11,6 +11,8 @@ from storage.models import AgentStatus, Alert, AuditEntry, AuditTail, Sample
 if TYPE_CHECKING:
     import pandas as pd
 
+    from storage.trends import Level
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -33,7 +35,8 @@ class Store(Protocol):
     when the backend is down. ``audit_tails`` gives the last record of each agent's central audit copy
     (the collector goes on from there), ``read_audit`` the lines of one agent's current copy, oldest first.
     The ``query_*`` methods return pandas frames whose columns are ``SAMPLE_COLUMNS``,
-    ``ALERT_COLUMNS`` and ``STATUS_COLUMNS``, sorted by timestamp, for ``start <= timestamp <= end``.
+    ``ALERT_COLUMNS`` and ``STATUS_COLUMNS``, sorted by timestamp, for ``start <= timestamp <= end``;
+    ``query_trends`` the rollups of one level (:mod:`storage.trends`) whose bucket overlaps the range.
     """
 
     def write(self, batch: Batch) -> None: ...
@@ -43,6 +46,8 @@ class Store(Protocol):
     def query_alerts(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame: ...
 
     def query_statuses(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame: ...
+
+    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame: ...
 
     def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]: ...
 

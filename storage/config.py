@@ -43,6 +43,17 @@ class RotationConfig(_Section):
         return parse_size(self.max_size)
 
 
+class RetentionConfig(_Section):
+    """How long stored data is kept, by age (whole days). Zabbix's defaults, for the same reasons: three
+    months of raw samples answer "what happened last quarter" poll by poll; a year of hourly trends covers
+    an annual audit (PCI DSS 10.5.1 asks for twelve months of history)."""
+
+    history_days: int = Field(default=90, ge=1, le=36_500)
+    """Raw samples, agent states, alerts and the 5-minute trends."""
+    trends_days: int = Field(default=365, ge=1, le=36_500)
+    """Hourly trends."""
+
+
 class MySQLTLSConfig(_Section):
     ca: Path
     cert: Path | None = None
@@ -56,6 +67,7 @@ class StorageConfig(_Section):
     metrics_file: Path | None = None
     json_file: Path = Path("/var/lib/secure-monitor/metrics_data.json")
     rotation: RotationConfig = RotationConfig()
+    retention: RetentionConfig = RetentionConfig()
     # the central copies of the agents' audit logs (file backend); None: audit/ beside json_file
     audit_dir: Path | None = None
     # mysql backend (predecessor names); the password may come from a file or the environment instead

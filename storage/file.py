@@ -50,10 +50,13 @@ from storage.base import Batch
 from storage.config import StorageConfig
 from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.escape import escape
+from storage.fileexpiry import expire_file, line_time
+from storage.filetrends import FileTrends
 from storage.frames import FrameSpec
 from storage.lineindex import agent_key, agent_lines
 from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, AuditTail, Sample
 from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
+from storage.trends import LEVELS, Level
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,7 @@ class FileStore:
         self._human = (
             RotatingFile(metrics_file, max_bytes, backup_count, fsync=fsync) if metrics_file is not None else None
         )
+        self.trends = FileTrends(self.json_file, read_raw=self.query_samples, fsync=fsync)
         self._sample_keys = _RecentKeys(dedup_window)
         self._alert_keys = _RecentKeys(dedup_window)
         self._status_keys = _RecentKeys(dedup_window)
@@ -198,16 +202,19 @@ class FileStore:
     def _open_writers(self) -> None:
         for writer in self._writers():
             writer.open()
-        self._remember(self._samples, frames.SAMPLES, self._sample_keys)
+        newest = self._remember(self._samples, frames.SAMPLES, self._sample_keys)
         self._remember(self._alerts, frames.ALERTS, self._alert_keys)
         self._remember(self._statuses, frames.STATUSES, self._status_keys)
+        self.trends.seed(newest)
         self._writers_open = True
 
     @staticmethod
-    def _remember(writer: RotatingFile, spec: FrameSpec, keys: _RecentKeys) -> None:
+    def _remember(writer: RotatingFile, spec: FrameSpec, keys: _RecentKeys) -> float | None:
+        """Remember the keys of the live file's tail; the newest timestamp among them (None: empty)."""
         frame = jsonlines.parse(writer.tail(INDEX_TAIL_BYTES), spec)
         for key in zip(*(frame[column].tolist() for column in spec.key), strict=True):
             keys.add(key)
+        return float(frame["timestamp"].max()) if len(frame) else None
 
     def _close_writers(self) -> None:
         for writer in self._writers():
@@ -258,6 +265,7 @@ class FileStore:
             self._human.append(human)
         for sample in samples:
             self._sample_keys.add((sample.agent, sample.timestamp))
+        self.trends.add(samples)
         for alert in alerts:
             self._alert_keys.add((alert.agent, alert.timestamp, alert.metric, alert.state))
         for status in statuses:
@@ -317,12 +325,67 @@ class FileStore:
         log.warning("%s kept rotating while being read; returning the last read", path)
         return data
 
+    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        """Decoded rollups of ``level`` whose bucket overlaps ``[start, end]`` (:mod:`storage.filetrends`)."""
+        if agent is not None and _AGENT.fullmatch(agent) is None:
+            return self.trends.query(level, 1.0, 0.0)
+        try:
+            return self.trends.query(level, start, end, agent)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {exc.filename or self.trends.directory}: "
+                                     f"{exc.strerror or exc}") from exc
+
+    def expire(
+        self, history_before: float, trends_before: float, *, batch: int, go_on: Callable[[], bool]
+    ) -> dict[str, int]:
+        """Retention (:mod:`storage.retention`): lines older than ``history_before`` leave the data files
+        one file at a time (:mod:`storage.fileexpiry`), trend segments by period."""
+        del batch  # a file is the step here
+        if self.readonly:
+            raise StorageConfigError(f"storage.json_file: {self.json_file} was opened read-only")
+        removed: dict[str, int] = {"samples": 0, "agent states": 0, "alerts": 0}
+        kinds = (("samples", self.json_file), ("agent states", self.status_file), ("alerts", self.alerts_file))
+        try:
+            for kind, path in kinds:
+                for member in family(path, self.backup_count):
+                    if not go_on():
+                        return removed
+                    with self._lock:
+                        if member == path and self._writers_open:
+                            first = _first_line(member)
+                            stamp = line_time(first) if first else None
+                            if stamp is None or stamp >= history_before:
+                                continue
+                            self._close_writers()  # the live file is replaced: the next write opens it again
+                        removed[kind] += expire_file(member, history_before, fsync=self._samples.fsync)
+            with self._lock:
+                for kind, level, before in (("5-minute trends", LEVELS[0], history_before),
+                                            ("hourly trends", LEVELS[1], trends_before)):
+                    removed[kind] = self.trends.purge(level, before)[1]
+        except OSError as exc:
+            raise StorageUnavailable(f"retention: cannot rewrite {exc.filename or self.json_file}: "
+                                     f"{exc.strerror or exc}") from exc
+        return removed
+
     def close(self) -> None:
         with self._lock:
+            if self._writers_open:
+                try:
+                    self.trends.close()
+                except OSError as exc:
+                    log.warning("could not write the open trend buckets of %s: %s", self.json_file, exc)
             self._close_writers()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+
+def _first_line(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.readline(1 << 20)
+    except FileNotFoundError:
+        return b""
 
 
 def _identity(path: Path, backup_count: int) -> list[tuple[str, int]]:

@@ -6,11 +6,12 @@ unavailable, so that the collector's spool can be exercised without breaking a r
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from storage import frames
+from storage import frames, trends
 from storage.auditcopy import placement
 from storage.base import Batch
 from storage.errors import StorageUnavailable
@@ -18,6 +19,8 @@ from storage.models import AgentStatus, Alert, AuditEntry, AuditTail, Sample
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from storage.trends import Level
 
 
 class MemoryStore:
@@ -111,6 +114,11 @@ class MemoryStore:
             self._check()
             rows = [frames.status_row(s) for s in self._statuses.values() if agent is None or s.agent == agent]
         return frames.finish(frames.from_rows(rows, frames.STATUSES), frames.STATUSES, start, end, agent)
+
+    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        """The reference: rollups computed from every stored sample (storage.trends)."""
+        samples = self.query_samples(-math.inf, math.inf, agent)
+        return trends.finish(trends.rollup(samples, level.width), level.width, start, end, agent)
 
     def close(self) -> None:
         with self._lock:

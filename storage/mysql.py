@@ -31,7 +31,7 @@ import pymysql.converters
 import pymysql.cursors
 from pymysql.constants import SERVER_STATUS
 
-from storage import frames
+from storage import frames, mysqltrends
 from storage.auditcopy import placement
 from storage.base import Batch
 from storage.catalog import METRICS, Metric
@@ -41,10 +41,11 @@ from storage.frames import FrameSpec
 from storage.models import AuditEntry, AuditTail, Sample
 from storage.mysql_conn import connect_kwargs, probe_unix_socket, translate
 from storage.sqlvalues import SqlKind, insert_statements
+from storage.trends import LEVELS, Level, decode, touched
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _LOST = {2006, 2013, 2055}  # server gone away, lost connection during query, lost connection at handshake
 _NO_TABLE = 1146
 _T = TypeVar("_T")
@@ -115,6 +116,11 @@ _CURSORS_TABLE = (
     "CREATE TABLE IF NOT EXISTS `backfill_cursors` (`agent` VARCHAR(64) NOT NULL PRIMARY KEY, "
     "`seq` BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 )
+_PROGRESS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS `trends_progress` (`name` VARCHAR(32) NOT NULL PRIMARY KEY, "
+    "`built_until` DOUBLE NOT NULL) ENGINE=InnoDB"
+)
+_PURGEABLE = frozenset({"metrics", "alerts", "agent_status", "trends_5m", "trends_1h"})
 _sample_values = operator.attrgetter(*frames.SAMPLES.columns)
 _alert_values = operator.attrgetter(*frames.ALERTS.columns)
 _status_values = operator.attrgetter(*frames.STATUSES.columns)
@@ -129,6 +135,7 @@ def sample_params(sample: Sample) -> tuple[Any, ...]:
 
 
 _METRIC_COLUMNS_MARK = "-- METRIC COLUMNS:"
+_TREND_TABLES_MARK = "-- TREND TABLES:"
 
 
 def column_definition(metric: Metric) -> str:
@@ -148,6 +155,8 @@ def schema_statements() -> list[str]:
     for line in text.splitlines():
         if line.lstrip().startswith(_METRIC_COLUMNS_MARK):
             lines.extend(f"    {column_definition(metric)}," for metric in METRICS)
+        elif line.lstrip().startswith(_TREND_TABLES_MARK):
+            lines.extend(f"{mysqltrends.create_statement(level)};" for level in LEVELS)
         elif not line.lstrip().startswith("--"):
             lines.append(line)
     body = "\n".join(lines)
@@ -263,6 +272,18 @@ class MySQLStore:
                 if metric.name not in present:
                     cursor.execute(f"ALTER TABLE `metrics` ADD COLUMN {column_definition(metric)}")
                     log.info("metrics.%s added to %s (a newly declared metric)", metric.name, self.where)
+            for level in LEVELS:
+                name = mysqltrends.table(level)
+                cursor.execute(
+                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = %s", (name,)
+                )
+                present = {str(row[0]) for row in cursor.fetchall()}
+                missing = [m for m in METRICS if m.name not in present]
+                if missing:
+                    added = ", ".join(f"ADD COLUMN {c}" for m in missing for c in mysqltrends.metric_columns(m))
+                    cursor.execute(f"ALTER TABLE `{name}` {added}")
+                    log.info("%s: trend columns of %s added", name, ", ".join(m.name for m in missing))
 
     def _nullable_ssh_failures(self, conn: pymysql.connections.Connection[Any]) -> None:
         """Tables made before ``ssh_failures`` could be null (not monitored) get the column relaxed, once."""
@@ -326,6 +347,10 @@ class MySQLStore:
             ]
         except ValueError as exc:  # details pydantic cannot put into JSON: retrying cannot help
             raise StorageError(f"mysql write on {self.where}: cannot serialise details: {exc}") from exc
+        # every 5-minute and hourly bucket the new samples reach is recomputed from its rows, in the same transaction
+        trend_statements = mysqltrends.refresh_statements(
+            touched([s.agent for s in batch.samples], [s.timestamp for s in batch.samples], LEVELS[0].width)
+        )
 
         def work(conn: pymysql.connections.Connection[Any]) -> None:
             escape = _escaper(conn)
@@ -343,6 +368,8 @@ class MySQLStore:
                 with conn.cursor() as cursor:
                     for statement in statements:
                         cursor.execute(statement)
+                    for sql, params in trend_statements:
+                        cursor.execute(sql, params)
                     for statement in self._audit_statements(cursor, batch.audit, escape):
                         cursor.execute(statement)
                 conn.commit()
@@ -510,6 +537,97 @@ class MySQLStore:
 
     def query_statuses(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
         return self._query("agent_status", frames.STATUSES, start, end, agent)
+
+    # -- trends and retention ------------------------------------------------------------------------
+
+    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        """Decoded rollups of ``level`` whose bucket overlaps ``[start, end]``, sorted by bucket."""
+        if math.isnan(start) or math.isnan(end):
+            return decode(pd.DataFrame())
+        sql = mysqltrends.select_statement(level, agent)
+        params: tuple[Any, ...] = (_bound(start) - level.width, _bound(end))
+        if agent is not None:
+            params += (agent,)
+        rows = self._run(f"query {mysqltrends.table(level)}", lambda conn: self._fetch(conn, sql, params),
+                         on_missing_table=lambda: ())
+        frame = pd.DataFrame(list(rows), columns=mysqltrends.names())
+        return decode(frame).sort_values(["bucket", "agent"], kind="stable").reset_index(drop=True)
+
+    def sample_span(self) -> tuple[float, float] | None:
+        """The first and last sample time stored, or None when there is none."""
+        rows = self._run("query metrics", lambda conn: self._fetch(
+            conn, "SELECT MIN(`timestamp`), MAX(`timestamp`) FROM `metrics`", ()), on_missing_table=lambda: ())
+        if not rows or rows[0][0] is None:
+            return None
+        return float(rows[0][0]), float(rows[0][1])
+
+    def build_trends(self, start: float, end: float) -> None:
+        """Recompute both trend levels over ``[start, end)`` (widened to whole hours) from the raw samples."""
+        if self.readonly:
+            raise StorageConfigError(f"mysql {self.where}: opened read-only")
+
+        def work(conn: pymysql.connections.Connection[Any]) -> None:
+            conn.begin()
+            with conn.cursor() as cursor:
+                for sql, params in mysqltrends.range_statements(start, end):
+                    cursor.execute(sql, params)
+            conn.commit()
+
+        self._run("build trends", work)
+
+    def trends_built_until(self) -> float | None:
+        """Where ``python -m storage trends`` stopped (None: never ran)."""
+        rows = self._run("query trends_progress", lambda conn: self._fetch(
+            conn, "SELECT `built_until` FROM `trends_progress` WHERE `name` = 'backfill'", ()),
+            on_missing_table=lambda: ())
+        return float(rows[0][0]) if rows else None
+
+    def save_trends_built_until(self, until: float) -> None:
+        def work(conn: pymysql.connections.Connection[Any]) -> None:
+            with conn.cursor() as cursor:
+                cursor.execute(_PROGRESS_TABLE)
+                cursor.execute(
+                    "INSERT INTO `trends_progress` (`name`, `built_until`) VALUES ('backfill', %s)"
+                    " ON DUPLICATE KEY UPDATE `built_until` = VALUES(`built_until`)", (until,))
+            conn.commit()
+
+        self._run("save trends_progress", work)
+
+    def expire(
+        self, history_before: float, trends_before: float, *, batch: int, go_on: Callable[[], bool]
+    ) -> dict[str, int]:
+        """Retention (:mod:`storage.retention`): ``DELETE ... LIMIT batch`` per table until nothing is older."""
+        if self.readonly:
+            raise StorageConfigError(f"mysql {self.where}: opened read-only")
+        plan = (("metrics", "samples", history_before), ("agent_status", "agent states", history_before),
+                ("alerts", "alerts", history_before), ("trends_5m", "5-minute trends", history_before),
+                ("trends_1h", "hourly trends", trends_before))
+        removed: dict[str, int] = {}
+        for table, kind, before in plan:
+            removed[kind] = 0
+            while go_on():
+                count = self.purge(table, before, batch)
+                removed[kind] += count
+                if count < batch:
+                    break
+        return removed
+
+    def purge(self, table: str, before: float, limit: int) -> int:
+        """Delete up to ``limit`` rows of ``table`` older than ``before`` (one short transaction); how many."""
+        if table not in _PURGEABLE:
+            raise ValueError(f"not a purgeable table: {table}")
+        column = "bucket" if table.startswith("trends_") else "timestamp"
+
+        def work(conn: pymysql.connections.Connection[Any]) -> int:
+            with conn.cursor() as cursor:
+                deleted = cursor.execute(
+                    f"DELETE FROM `{table}` WHERE `{column}` < %s ORDER BY `{column}` LIMIT %s",  # noqa: S608 - fixed
+                    (before, limit),
+                )
+            conn.commit()
+            return int(deleted)
+
+        return self._run(f"purge {table}", work, on_missing_table=lambda: 0)
 
     def _query(self, table: str, spec: FrameSpec, start: float, end: float, agent: str | None) -> pd.DataFrame:
         if math.isnan(start) or math.isnan(end):

@@ -1,4 +1,4 @@
--- secure-monitor storage schema, version 2 (MariaDB 10.5+ / MySQL 8).
+-- secure-monitor storage schema, version 3 (MariaDB 10.5+ / MySQL 8).
 -- Applied by `python -m storage init-db --config COLLECTOR_CONFIG`, or on the collector's first write.
 -- Every statement is idempotent; statements are separated by a semicolon at the end of a line.
 -- Timestamps are Unix seconds (UTC) as DOUBLE, exactly the float the collector stored, so that a
@@ -74,5 +74,10 @@ CREATE TABLE IF NOT EXISTS `audit_records` (
     KEY `ix_audit_records_agent` (`agent`, `id`)
 ) ENGINE=InnoDB DEFAULT CHARSET=ascii COLLATE=ascii_bin;
 
+-- Version 3: trend rollups per agent and bucket (storage/trends.py), 5 minutes and 1 hour: primary key
+-- (agent, bucket), per metric its mean, min, max and value count, stored sparse (storage/mysqltrends.py).
+-- TREND TABLES: written in here by storage.mysql.schema_statements from storage/catalog.py
+
 INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (1, UNIX_TIMESTAMP());
 INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (2, UNIX_TIMESTAMP());
+INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (3, UNIX_TIMESTAMP());

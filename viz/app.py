@@ -12,6 +12,7 @@ import numpy as np
 
 from storage.base import Store
 from storage.catalog import with_thresholds
+from viz import resolution
 from viz.config import DEFAULT_TEMPERATURE_THRESHOLD, PlotThresholds
 from viz.dashboard import render_index
 from viz.errors import NoDataError
@@ -61,21 +62,24 @@ def generate(store: Store, request: Request, thresholds: PlotThresholds, workers
     """
     window = request.window
     started = time.perf_counter()
-    samples = store.query_samples(window.start, window.end, request.agent)
+    drawable = resolution.load(store, window, request.agent)
+    samples = drawable.frame
     if samples.empty:
         raise NoDataError(describe(window, request.agent))
-    log.debug("queried %d samples in %.3f s", len(samples), time.perf_counter() - started)
+    log.debug("queried %d rows (%s) in %.3f s", len(samples), drawable.resolution, time.perf_counter() - started)
     names = plot_names(request.plot)
     with_index = request.plot == ALL
     prepare_output_dir(request.output_dir)
     shown = focus(window, samples["timestamp"].to_numpy(dtype=np.float64))
-    prepared = prepare(samples, shown)
-    data = PlotInput(prepared, thresholds, window if shown != window else None)
+    level = drawable.level
+    prepared = prepare(samples, shown, align=level.width if level else None, rolled=level is not None)
+    data = PlotInput(prepared, thresholds, window if shown != window else None, drawable.resolution)
     mine, *theirs = plan(names, workers, dashboard_cost(len(samples)) if with_index else 0.0)
     page = b""
     with helpers_drawing(theirs, data, request.output_dir):
         if with_index:
-            page = dashboard(store, request, prepared, thresholds)
+            latest = prepared if level is None else prepare(drawable.latest, shown)
+            page = dashboard(store, request, latest, thresholds, recent_states=level is not None)
         draw_here(mine, data, request.output_dir)
     written = [request.output_dir / f"{name}.png" for name in names]
     if with_index:
@@ -103,10 +107,18 @@ def table_limits(thresholds: PlotThresholds) -> dict[str, float]:
     return limits
 
 
-def dashboard(store: Store, request: Request, prepared: Prepared, thresholds: PlotThresholds) -> bytes:
-    """``index.html`` for ``request``, as bytes."""
+STATES_WINDOW = 86_400.0
+"""Seconds of agent states the table reads on a window drawn from trends (a month holds millions)."""
+
+
+def dashboard(
+    store: Store, request: Request, prepared: Prepared, thresholds: PlotThresholds, recent_states: bool = False
+) -> bytes:
+    """``index.html`` for ``request``, as bytes. ``recent_states``: read the agents' states of the last
+    :data:`STATES_WINDOW` only (a long window drawn from trends)."""
     window = request.window
-    statuses = store.query_statuses(window.start, window.end, request.agent)
+    first = max(window.start, window.end - STATES_WINDOW) if recent_states else window.start
+    statuses = store.query_statuses(first, window.end, request.agent)
     # From the start of history: an alert that fired before the window and never cleared is open.
     alerts = store.query_alerts(0.0, window.end, request.agent)
     rows = agent_rows(prepared, statuses, alerts, table_limits(thresholds))

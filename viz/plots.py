@@ -69,6 +69,8 @@ class PlotInput(NamedTuple):
     prepared: Prepared
     thresholds: PlotThresholds
     asked: Window | None = None
+    resolution: str = "raw samples"
+    """What the lines were drawn from (:func:`viz.resolution.Drawable.resolution`), named in the subtitle."""
 
     @property
     def window(self) -> Window:
@@ -103,14 +105,14 @@ def plain(text: str, limit: int = MAX_LABEL) -> str:
     return flat.replace("$", r"\$")
 
 
-def _subtitle(names: tuple[str, ...], window: Window, data_from: float | None) -> str:
+def _subtitle(names: tuple[str, ...], window: Window, data_from: float | None, resolution: str = "raw samples") -> str:
     who = f"agent {plain(names[0])}" if len(names) == 1 else f"{len(names)} agents"
     until = datetime.fromtimestamp(window.end, UTC).strftime("%Y-%m-%d %H:%M UTC")
     hours = window.span / 3600.0
     text = f"{who}, last {hours:g} h until {until}"
     if data_from is not None:  # the axis starts with the data, not with the window
         text += f"; data from {datetime.fromtimestamp(data_from, UTC).strftime('%H:%M:%S UTC')}"
-    return text
+    return f"{text}; drawn from {resolution}"
 
 
 def new_axes(fig: Figure, panels: int) -> list[Axes]:
@@ -155,7 +157,7 @@ def _setup(axes_for: AxesFor, title: str, data: PlotInput, panels: int) -> list[
     fig.subplots_adjust(left=0.07, right=0.78, top=0.9 if panels == 1 else 0.93, bottom=0.1, hspace=0.25)
     asked = data.asked or data.window
     data_from = float(np.min(data.prepared.timestamp)) if data.window.start > asked.start else None
-    fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, asked, data_from)}", fontsize="medium")
+    fig.suptitle(f"{title}\n{_subtitle(data.prepared.names, asked, data_from, data.resolution)}", fontsize="medium")
     start, end = float(to_datenum(data.window.start)), float(to_datenum(data.window.end))
     ticks, labels, offset = time_ticks(start, end)
     for ax in axes:
@@ -202,6 +204,8 @@ def _draw_series(ax: Axes, series: Series, what: str, names: tuple[str, ...] = (
         label = plain(line.label, MAX_LEGEND_LABEL)
         if series.band is not None:
             label = f"{label} (peak {np.nanmax(line.y):.3g})"
+        elif line.low is not None and line.high is not None:  # each agent's min-max in a bin, under its mean
+            ax.fill_between(line.x, line.low, line.high, color=agent_color(names, line.label), alpha=0.15, lw=0)
         ax.plot(line.x, line.y, lw=1.1 if series.band is None else 0.9, alpha=1.0 if series.band is None else 0.85,
                 label=label, color=agent_color(names, line.label), **_lonely_markers(line.y))
     if series.band is None and not series.lines:

@@ -50,6 +50,9 @@ class Line(NamedTuple):
     label: str
     x: FloatArray
     y: FloatArray
+    low: FloatArray | None = None
+    """Per point, the lowest and highest value binned into it (None: one value per point)."""
+    high: FloatArray | None = None
 
 
 class Band(NamedTuple):
@@ -78,6 +81,11 @@ class Binned(NamedTuple):
     x: FloatArray
     y: FloatArray
     width: float
+    low: FloatArray | None = None
+    """Per group, the lowest and highest value binned (rollups: their min and max)."""
+    high: FloatArray | None = None
+    spread: bool = False
+    """True when a bin holds more than one value (an agent's band is worth drawing)."""
 
 
 class Prepared(NamedTuple):
@@ -97,6 +105,10 @@ class Prepared(NamedTuple):
     group_bin: npt.NDArray[np.int64]
     timestamp: FloatArray
     width: float
+    rolled: bool = False
+    """True when ``frame`` holds rollups (``<metric>_min``, ``_max``, ``_n`` beside each mean)."""
+    per_bin: float = 1.0
+    """How many stored rows (samples or buckets) a bin holds at most, about."""
 
 
 def to_datenum(seconds: FloatArray | float) -> FloatArray:
@@ -130,17 +142,27 @@ def focus(window: Window, timestamps: FloatArray) -> Window:
     return window if window.end - span <= window.start else Window(window.end - span, window.end)
 
 
-def prepare(frame: pd.DataFrame, window: Window) -> Prepared:
-    """Group ``frame``'s rows by agent and time bin (bins of ``window/MAX_BINS``, or the poll interval)."""
+def prepare(frame: pd.DataFrame, window: Window, align: float | None = None, rolled: bool = False) -> Prepared:
+    """Group ``frame``'s rows by agent and time bin (bins of ``window/MAX_BINS``, or the poll interval).
+
+    ``align`` (a trend level's width): bins are whole multiples of it, starting on its grid, so that each
+    bin holds whole buckets and raw samples and rollups bin alike. ``rolled``: ``frame`` holds rollups
+    (:mod:`viz.resolution`).
+    """
     raw_codes, names = pd.factorize(frame["agent"].to_numpy(), sort=True)
     codes = raw_codes.astype(np.int64)
     timestamp = frame["timestamp"].to_numpy(dtype=np.float64)
     order = np.lexsort((timestamp, codes)).astype(np.int64)
     ordered_codes = codes[order]
     ordered_ts = timestamp[order]
-    width = max(window.span / MAX_BINS, typical_interval(ordered_codes, ordered_ts))
-    bins = int(np.ceil(window.span / width)) + 1
-    bin_index = np.clip(((ordered_ts - window.start) // width).astype(np.int64), 0, bins - 1)
+    step = typical_interval(ordered_codes, ordered_ts)
+    width = max(window.span / MAX_BINS, step)
+    origin = window.start
+    if align:
+        width = float(np.ceil(width / align - 1e-9) * align)
+        origin = float(np.floor(window.start / align) * align)
+    bins = int(np.ceil((window.end - origin) / width)) + 1
+    bin_index = np.clip(((ordered_ts - origin) // width).astype(np.int64), 0, bins - 1)
     key = ordered_codes * bins + bin_index
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
     return Prepared(
@@ -154,29 +176,46 @@ def prepare(frame: pd.DataFrame, window: Window) -> Prepared:
         group_bin=bin_index[starts],
         timestamp=ordered_ts,
         width=width,
+        rolled=rolled,
+        per_bin=width / step if step > 0 else 1.0,
     )
+
+
+def _floats(prepared: Prepared, column: str) -> FloatArray:
+    values = pd.to_numeric(prepared.frame[column], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    return np.asarray(values[prepared.order], dtype=np.float64)
 
 
 def bin_column(prepared: Prepared, column: str | FloatArray, how: Reducer = "mean") -> Binned:
     """Reduce one column (a name of the frame, or values in frame row order) per agent and bin.
 
-    NaN values are left out; a group with none left is dropped.
+    NaN values are left out; a group with none left is dropped. On rollups a mean is weighed by its
+    bucket's value count (the mean of the samples, as the raw path gives) and the extremes are the
+    buckets' min and max.
     """
-    if isinstance(column, str):
-        column = pd.to_numeric(prepared.frame[column], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    rolled = isinstance(column, str) and prepared.rolled and f"{column}_n" in prepared.frame.columns
     if len(prepared.starts) == 0:
         empty = np.zeros(0, np.int64)
         return Binned(prepared.names, empty, empty, empty.astype(np.float64), empty.astype(np.float64), 1.0)
-    values = column[prepared.order]
+    if isinstance(column, str):
+        values = _floats(prepared, column)
+    else:
+        values = np.asarray(column, dtype=np.float64)[prepared.order]
     valid = ~np.isnan(values)
-    count = np.add.reduceat(valid.astype(np.int64), prepared.starts)
+    weights = _floats(prepared, f"{column}_n") if rolled and isinstance(column, str) else valid.astype(np.float64)
+    weights = np.where(valid, weights, 0.0)
+    lows = _floats(prepared, f"{column}_min") if rolled and isinstance(column, str) else values
+    highs = _floats(prepared, f"{column}_max") if rolled and isinstance(column, str) else values
+    count = np.add.reduceat(weights, prepared.starts)
     keep = count > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        x = np.add.reduceat(np.where(valid, prepared.timestamp, 0.0), prepared.starts) / count
+        x = np.add.reduceat(np.where(valid, prepared.timestamp * weights, 0.0), prepared.starts) / count
         if how == "mean":
-            y = np.add.reduceat(np.where(valid, values, 0.0), prepared.starts) / count
+            y = np.add.reduceat(np.where(valid, values * weights, 0.0), prepared.starts) / count
         else:
-            y = np.fmax.reduceat(values, prepared.starts)
+            y = np.fmax.reduceat(highs, prepared.starts)
+        low = np.fmin.reduceat(lows, prepared.starts)
+        high = np.fmax.reduceat(highs, prepared.starts)
     return Binned(
         names=prepared.names,
         agent=prepared.group_agent[keep],
@@ -184,6 +223,9 @@ def bin_column(prepared: Prepared, column: str | FloatArray, how: Reducer = "mea
         x=x[keep],
         y=y[keep],
         width=prepared.width,
+        low=low[keep],
+        high=high[keep],
+        spread=bool(prepared.rolled or prepared.per_bin > 1.5),
     )
 
 
@@ -208,15 +250,23 @@ def agent_lines(binned: Binned, chosen: npt.NDArray[np.int64]) -> tuple[Line, ..
     lines = []
     for code, lo, hi in zip(chosen, starts, ends, strict=True):
         if hi > lo:
-            x, y = break_gaps(binned.x[lo:hi], binned.y[lo:hi], width=binned.width)
-            lines.append(Line(binned.names[int(code)], x, y))
+            if binned.spread and binned.low is not None and binned.high is not None:
+                x, y, low, high = break_gaps(binned.x[lo:hi], binned.y[lo:hi], binned.low[lo:hi], binned.high[lo:hi],
+                                             width=binned.width)
+                lines.append(Line(binned.names[int(code)], x, y, low, high))
+            else:
+                x, y = break_gaps(binned.x[lo:hi], binned.y[lo:hi], width=binned.width)
+                lines.append(Line(binned.names[int(code)], x, y))
     return tuple(lines)
 
 
 def fleet_band(binned: Binned) -> Band:
-    """Median and min-max across agents, per bin."""
-    frame = pd.DataFrame({"bin": binned.bin, "x": binned.x, "y": binned.y}).groupby("bin", sort=True)
-    stats = frame.agg(x=("x", "mean"), low=("y", "min"), median=("y", "median"), high=("y", "max"))
+    """Median across agents and the lowest and highest value any agent had, per bin."""
+    low = binned.low if binned.low is not None else binned.y
+    high = binned.high if binned.high is not None else binned.y
+    frame = pd.DataFrame({"bin": binned.bin, "x": binned.x, "y": binned.y, "lo": low, "hi": high})
+    stats = frame.groupby("bin", sort=True).agg(x=("x", "mean"), low=("lo", "min"), median=("y", "median"),
+                                                  high=("hi", "max"))
     x, low, median, high = break_gaps(
         stats["x"].to_numpy(dtype=np.float64),
         stats["low"].to_numpy(dtype=np.float64),

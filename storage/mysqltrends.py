@@ -1,0 +1,189 @@
+"""The trend rollups of the MySQL backend (:mod:`storage.trends`), as SQL the server runs.
+
+Tables ``trends_5m`` and ``trends_1h``: primary key (agent, bucket), one column per rollup statistic
+(:func:`storage.trends.columns`), stored sparse. The server computes every rollup from its source rows
+(``metrics`` for 5 minutes, ``trends_5m`` for the hour) with ``INSERT ... SELECT ... GROUP BY ... ON
+DUPLICATE KEY UPDATE``: recomputing a bucket whole is what makes a replay, a restart or two shards
+harmless, and the collector only sends two statements per sweep whatever the fleet's size.
+
+Statistics are ``FLOAT`` (7 significant digits, far finer than a plot) except for the integer metrics'
+(``DOUBLE``: counts up to 2^31 stay exact); a minimum or maximum within that precision of the mean is
+stored as NULL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from storage.catalog import Metric
+from storage.trends import FIVE_MINUTES, HOURLY, LEVELS, Level, metrics, stat_columns
+
+_REL = {False: "1e-6", True: "1e-12"}
+
+
+def table(level: Level) -> str:
+    return f"trends_{level.name}"
+
+
+def _kind(metric: Metric) -> str:
+    return "DOUBLE" if metric.integer else "FLOAT"
+
+
+def metric_columns(metric: Metric) -> list[str]:
+    """The column definitions of ``metric``'s statistics in a trends table."""
+    mean, low, high, n = stat_columns(metric)
+    kind = _kind(metric)
+    return [f"`{mean}` {kind} NULL", f"`{low}` {kind} NULL", f"`{high}` {kind} NULL", f"`{n}` MEDIUMINT UNSIGNED NULL"]
+
+
+def create_statement(level: Level) -> str:
+    columns = [
+        "`agent` VARCHAR(64) NOT NULL",
+        "`bucket` BIGINT NOT NULL",
+        "`count` MEDIUMINT UNSIGNED NOT NULL",
+        "`threat_max` TINYINT UNSIGNED NOT NULL DEFAULT 0",
+    ]
+    for metric in metrics():
+        columns.extend(metric_columns(metric))
+    body = ",\n    ".join([*columns, "PRIMARY KEY (`agent`, `bucket`)", f"KEY `ix_{table(level)}_bucket` (`bucket`)"])
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{table(level)}` (\n    {body}\n"
+        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin ROW_FORMAT=DYNAMIC"
+    )
+
+
+def _names() -> list[str]:
+    names = ["agent", "bucket", "count", "threat_max"]
+    for metric in metrics():
+        names.extend(stat_columns(metric))
+    return names
+
+
+def _sparse(metric: Metric) -> list[str]:
+    """The stored (sparse) statistics of ``metric`` from a grouped row ``g`` holding the full ones."""
+    mean, low, high, n = stat_columns(metric)
+    rel = _REL[metric.integer]
+    return [
+        f"g.`{mean}`",
+        f"IF(ABS(g.`{low}` - g.`{mean}`) <= {rel} * ABS(g.`{mean}`), NULL, g.`{low}`)",
+        f"IF(ABS(g.`{high}` - g.`{mean}`) <= {rel} * ABS(g.`{mean}`), NULL, g.`{high}`)",
+        f"IF(g.`{n}` = g.`count`, NULL, g.`{n}`)",
+    ]
+
+
+def _from_samples(level: Level) -> str:
+    width = level.width
+    parts = [
+        "`agent`",
+        f"FLOOR(`timestamp` / {width}) * {width} AS `b`",
+        "COUNT(*) AS `count`",
+        "MAX(`threat_level` + 0) - 1 AS `threat_max`",
+    ]
+    for metric in metrics():
+        mean, low, high, n = stat_columns(metric)
+        m = metric.name
+        parts += [f"AVG(`{m}`) AS `{mean}`", f"MIN(`{m}`) AS `{low}`", f"MAX(`{m}`) AS `{high}`",
+                  f"COUNT(`{m}`) AS `{n}`"]
+    # fixed identifiers from the catalog; {where} holds %s placeholders only
+    return "SELECT " + ", ".join(parts) + " FROM `metrics` WHERE {where} GROUP BY `agent`, `b`"  # noqa: S608
+
+
+def _from_rollups(level: Level, source: Level) -> str:
+    width = level.width
+    parts = [
+        "`agent`",
+        f"FLOOR(`bucket` / {width}) * {width} AS `b`",
+        "SUM(`count`) AS `count`",
+        "MAX(`threat_max`) AS `threat_max`",
+    ]
+    for metric in metrics():
+        mean, low, high, n = stat_columns(metric)
+        weight = f"IF(`{mean}` IS NULL, 0, COALESCE(`{n}`, `count`))"
+        parts += [
+            f"SUM(`{mean}` * {weight}) / NULLIF(SUM({weight}), 0) AS `{mean}`",
+            f"MIN(COALESCE(`{low}`, `{mean}`)) AS `{low}`",
+            f"MAX(COALESCE(`{high}`, `{mean}`)) AS `{high}`",
+            f"SUM({weight}) AS `{n}`",
+        ]
+    return "SELECT " + ", ".join(parts) + f" FROM `{table(source)}` WHERE {{where}} GROUP BY `agent`, `b`"  # noqa: S608
+
+
+def _upsert(level: Level, grouped: str) -> str:
+    names = _names()
+    selected = ["g.`agent`", "g.`b`", "g.`count`", "g.`threat_max`"]
+    for metric in metrics():
+        selected.extend(_sparse(metric))
+    updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in names[2:])
+    return (
+        f"INSERT INTO `{table(level)}` (" + ", ".join(f"`{c}`" for c in names) + ") "  # noqa: S608 - fixed names
+        + "SELECT " + ", ".join(selected) + f" FROM ({grouped}) g ON DUPLICATE KEY UPDATE {updates}"
+    )
+
+
+def _where(spans: Mapping[str, tuple[float, float]], column: str) -> tuple[str, list[Any]]:
+    """``(agent IN (...) AND column >= x AND column < y) OR ...``, one clause per distinct span."""
+    by_span: dict[tuple[float, float], list[str]] = {}
+    for agent, span in spans.items():
+        by_span.setdefault(span, []).append(agent)
+    clauses: list[str] = []
+    params: list[Any] = []
+    for (low, high), agents in sorted(by_span.items()):
+        marks = ", ".join(["%s"] * len(agents))
+        clauses.append(f"(`{column}` >= %s AND `{column}` < %s AND `agent` IN ({marks}))")
+        params += [low, high, *sorted(agents)]
+    return " OR ".join(clauses), params
+
+
+def refresh_statements(spans: Mapping[str, tuple[float, float]]) -> list[tuple[str, list[Any]]]:
+    """The statements that recompute every bucket of both levels that ``spans`` (agent -> [start, end) of
+    new samples) reach."""
+    if not spans:
+        return []
+    statements: list[tuple[str, list[Any]]] = []
+    widened = {agent: _widen(span, FIVE_MINUTES) for agent, span in spans.items()}
+    where, params = _where(widened, "timestamp")
+    statements.append((_upsert(FIVE_MINUTES, _from_samples(FIVE_MINUTES).format(where=where)), params))
+    hourly = {agent: _widen(span, HOURLY) for agent, span in spans.items()}
+    where, params = _where(hourly, "bucket")
+    statements.append((_upsert(HOURLY, _from_rollups(HOURLY, FIVE_MINUTES).format(where=where)), params))
+    return statements
+
+
+def range_statements(start: float, end: float, agents: Sequence[str] | None = None) -> list[tuple[str, list[Any]]]:
+    """Rebuild both levels over ``[start, end)`` (whole hours), for the back-fill command."""
+    low, high = _widen((start, end), HOURLY)
+    agent_clause, agent_params = "", []
+    if agents:
+        agent_clause = " AND `agent` IN (" + ", ".join(["%s"] * len(agents)) + ")"
+        agent_params = list(agents)
+    five = _from_samples(FIVE_MINUTES).format(where="`timestamp` >= %s AND `timestamp` < %s" + agent_clause)
+    hour = _from_rollups(HOURLY, FIVE_MINUTES).format(where="`bucket` >= %s AND `bucket` < %s" + agent_clause)
+    return [
+        (_upsert(FIVE_MINUTES, five), [low, high, *agent_params]),
+        (_upsert(HOURLY, hour), [low, high, *agent_params]),
+    ]
+
+
+def _widen(span: tuple[float, float], level: Level) -> tuple[float, float]:
+    low, high = span
+    start = (low // level.width) * level.width
+    end = -(-high // level.width) * level.width
+    return float(start), float(max(end, start + level.width))
+
+
+def select_statement(level: Level, agent: str | None) -> str:
+    names = ", ".join(f"`{c}`" for c in _names())
+    sql = f"SELECT {names} FROM `{table(level)}` WHERE `bucket` > %s AND `bucket` <= %s"  # noqa: S608 - fixed
+    if agent is not None:
+        sql += " AND `agent` = %s"
+    return sql
+
+
+def names() -> list[str]:
+    """Columns of a trends table in :func:`select_statement`'s order."""
+    return _names()
+
+
+def all_levels() -> tuple[Level, ...]:
+    return LEVELS

@@ -1,0 +1,117 @@
+"""Trend rollups of the file backend: equal to the reference rollup of the raw samples through sweeps,
+restarts, replays, late samples and compaction; torn segment lines; the list encoding round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage import Batch, Sample
+from storage.file import FileStore
+from storage.filetrends import encode_lines, parse_lines, trends_dir
+from storage.trends import FIVE_MINUTES, HOURLY, columns, rollup
+from tests.storage.test_trends_mysql import T0, assert_rollups_equal, make_samples
+
+
+def sweeps(samples: list[Sample], size: int) -> list[list[Sample]]:
+    by_time = sorted(samples, key=lambda s: s.timestamp)
+    return [by_time[i : i + size] for i in range(0, len(by_time), size)]
+
+
+def test_rollups_follow_sweeps_a_restart_a_replay_and_a_late_sample(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "metrics_data.json"
+    batches = sweeps(make_samples(3, 3.2, 30.0), 3)
+    late = batches.pop(20)  # an agent's back-fill, stored 2 hours later
+    store = FileStore(path, fsync=False)
+    for batch in batches[:200]:
+        store.write(Batch(samples=batch))
+    store.close()  # a restart in the middle of an hour
+    store = FileStore(path, fsync=False)
+    store.write(Batch(samples=[s for b in batches[150:200] for s in b]))  # spool replay: nothing twice
+    for batch in batches[200:]:
+        store.write(Batch(samples=batch))
+    store.write(Batch(samples=late))
+    store.close()
+    reader = FileStore(path, readonly=True)
+    raw = reader.query_samples(0, T0 + 86400)
+    assert len(raw) == sum(len(b) for b in batches) + len(late)
+    assert_rollups_equal(reader.query_trends(FIVE_MINUTES, 0, T0 + 86400), rollup(raw, 300))
+    assert_rollups_equal(reader.query_trends(HOURLY, 0, T0 + 86400), rollup(raw, 3600))
+    one = reader.query_trends(HOURLY, T0 + 3600, T0 + 7200, "srv-01")
+    assert set(one["agent"]) == {"srv-01"} and one["bucket"].tolist() == [T0 + 3600, T0 + 7200]
+
+
+def test_compacted_segments_read_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "metrics_data.json"
+    store = FileStore(path, fsync=False)
+    for batch in sweeps(make_samples(2, 2, 60.0, seed=11), 2):
+        store.write(Batch(samples=batch))
+    store.close()
+    before = FileStore(path, readonly=True).query_trends(FIVE_MINUTES, 0, T0 + 86400)
+    written = FileStore(path, readonly=True).trends.compact_closed(T0 + 10 * 86400)
+    assert written and all(p.suffix == ".parquet" for p in written)
+    assert not list((trends_dir(path) / "5m").glob("*.json"))
+    after = FileStore(path, readonly=True).query_trends(FIVE_MINUTES, 0, T0 + 86400)
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_a_torn_segment_line_is_cut_before_the_next_append(tmp_path: Path) -> None:
+    path = tmp_path / "metrics_data.json"
+    store = FileStore(path, fsync=False)
+    batches = sweeps(make_samples(1, 1, 60.0, seed=2), 1)
+    for batch in batches[:30]:
+        store.write(Batch(samples=batch))
+    segment = next((trends_dir(path) / "5m").glob("*.json"))
+    with open(segment, "ab") as handle:
+        handle.write(b'{"agent":"srv-00","bucket":17')  # a crash in the middle of a line
+    for batch in batches[30:]:
+        store.write(Batch(samples=batch))
+    store.close()
+    reader = FileStore(path, readonly=True)
+    raw = reader.query_samples(0, T0 + 1e6)
+    assert_rollups_equal(reader.query_trends(FIVE_MINUTES, 0, T0 + 86400), rollup(raw, 300))
+
+
+Stat = tuple[float, float, float, int]
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b.c", "d_1"]), st.integers(0, 50), st.integers(1, 30),
+                          st.lists(st.one_of(st.none(), st.tuples(finite, finite, finite, st.integers(0, 30))),
+                                   min_size=len(columns()[4::4]), max_size=len(columns()[4::4]))),
+                max_size=20))
+def test_segment_lines_round_trip(rows: list[tuple[str, int, int, list[Stat | None]]]) -> None:
+    """Any decoded rollup written as lines reads back equal (the sparse list form loses nothing)."""
+    records = []
+    for agent, bucket, count, stats in rows:
+        record = {"agent": agent, "bucket": float(bucket * 300), "count": count, "threat_max": bucket % 4}
+        for name, stat in zip(columns()[4::4], stats, strict=True):
+            if stat is None:
+                record.update({name: np.nan, f"{name}_min": np.nan, f"{name}_max": np.nan, f"{name}_n": 0})
+            else:
+                mean, low, high, n = stat
+                n = min(max(n, 1), count)
+                record.update({name: mean, f"{name}_min": low, f"{name}_max": high, f"{name}_n": n})
+        records.append(record)
+    frame = pd.DataFrame(records, columns=list(columns())) if records else pd.DataFrame(columns=list(columns()))
+    back = parse_lines(b"".join(encode_lines(frame)))
+    assert len(back) == len(frame)
+    for column in columns()[1:]:
+        np.testing.assert_array_equal(back[column].to_numpy(np.float64), frame[column].to_numpy(np.float64),
+                                      err_msg=column)
+
+
+@pytest.mark.parametrize("data", [b'not json\n', b'{"agent":"a","bucket":"x","count":1}\n'])
+def test_damaged_segment_lines_are_skipped_and_counted(data: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    good = encode_lines(rollup(pd.DataFrame(), 300))
+    assert good == []
+    line = b'{"agent":"a","bucket":300,"count":2,"threat_max":0,"cpu_usage":[5,4,6]}\n'
+    frame = parse_lines(line + data + line, "seg")
+    assert len(frame) == 2 and frame["cpu_usage_min"].tolist() == [4.0, 4.0]
+    assert "1 trend lines are not rollups" in caplog.text
