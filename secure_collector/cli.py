@@ -43,6 +43,7 @@ from secure_collector.membership import DatabaseCursors, Membership, member_name
 from secure_collector.outbox import outbox_dir
 from secure_collector.poller import Poller, parse_shard, select_shard
 from secure_collector.runlock import RunLock, lock_path
+from secure_collector.housekeeping import Housekeeping
 from secure_collector.sink import Delivery, LazyStore, PollResult, Recorder
 from secure_collector.spool import Spool
 from secure_collector.transport import AgentConnection
@@ -89,8 +90,11 @@ class Collector:
     lock: RunLock
     exporter: Exporter | None = None
     membership: Membership | None = None
+    housekeeping: Housekeeping | None = None
 
     def close(self) -> None:
+        if self.housekeeping is not None:
+            self.housekeeping.close()
         self.poller.close()
         if self.membership is not None:
             self.membership.close()
@@ -342,6 +346,9 @@ def run_forever(collector: Collector) -> int:
     )
     if collector.poller.recorder is not None:
         collector.poller.recorder.load_audit_tails()
+    if collector.delivery is not None and isinstance(collector.delivery.store, LazyStore):
+        collector.housekeeping = Housekeeping(collector.delivery.store.current, collector.config.storage.retention)
+        collector.housekeeping.start()
     try:
         collector.poller.run()
     finally:

@@ -111,6 +111,12 @@ class LazyStore:
             self._store = self._opener()
         return self._store.audit_tails(agents)
 
+    def current(self) -> Store:
+        """The real store, opened when it is not yet (raises what opening raises)."""
+        if self._store is None:
+            self._store = self._opener()
+        return self._store
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()

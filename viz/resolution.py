@@ -75,15 +75,21 @@ def load(store: Store, window: Window, agent: str | None) -> Drawable:
 
 
 def _from_trends(store: Store, window: Window, agent: str | None, level: Level, rollups: pd.DataFrame) -> Drawable:
-    newest = float(rollups["bucket"].max())
-    tail = store.query_samples(newest, window.end, agent)  # the newest stored bucket (maybe partial) onwards
-    if not tail.empty:
-        fresh = rollup(tail, level.width)
-        rollups = pd.concat([rollups, fresh], ignore_index=True)
-        rollups = rollups.loc[~rollups.duplicated(subset=["agent", "bucket"], keep="last")]
+    """Rollups inside the window; the buckets cut by its edges, and those after the newest stored rollup
+    (still open), rolled up from the raw samples inside the window."""
+    width = level.width
+    first_whole = float(np.ceil(window.start / width) * width)
+    tail_start = min(float(rollups["bucket"].max()), float(np.floor(window.end / width) * width))
+    tail = store.query_samples(tail_start, window.end, agent)
+    parts = [tail]
+    if first_whole > window.start:
+        parts.append(store.query_samples(window.start, min(first_whole, tail_start) - 1e-6, agent))
+    edges = [p for p in parts if not p.empty]
     buckets = rollups["bucket"].to_numpy(dtype=np.float64)
-    keep = (buckets + level.width > window.start) & (buckets <= window.end)
-    rollups = rollups.loc[keep].sort_values(["bucket", "agent"], kind="stable").reset_index(drop=True)
+    rollups = rollups.loc[(buckets >= first_whole) & (buckets < tail_start)]
+    if edges:
+        rollups = pd.concat([rollups, rollup(pd.concat(edges, ignore_index=True), width)], ignore_index=True)
+    rollups = rollups.sort_values(["bucket", "agent"], kind="stable").reset_index(drop=True)
     frame = drawable_frame(rollups, level)
     return Drawable(frame, level, _latest(frame, tail))
 
