@@ -39,11 +39,11 @@ from secure_collector.errors import CollectorError
 from secure_collector.expiry import OwnMaterial, common_name
 from secure_collector.exporter import Exporter, FleetView
 from secure_collector.hook import AlertHook
+from secure_collector.housekeeping import Housekeeping
 from secure_collector.membership import DatabaseCursors, Membership, member_name
 from secure_collector.outbox import outbox_dir
 from secure_collector.poller import Poller, parse_shard, select_shard
 from secure_collector.runlock import RunLock, lock_path
-from secure_collector.housekeeping import Housekeeping
 from secure_collector.sink import Delivery, LazyStore, PollResult, Recorder
 from secure_collector.spool import Spool
 from secure_collector.transport import AgentConnection
