@@ -46,10 +46,11 @@ class Built:
     rollups: int = 0
     skipped: int = 0
     where: str = ""
+    mysql: bool = False
 
     def summary(self) -> str:
-        if self.where.startswith("mysql"):
-            return f"trends built in {self.where}: {self.steps} day(s) of samples rolled up"
+        if self.mysql:
+            return f"trends built in mysql {self.where}: {self.steps} day(s) of samples rolled up"
         return (f"trends built beside {self.where}: {self.rollups} rollups written from {self.steps} file(s), "
                 f"{self.skipped} already present")
 
@@ -67,7 +68,7 @@ def _build_mysql(config: StorageConfig, progress: Progress | None, rebuild: bool
     try:
         store.init_schema()
         span = store.sample_span()
-        built = Built(where=store.where)
+        built = Built(where=store.where, mysql=True)
         if span is None:
             return built
         first = math.floor(span[0] / DAY) * DAY

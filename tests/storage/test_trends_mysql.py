@@ -112,3 +112,19 @@ def test_purge_removes_only_what_is_older_in_small_batches(store: MySQLStore) ->
     assert store.purge("trends_5m", cutoff, 1000) == 24
     with pytest.raises(ValueError, match="purgeable"):
         store.purge("audit_records", cutoff, 10)
+
+
+def test_two_collectors_storing_one_agent_count_each_sample_once(store: MySQLStore, mariadb: MariaDBServer) -> None:
+    """A takeover under --shard auto: for a while both collectors poll and back-fill the same agent."""
+    other = MySQLStore(StorageConfig.model_validate(mariadb.storage_section()))
+    try:
+        samples = sorted(make_samples(1, 1.5, 30.0, seed=9), key=lambda s: s.timestamp)
+        for i in range(0, len(samples), 4):
+            store.write(Batch(samples=samples[i : i + 4]))
+            other.write(Batch(samples=samples[max(0, i - 8) : i + 2]))  # overlapping, behind
+        raw = store.query_samples(0, T0 + 86400)
+        assert len(raw) == len(samples)
+        assert_rollups_equal(store.query_trends(FIVE_MINUTES, 0, T0 + 86400), rollup(raw, 300))
+        assert_rollups_equal(other.query_trends(HOURLY, 0, T0 + 86400), rollup(raw, 3600))
+    finally:
+        other.close()

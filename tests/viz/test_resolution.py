@@ -70,8 +70,8 @@ def test_trends_draw_the_numbers_the_raw_path_draws(stored: FileStore, hours: fl
     assert rolled.width == plain.width
     for metric in METRICS:
         for how in ("mean", "max"):
-            a = bin_column(rolled, metric.name, how)  # type: ignore[arg-type]
-            b = bin_column(plain, metric.name, how)  # type: ignore[arg-type]
+            a = bin_column(rolled, metric.name, how)
+            b = bin_column(plain, metric.name, how)
             assert a.agent.tolist() == b.agent.tolist() and a.bin.tolist() == b.bin.tolist(), metric.name
             np.testing.assert_allclose(a.y, b.y, rtol=1e-9, err_msg=f"{metric.name} {how}")
             np.testing.assert_allclose(a.low, b.low, rtol=1e-12, err_msg=metric.name)  # type: ignore[arg-type]
