@@ -15,8 +15,8 @@ address (low); ``allowed_clients`` empty (info: any certificate of our CA is acc
 written down (low) or above :data:`MAX_RATE_PER_SECOND`/:data:`MAX_BURST` (medium); HMAC keys; CRL;
 audit log not writable (high) or open to group/others (medium); no readable SSH log source, neither an
 auth log nor the journal (medium: brute-force detection would be off).
-Collector: certificates, key files (its own and the exporter's), HMAC key, and MySQL without TLS to a
-non-loopback host (high).
+Collector: certificates, key files (its own and the exporter's), HMAC key, MySQL without TLS to a
+non-loopback host (high), hourly trends kept less than a year (info).
 
 Run it as the service user (``sudo -u secure-monitor secure-audit check ...``): "writable" means
 writable by whoever runs the check.
@@ -220,10 +220,29 @@ def check_ssh_sources(where: Where, config: AgentConfig) -> list[Finding]:
     ]
 
 
+PCI_RETENTION_DAYS = 365
+"""PCI DSS v4.0 10.5.1: twelve months of history."""
+
+
+def check_retention(where: Where, storage: StorageConfig) -> list[Finding]:
+    """Hourly trends kept less than a year (info: an annual audit asks what a host did months ago)."""
+    if storage.retention.trends_days >= PCI_RETENTION_DAYS:
+        return []
+    return [
+        where.at("storage.retention.trends_days").finding(
+            "retention-under-a-year",
+            Severity.INFO,
+            f"hourly trends are kept {storage.retention.trends_days} days; PCI DSS 10.5.1 asks for twelve months "
+            "of history",
+            f"set storage.retention.trends_days to {PCI_RETENTION_DAYS} or more where PCI DSS applies",
+        )
+    ]
+
+
 def check_storage(where: Where, storage: StorageConfig, config_file: Path) -> list[Finding]:
     if storage.type != "mysql":
-        return []
-    findings: list[Finding] = []
+        return check_retention(where, storage)
+    findings: list[Finding] = check_retention(where, storage)
     if storage.mysql_ssl is None and storage.mysql_socket is None and not on_this_host(storage.mysql_host):
         findings.append(
             where.at("storage.mysql_ssl").finding(

@@ -397,6 +397,18 @@ def test_mysql_without_tls_on_a_remote_host_is_found(
     assert report.ids == expected and report.code == (1 if expected else 0)
 
 
+@pytest.mark.parametrize(("retention", "expected"), [({"trends_days": 90}, {"retention-under-a-year"}),
+                                                     ({"trends_days": 365, "history_days": 30}, set())])
+def test_trends_kept_less_than_a_year_are_reported(
+    capsys: pytest.CaptureFixture[str], pki: TestPKI, retention: dict[str, Any], expected: set[str]
+) -> None:
+    edit(collector_config(pki), lambda d: d["storage"].update(retention=retention))
+    report = check_collector(capsys, pki)
+    assert report.ids == expected and report.code == (1 if expected else 0)
+    if expected:
+        assert "10.5.1" in report.finding("retention-under-a-year")["message"]
+
+
 def test_mysql_password_in_a_group_readable_config_is_found(capsys: pytest.CaptureFixture[str], pki: TestPKI) -> None:
     edit(collector_config(pki), lambda d: d.update(storage={"type": "mysql", "mysql_password": "pw"}))
     os.chmod(collector_config(pki), 0o640)
