@@ -231,6 +231,7 @@ class FileTrends:
         self._watermark = -np.inf
         self._complete_since = np.inf
         """Memory holds every stored sample from this time on."""
+        self._forgotten_before = -np.inf
 
     def level_dir(self, level: Level) -> Path:
         return self.directory / level.name
@@ -299,9 +300,13 @@ class FileTrends:
         return [row for ts, row in recent.items() if bucket <= ts < bucket + width]
 
     def _forget(self, before: float) -> None:
+        """Drop the samples of hours that ended :data:`KEEP` ago (once per hour, not per write)."""
         if not np.isfinite(before):
             return
         before = float(np.floor(before / HOURLY.width) * HOURLY.width)
+        if before <= self._forgotten_before:
+            return
+        self._forgotten_before = before
         for agent in list(self._recent):
             kept = {ts: row for ts, row in self._recent[agent].items() if ts >= before}
             if kept:
