@@ -18,6 +18,7 @@ from secure_agent.metrics import MetricsService
 from secure_collector import cli
 from secure_collector.alertstate import METRIC_PATTERN
 from storage.factory import open_store
+from storage.trends import FIVE_MINUTES, HOURLY
 from tests.addmetric.declare import FILE, NAME
 from tests.collector.helpers import WIDE, collector_data, load, write_config
 from tests.plugins.agent import agent_with_service
@@ -60,6 +61,8 @@ def test_the_declared_metric_is_answered_validated_stored_alerted_drawn_and_expo
         fired = alerts[alerts["metric"] == NAME]
         assert list(zip(fired["severity"], fired["threshold"], strict=True)) == [("critical", 50.0)]
         assert re.fullmatch(METRIC_PATTERN, NAME)  # the alert state file keeps it
+        trend = store.query_trends(FIVE_MINUTES, *WIDE)  # its rollups, with every other metric's
+        assert list(trend[NAME]) == [VALUE] and list(trend[f"{NAME}_n"]) == [1]
 
         # MariaDB, on a table made before the metric existed: the store adds its column
         mariadb.reset_database()
@@ -67,9 +70,16 @@ def test_the_declared_metric_is_answered_validated_stored_alerted_drawn_and_expo
         _once(tmp_path / "mysql", mysql)
         with contextlib.closing(mariadb.root_connection()) as conn, conn.cursor() as cursor:
             cursor.execute(f"ALTER TABLE `{mariadb.database}`.`metrics` DROP COLUMN `{NAME}`")
+            for level in ("5m", "1h"):  # and the trend tables made before it
+                drops = ", ".join(f"DROP COLUMN `{NAME}{suffix}`" for suffix in ("", "_min", "_max", "_n"))
+                cursor.execute(f"ALTER TABLE `{mariadb.database}`.`trends_{level}` {drops}")
         _once(tmp_path / "mysql", mysql)
-        rows = open_store(load(mysql).storage, readonly=True).query_samples(*WIDE)
+        reader = open_store(load(mysql).storage, readonly=True)
+        rows = reader.query_samples(*WIDE)
         assert len(rows) == 2 and rows[NAME].isna().sum() == 1 and list(rows[NAME].dropna()) == [VALUE]
+        trend = reader.query_trends(HOURLY, *WIDE)
+        # (the two runs may straddle an hour: then the first run's bucket keeps no value of it)
+        assert list(trend[NAME].dropna()) == [VALUE] and trend[f"{NAME}_n"].sum() == 1 and trend["count"].sum() == 2
 
         # viz: its own plot, and a column of the dashboard's table
         out = tmp_path / "viz"
