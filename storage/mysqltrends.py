@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from storage.catalog import Metric
-from storage.trends import FIVE_MINUTES, HOURLY, LEVELS, Level, metrics, stat_columns
+from storage.trends import FIVE_MINUTES, HOURLY, Level, metrics, stat_columns
 
 _REL = {False: "1e-6", True: "1e-12"}
 
@@ -183,7 +183,3 @@ def select_statement(level: Level, agent: str | None) -> str:
 def names() -> list[str]:
     """Columns of a trends table in :func:`select_statement`'s order."""
     return _names()
-
-
-def all_levels() -> tuple[Level, ...]:
-    return LEVELS

@@ -41,13 +41,6 @@ LEVELS: tuple[Level, ...] = (FIVE_MINUTES, HOURLY)
 """Finest first; each level's width divides the next one's."""
 
 
-def by_level_name(name: str) -> Level:
-    for level in LEVELS:
-        if level.name == name:
-            return level
-    raise ValueError(f"no trend level {name!r}")
-
-
 def metrics() -> list[Metric]:
     """The metrics rolled up: every numeric sample field of the catalog."""
     return list(METRICS)

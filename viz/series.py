@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from storage.trends import THREAT_LEVELS
+
 MAX_BINS = 400
 """Points per line at most: about 2.5 px apart on the 1100 px wide plots."""
 MAX_INDIVIDUAL = 6
@@ -29,7 +31,6 @@ GAP_FACTOR = 3.0
 """A step in time larger than this many usual steps (or two bins) breaks the line."""
 SECONDS_PER_DAY = 86_400.0
 
-THREAT_LEVELS: tuple[str, ...] = ("none", "low", "medium", "high")
 
 Reducer = Literal["mean", "max"]
 FloatArray = npt.NDArray[np.float64]
