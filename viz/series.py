@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from storage.trends import THREAT_LEVELS
+from storage.trends import THREAT_LEVELS as THREAT_LEVELS  # viz names it here too
 
 MAX_BINS = 400
 """Points per line at most: about 2.5 px apart on the 1100 px wide plots."""
