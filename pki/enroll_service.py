@@ -19,6 +19,7 @@ the certificate leaves. The signing decisions live in :class:`Issuer`, apart fro
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 ENROLL_LIFETIME = dt.timedelta(days=30)
 """Certificates the service issues live 30 days and are renewed at about 20 (docs/enrollment.md)."""
 MAX_BODY_BYTES = 16 * 1024  # a CSR of ours is under 1 KiB, a token under 2 KiB
-MAX_HEADER_BYTES = 8 * 1024
+DRAIN_BYTES = 64 * 1024  # a body up to this size is read and dropped before a 413; a larger one is cut off
 MAX_CONNECTIONS = 32
 HANDSHAKE_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
@@ -313,7 +314,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _refuse(self, status: int, **headers: str) -> None:
+        self._drain()
         self._send(status, f"{status} {self.responses[status][0]}\n".encode("ascii"), **headers)
+
+    _unread: int | None = None  # body bytes not read yet (None: not known yet)
+
+    def _drain(self) -> None:
+        """Read a small unread body before refusing, so the client reads our answer rather than a reset."""
+        if self._unread is None:
+            text = self.headers.get("Content-Length", "") if self.headers is not None else ""
+            self._unread = int(text) if text.isascii() and text.isdigit() and len(text) < 10 else 0
+        if 0 < self._unread <= DRAIN_BYTES:
+            with contextlib.suppress(OSError):
+                self.rfile.read(self._unread)
+        self._unread = 0
 
     def do_GET(self) -> None:
         self._refuse(405, Allow="POST")
@@ -339,6 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(413)
             return
         try:
+            self._unread = 0
             data = json.loads(self.rfile.read(length))
         except (ValueError, OSError):
             self._refuse(400)

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from pki.configfile import load_config
 from pki.errors import PKIError
+from pki.renewal import DEFAULT_TIMING, RenewalTiming, Renewer
 from pki.tokens import FORWARD_SKEW, Verifier
 from pki.validity import certificate_not_after, crl_next_update, days_left
 from secure_agent import __version__
@@ -114,8 +115,11 @@ class Agent:
         config_path: Path | None = None,
         metrics: MetricsFactory = _default_metrics,
         clock: Callable[[], float] = time.time,
+        renewal: RenewalTiming = DEFAULT_TIMING,
     ) -> None:
         self.config = config
+        self._renewal_timing = renewal
+        self.renewer: Renewer | None = None
         self.config_path = config_path
         self.started_at = clock()
         policy = check(config)
@@ -213,12 +217,34 @@ class Agent:
             self.audit.close()
             raise StartupError(str(exc)) from exc
         self._watch_expiry()
+        self._start_renewal()
         self._metrics.start()
         self._thread = threading.Thread(
             target=self._server.serve, name="agent-accept", daemon=True
         )
         self._thread.start()
         logger.info("agent %s listening on %s:%d", self.config.name, host, port)
+
+    def _start_renewal(self) -> None:
+        """With ``tls.renew``, renew our certificate at the enrollment service and reload (docs/enrollment.md)."""
+        tls_config = self.config.tls
+        if tls_config.renew is None:
+            return
+        self.renewer = Renewer(
+            tls_config.renew.url,
+            tls_config.cert,
+            tls_config.key,
+            tls_config.ca,
+            self._renewed,
+            crl=tls_config.crl,
+            timing=self._renewal_timing,
+        )
+        self.renewer.start()
+        logger.info("certificate renewal at %s planned for %s", tls_config.renew.url, time.ctime(self.renewer.due()))
+
+    def _renewed(self) -> None:
+        self._audit_quietly("certificate_renewed", "ok", detail=f"new key and certificate in {self.config.tls.cert}")
+        self.reload()
 
     def reload(self) -> bool:
         """Re-read config and material; swap them in whole, or keep the old ones. True if swapped."""
@@ -290,6 +316,8 @@ class Agent:
         self._stopped = True
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
+        if self.renewer is not None:
+            self.renewer.stop(timeout)
         if self._thread is not None:
             self._server.stop(timeout)
             self._thread.join(timeout)
