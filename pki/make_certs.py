@@ -343,7 +343,9 @@ def _ensure_existing_ca(out: Path) -> ca_lib.Issued:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="make-certs", description="Bootstrap the secure-monitor PKI: CA, certificates, HMAC keys, configs."
+        prog="make-certs",
+        description="Bootstrap the secure-monitor PKI: CA, certificates, HMAC keys, configs.",
+        allow_abbrev=False,  # no --token for --token-file: a token typed on the command line is refused outright
     )
     parser.add_argument("--out", required=True, type=Path, help="directory to create or extend")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

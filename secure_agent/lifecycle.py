@@ -216,8 +216,8 @@ class Agent:
             self._server.server_close()
             self.audit.close()
             raise StartupError(str(exc)) from exc
-        self._watch_expiry()
         self._start_renewal()
+        self._watch_expiry()
         self._metrics.start()
         self._thread = threading.Thread(
             target=self._server.serve, name="agent-accept", daemon=True
@@ -288,7 +288,13 @@ class Agent:
 
     def _check_expiry(self) -> None:
         tls_config = self.config.tls
-        items = [("tls.cert", "the agent's certificate", tls_config.cert, certificate_not_after, CERT_WARNING_DAYS)]
+        cert_warning = CERT_WARNING_DAYS
+        if self.renewer is not None:  # renewed at 2/3 of its life: warn once half the rest is gone unrenewed
+            try:
+                cert_warning = min(cert_warning, (self.renewer.not_after() - self.renewer.due()) / 2 / 86_400)
+            except (OSError, ValueError) as exc:
+                logger.warning("cannot read %s to plan its renewal: %s", tls_config.cert, exc)
+        items = [("tls.cert", "the agent's certificate", tls_config.cert, certificate_not_after, cert_warning)]
         if tls_config.crl is not None:
             items.append(("tls.crl", "the CRL's nextUpdate", tls_config.crl, crl_next_update, CRL_WARNING_DAYS))
         now = time.time()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import json
 import os
 import time
 from collections.abc import Callable
@@ -25,11 +26,15 @@ from cryptography.x509.oid import NameOID
 from pki import ca as ca_lib
 from pki import csr as csr_lib
 from pki import enroll_client, make_certs
+from pki.configfile import load_config
 from pki.enroll_service import MAX_BODY_BYTES, RateLimiter, enroll_dir
 from pki.enroll_tokens import TokenStore, decode, encode
+from pki.errors import ConfigError
 from pki.tls import service_client_context
+from secure_agent.config import AgentConfig
+from secure_collector.config import CollectorConfig
 from tests.pki.enrollment import audit_records, issue, running_service, url
-from tests.plugins.agent import StartAgent, rpc_call
+from tests.plugins.agent import StartAgent, agent_config_data, rpc_call
 from tests.plugins.pki import TestPKI
 
 AGENT = ("--agent", "web1=localhost,127.0.0.1")
@@ -257,3 +262,42 @@ def test_the_service_limits_rate_and_size_and_leaks_no_reason(pki: TestPKI, tmp_
     records = audit_records(pki.root)
     assert records[-2]["reason"] == "token malformed"
     assert (records[-1]["reason"], records[-1]["count"]) == ("rate_limited", 1)
+
+
+@pytest.mark.parametrize(
+    ("renew", "needle"),
+    [
+        ({"url": "http://ca.example:8443"}, "tls.renew.url: enrollment URL 'http://ca.example:8443' must be https"),
+        ({"url": "https://ca.example:8443", "every": 3}, "tls.renew.every"),
+    ],
+    ids=["not-https", "unknown-key"],
+)
+def test_a_bad_renewal_setting_is_refused_with_its_key_path(
+    pki: TestPKI, tmp_path: Path, renew: dict[str, object], needle: str
+) -> None:
+    for model, data in (
+        (AgentConfig, agent_config_data(pki, "web1", tmp_path, tls={"renew": renew})),
+        (CollectorConfig, {**json.loads((pki.root / "collector.json").read_text()), "tls": {
+            **json.loads((pki.root / "collector.json").read_text())["tls"], "renew": renew}}),
+    ):
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(ConfigError) as refused:
+            load_config(path, model)
+        assert needle in str(refused.value)
+
+
+def test_enroll_reads_the_token_from_a_private_file_or_stdin_only(
+    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_service(pki.root) as service:
+        issue(pki.root, service, tmp_path / "t", *AGENT)
+        assert make_certs.main(["--enroll", "--out", str(tmp_path / "h")]) == 2
+        assert "never from the command line" in capsys.readouterr().err
+        (tmp_path / "t").chmod(0o644)
+        assert make_certs.main(["--enroll", "--token-file", str(tmp_path / "t"), "--out", str(tmp_path / "h")]) == 2
+        error = capsys.readouterr().err
+        assert "chmod 600" in error and len(error.strip().splitlines()) == 1 and "Traceback" not in error
+        with pytest.raises(SystemExit):
+            make_certs.main(["--enroll", "--token", (tmp_path / "t").read_text(), "--out", str(tmp_path / "h")])
+    assert TokenStore(enroll_dir(pki.root)).list()[0].state == "unused"
