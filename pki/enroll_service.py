@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import json
 import logging
 import socket
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 ENROLL_LIFETIME = dt.timedelta(days=30)
 """Certificates the service issues live 30 days and are renewed at about 20 (docs/enrollment.md)."""
 MAX_BODY_BYTES = 16 * 1024  # a CSR of ours is under 1 KiB, a token under 2 KiB
+MAX_HEADER_BYTES = 8 * 1024  # request line and headers
 DRAIN_BYTES = 64 * 1024  # a body up to this size is read and dropped before a 413; a larger one is cut off
 MAX_CONNECTIONS = 32
 HANDSHAKE_TIMEOUT = 5.0
@@ -319,6 +321,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     _unread: int | None = None  # body bytes not read yet (None: not known yet)
 
+    def setup(self) -> None:
+        super().setup()
+        # one request per connection: its head and body together are bounded, the stdlib's own limits are not
+        self.rfile = io.BufferedReader(_Capped(self.rfile, MAX_HEADER_BYTES + DRAIN_BYTES), 8192)
+
     def _drain(self) -> None:
         """Read a small unread body before refusing, so the client reads our answer rather than a reset."""
         if self._unread is None:
@@ -375,11 +382,58 @@ class _Handler(BaseHTTPRequestHandler):
         except Refused as exc:
             self._refuse(exc.status)
             return
-        except (AuditUnavailable, PKIError, OSError) as exc:
+        except (AuditUnavailable, PKIError, OSError, ValueError) as exc:  # ValueError: a CA file we cannot read
             logger.error("cannot serve %s for %s: %s", self.path, source, exc)
             self._refuse(503)
             return
         self._send(200, json.dumps(answer).encode("ascii"), "application/json")
+
+
+class _Deadline:
+    """The socket a watchdog shuts at a connection's deadline; never one released (and its number reused)."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def hold(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+
+    def release(self) -> None:
+        with self._lock:
+            self._sock = None
+
+    def shut(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Capped(io.RawIOBase):
+    """A connection's input, cut off after ``cap`` bytes: request line, headers and body together."""
+
+    def __init__(self, inner: Any, cap: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self._left = cap
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            raise ConnectionAbortedError("request larger than the service reads")
+        data = self._inner.read1(min(len(buffer), self._left))  # what has arrived, without waiting for more
+        buffer[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
 
 
 class EnrollmentService(ThreadingHTTPServer):
@@ -396,8 +450,10 @@ class EnrollmentService(ThreadingHTTPServer):
         *,
         limiter: RateLimiter | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        deadline: float = HANDSHAKE_TIMEOUT + REQUEST_TIMEOUT,
     ) -> None:
         self.issuer = issuer
+        self.deadline = deadline  # seconds a connection may last, handshake and request together
         self.context = context
         self.limiter = limiter or RateLimiter()
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -429,17 +485,26 @@ class EnrollmentService(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(HANDSHAKE_TIMEOUT)
+        # the whole exchange within its deadline, however slowly a client trickles bytes: then the socket is shut
+        connection = _Deadline()
+        watchdog = threading.Timer(self.deadline, connection.shut)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            logger.info("TLS handshake with %s failed: %s", client_address[0], exc)
+            tls = self.context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError):
+            watchdog.cancel()
             return
-        tls.settimeout(REQUEST_TIMEOUT)
         try:
+            connection.hold(tls)
+            tls.do_handshake()
+            tls.settimeout(REQUEST_TIMEOUT)
             _Handler(tls, client_address, self)
         except (ssl.SSLError, OSError) as exc:
             logger.info("connection with %s ended: %s", client_address[0], exc)
         finally:
+            watchdog.cancel()
+            connection.release()
             tls.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -469,9 +534,10 @@ def open_service(
     *,
     lifetime: dt.timedelta = ENROLL_LIFETIME,
     limiter: RateLimiter | None = None,
+    deadline: float = HANDSHAKE_TIMEOUT + REQUEST_TIMEOUT,
 ) -> EnrollmentService:
     """The service for the CA in ``ca_dir`` listening on ``host:port`` (0: a free port), its certificate made."""
     issuer = Issuer(ca_dir, lifetime=lifetime)
     cert, key = ensure_service_certificate(ca_dir, issuer.authority, host)
     context = service_context(cert, key, ca_dir / "ca.crt")
-    return EnrollmentService(issuer, (host, port), context, limiter=limiter)
+    return EnrollmentService(issuer, (host, port), context, limiter=limiter, deadline=deadline)

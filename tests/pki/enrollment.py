@@ -19,9 +19,13 @@ GENEROUS = RateLimiter(per_second=1000.0, burst=1000)  # tests that are not abou
 
 @contextlib.contextmanager
 def running_service(
-    ca_dir: Path, *, lifetime: dt.timedelta = dt.timedelta(days=30), limiter: RateLimiter | None = None
+    ca_dir: Path,
+    *,
+    lifetime: dt.timedelta = dt.timedelta(days=30),
+    limiter: RateLimiter | None = None,
+    deadline: float = 15.0,
 ) -> Iterator[EnrollmentService]:
-    service = open_service(ca_dir, "127.0.0.1", 0, lifetime=lifetime, limiter=limiter or GENEROUS)
+    service = open_service(ca_dir, "127.0.0.1", 0, lifetime=lifetime, limiter=limiter or GENEROUS, deadline=deadline)
     thread = threading.Thread(target=service.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

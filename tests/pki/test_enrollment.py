@@ -9,10 +9,13 @@ addresses and purpose, for a new key, and only for the certificate the CA holds 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
 import json
 import os
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -301,3 +304,25 @@ def test_enroll_reads_the_token_from_a_private_file_or_stdin_only(
         with pytest.raises(SystemExit):
             make_certs.main(["--enroll", "--token", (tmp_path / "t").read_text(), "--out", str(tmp_path / "h")])
     assert TokenStore(enroll_dir(pki.root)).list()[0].state == "unused"
+
+
+def _tls_to(service_port: int, ca: Path) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", service_port), timeout=10)
+    return service_client_context(ca.read_bytes()).wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_an_oversized_head_or_a_trickling_client_is_cut_off(pki: TestPKI) -> None:
+    with running_service(pki.root, deadline=1.0) as service:
+        with _tls_to(service.port, pki.ca) as sock:  # 16 KiB of headers: more than the service reads
+            head = b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 16384 + b"\r\n\r\n"
+            with contextlib.suppress(OSError):
+                sock.sendall(head)
+            with contextlib.suppress(OSError):
+                assert not sock.recv(100).startswith(b"HTTP/1.1 2")
+        with _tls_to(service.port, pki.ca) as sock:  # half a request, then nothing: shut at the deadline
+            sock.sendall(b"POST /v1/enroll HTTP/1.1\r\nContent-")
+            started = time.monotonic()
+            with contextlib.suppress(OSError):
+                assert sock.recv(100) == b""
+            assert time.monotonic() - started < 5.0  # the deadline (1 s), not the 10 s read timeout
+    assert not (enroll_dir(pki.root) / "audit.log").exists()  # nothing was decided, nothing issued
