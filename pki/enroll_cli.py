@@ -26,7 +26,8 @@ from pathlib import Path
 
 from pki import enroll_client
 from pki.enroll_audit import EnrollmentAudit
-from pki.enroll_service import ENROLL_LIFETIME, enroll_dir, load_authority, open_service
+from pki.enroll_issuer import ENROLL_LIFETIME, enroll_dir, load_authority
+from pki.enroll_service import open_service
 from pki.enroll_tokens import EntityRole, TokenRefused, TokenStore, decode, encode
 from pki.errors import PKIError
 from pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
