@@ -64,7 +64,7 @@ def issue_token(
     out: Path, name: str, role: EntityRole, hosts: tuple[str, ...], ttl: float, url: str | None, token_file: Path | None
 ) -> str:
     """Issue a token; write it to ``token_file`` (0600) or return it for stdout. Audited."""
-    authority = load_authority(out)
+    load_authority(out)  # this is the CA's directory, or a one-line error
     url = url or _service_url(out)
     if url is None:
         raise PKIError(f"{out}: no --url given and no service has run here yet (--serve records its URL)")
@@ -72,7 +72,6 @@ def issue_token(
     if token_file is not None and token_file.exists():
         raise PKIError(f"{token_file} exists; a token file is never overwritten")
     token = TokenStore(enroll_dir(out)).issue(name, role, hosts, ttl, url, (out / "ca.crt").read_bytes())
-    del authority  # loaded only to prove this is the CA's directory
     text = encode(token) + "\n"
     if token_file is not None and not write_atomic(token_file, text.encode("ascii"), mode=PRIVATE_MODE):
         raise PKIError(f"{token_file} appeared meanwhile; revoke token {token.id} (make-certs --revoke-token)")
@@ -85,6 +84,7 @@ def issue_token(
 
 
 def list_tokens(out: Path) -> str:
+    load_authority(out)  # the CA's directory, or a one-line error (and nothing created)
     now = time.time()
     lines = [f"{'id':<16}  {'state':<8}  {'role':<9}  {'name':<20}  expires (UTC)         hosts"]
     for entry in TokenStore(enroll_dir(out)).list():
@@ -97,6 +97,7 @@ def list_tokens(out: Path) -> str:
 
 
 def revoke_token(out: Path, token_id: str) -> str:
+    load_authority(out)
     entry = TokenStore(enroll_dir(out)).revoke(token_id)
     EnrollmentAudit(enroll_dir(out) / "audit.log").record(
         "token", "revoked" if entry.state == "revoked" else "unchanged", token=token_id, common_name=entry.name

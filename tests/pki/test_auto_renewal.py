@@ -20,7 +20,8 @@ from pathlib import Path
 from cryptography import x509
 
 from pki import make_certs, tls
-from pki.renewal import RenewalTiming
+from pki.enroll_service import RateLimiter
+from pki.renewal import RenewalTiming, Renewer
 from secure_agent.config import AgentConfig
 from secure_agent.lifecycle import Agent
 from secure_collector import cli
@@ -144,3 +145,28 @@ def test_agent_and_collector_renew_themselves_with_new_keys_and_no_poll_fails(
     statuses = read_store(load(collector_config)).query_statuses(*WIDE)
     assert len(statuses) >= 10
     assert set(statuses["state"]) == {"up"}, statuses[["state", "detail"]].to_string()
+
+
+def test_a_refused_renewal_is_tried_again_after_retry_after_and_then_succeeds(
+    make_pki: Callable[..., TestPKI], tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "ca", agents=["web1=localhost,127.0.0.1"], collectors=["collector"])
+    limiter = RateLimiter(per_second=1.0, burst=1)
+    with running_service(pki.root, lifetime=LIFETIME, limiter=limiter) as service:
+        host = _enroll(pki, url(service), tmp_path / "host", "--collector", "collector")
+        limiter.take("127.0.0.1", time.monotonic())  # the bucket is empty: the first renewal gets 429
+        renewed = threading.Event()
+        renewer = Renewer(
+            url(service), host / "collector.crt", host / "collector.key", host / "ca.crt", renewed.set,
+            timing=RenewalTiming(at=0.001, jitter=0.0, retry_first=0.1, retry_max=0.2),
+        )
+        renewer.start()
+        try:
+            assert renewed.wait(DEADLINE)
+        finally:
+            renewer.stop()
+    assert renewer.failures >= 1 and "429" in str(renewer.last_error)
+    assert renewer.renewals >= 1
+    records = audit_records(pki.root)
+    assert any(r.get("reason") == "rate_limited" for r in records)
+    assert records[-1]["event"] == "renew" and records[-1]["outcome"] == "issued"
