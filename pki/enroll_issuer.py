@@ -140,7 +140,7 @@ class Issuer:
         self.authority = load_authority(ca_dir)
         self.tokens = TokenStore(enroll_dir(ca_dir), clock=clock)
         self.audit = audit or EnrollmentAudit(enroll_dir(ca_dir) / "audit.log", clock=clock)
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()  # renew holds it around _sign, which takes it too
 
     def _answer(self, cert: x509.Certificate) -> dict[str, str]:
         crl = self.ca_dir / "crl.pem"
@@ -189,25 +189,31 @@ class Issuer:
         return self._answer(cert)
 
     def renew(self, presented_der: bytes | None, csr_pem: bytes, source: str) -> dict[str, str]:
-        """Sign ``csr_pem`` for the holder of ``presented_der``; :class:`Refused` (audited) otherwise."""
-        try:
-            if not presented_der:
-                raise Refused(403, "no client certificate presented")
-            presented = read_presented(presented_der)
-            self._check_current(presented)
-            public = csr_lib.check_request(csr_pem, presented.name, presented.role, presented.hosts)
-            same = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            if public.public_bytes(*same) == presented.cert.public_key().public_bytes(*same):
-                raise Refused(403, "csr: the same key as the certificate presented; renewal needs a new key")
-        except csr_lib.RequestRefused as exc:
-            self._refused("renew", source, f"csr: {exc}", common_name=presented.name)
-            raise Refused(403, f"csr: {exc}") from None
-        except Refused as exc:
-            name = presented.name if "presented" in locals() else None
-            self._refused("renew", source, exc.reason, common_name=name)
-            raise
-        cert = self._sign(public, presented.name, presented.role, presented.hosts)
-        self._issued("renew", source, cert, presented.name, previous=format(presented.serial, "x"))
+        """Sign ``csr_pem`` for the holder of ``presented_der``; :class:`Refused` (audited) otherwise.
+
+        Checking that the presented certificate is the current one and replacing it happen under one lock:
+        two renewals with one certificate (its owner's and a thief's) cannot both succeed.
+        """
+        name: str | None = None
+        with self._write_lock:
+            try:
+                if not presented_der:
+                    raise Refused(403, "no client certificate presented")
+                presented = read_presented(presented_der)
+                name = presented.name
+                self._check_current(presented)
+                public = csr_lib.check_request(csr_pem, presented.name, presented.role, presented.hosts)
+                same = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                if public.public_bytes(*same) == presented.cert.public_key().public_bytes(*same):
+                    raise Refused(403, "csr: the same key as the certificate presented; renewal needs a new key")
+            except csr_lib.RequestRefused as exc:
+                self._refused("renew", source, f"csr: {exc}", common_name=name)
+                raise Refused(403, f"csr: {exc}") from None
+            except Refused as exc:
+                self._refused("renew", source, exc.reason, common_name=name)
+                raise
+            cert = self._sign(public, presented.name, presented.role, presented.hosts)
+            self._issued("renew", source, cert, presented.name, previous=format(presented.serial, "x"))
         return self._answer(cert)
 
     def _check_current(self, presented: Presented) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -326,3 +327,32 @@ def test_an_oversized_head_or_a_trickling_client_is_cut_off(pki: TestPKI) -> Non
                 assert sock.recv(100) == b""
             assert time.monotonic() - started < 5.0  # the deadline (1 s), not the 10 s read timeout
     assert not (enroll_dir(pki.root) / "audit.log").exists()  # nothing was decided, nothing issued
+
+
+def test_two_renewals_with_one_certificate_at_once_give_one_certificate(pki: TestPKI, tmp_path: Path) -> None:
+    with running_service(pki.root) as service:
+        host = _enrolled(pki, url(service), tmp_path, *AGENT)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+        start = threading.Barrier(4)
+
+        def renew() -> None:
+            start.wait(timeout=10)
+            try:
+                enroll_client.renew(url(service), host / "web1.crt", host / "web1.key", host / "ca.crt")
+                outcome = "issued"
+            except enroll_client.EnrollmentFailed as exc:
+                outcome = str(exc.status)
+            with lock:
+                outcomes.append(outcome)
+
+        threads = [threading.Thread(target=renew) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert sorted(outcomes) == ["403", "403", "403", "issued"]
+    renewals = [r for r in audit_records(pki.root) if r["event"] == "renew"]
+    assert [r["outcome"] for r in renewals].count("issued") == 1
+    refusals = [str(r["reason"]) for r in renewals if r["outcome"] == "refused"]
+    assert len(refusals) == 3 and all(reason.startswith("presented certificate is superseded") for reason in refusals)
