@@ -14,6 +14,7 @@ The trust anchor (``tls.ca``) is never replaced from an answer: moving to a new 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -47,6 +48,18 @@ class RenewalTiming(NamedTuple):
 
 
 DEFAULT_TIMING = RenewalTiming()
+
+
+def check_installable(cert: Path, key: Path) -> None:
+    """Refuse (:class:`PKIError`, naming the directory) a setup where a renewal could not be installed: the
+    directories of ``cert`` and ``key`` must be writable (a read-only ``/etc`` under systemd is the usual
+    cause, deploy/README.md), so that start-up says so now rather than a failed renewal in weeks."""
+    for folder in sorted({cert.parent, key.parent}):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PKIError(
+                f"tls.renew: {folder} is not writable: renewal replaces the key and certificate there "
+                "(a unit with ProtectSystem=strict needs ReadWritePaths for it, deploy/README.md)"
+            )
 
 
 class Renewer:

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from pki.configfile import load_config
 from pki.errors import PKIError
-from pki.renewal import DEFAULT_TIMING, RenewalTiming, Renewer
+from pki.renewal import DEFAULT_TIMING, RenewalTiming, Renewer, check_installable
 from pki.tokens import FORWARD_SKEW, Verifier
 from pki.validity import certificate_not_after, crl_next_update, days_left
 from secure_agent import __version__
@@ -77,6 +77,8 @@ def check(config: AgentConfig) -> Policy:
     """
     try:
         policy = load_policy(config)
+        if config.tls.renew is not None:
+            check_installable(config.tls.cert, config.tls.key)
     except PKIError as exc:
         raise StartupError(str(exc)) from exc
     check_audit_path(config.audit_log)

@@ -28,7 +28,7 @@ from types import FrameType
 from pki import tokens
 from pki.configfile import load_config
 from pki.errors import PKIError
-from pki.renewal import DEFAULT_TIMING, RenewalTiming, Renewer
+from pki.renewal import DEFAULT_TIMING, RenewalTiming, Renewer, check_installable
 from pki.tls import certificate_identity, client_context
 from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
@@ -185,6 +185,8 @@ def build(
         context = client_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
         key = tokens.load_key(config.hmac.key_file)
         name = certificate_identity(config.tls.cert).common_name
+        if config.tls.renew is not None and not args.once:  # say it now, not at a failed renewal weeks later
+            check_installable(config.tls.cert, config.tls.key)
     except PKIError as exc:
         raise _Fatal(f"{args.config}: {exc}") from exc
     if not tokens.key_belongs(config.hmac.key_id, name):  # agents refuse every token of another holder's key

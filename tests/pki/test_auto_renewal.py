@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from pki import make_certs, tls
 from pki.enroll_service import RateLimiter
-from pki.renewal import RenewalTiming, Renewer
+from pki.errors import PKIError
+from pki.renewal import RenewalTiming, Renewer, check_installable
 from secure_agent.config import AgentConfig
 from secure_agent.lifecycle import Agent
 from secure_collector import cli
@@ -170,3 +172,12 @@ def test_a_refused_renewal_is_tried_again_after_retry_after_and_then_succeeds(
     records = audit_records(pki.root)
     assert any(r.get("reason") == "rate_limited" for r in records)
     assert records[-1]["event"] == "renew" and records[-1]["outcome"] == "issued"
+
+
+
+def test_renewal_into_a_directory_it_cannot_write_is_refused_in_one_line(tmp_path: Path) -> None:
+    check_installable(tmp_path / "web1.crt", tmp_path / "web1.key")  # writable: fine
+    gone = tmp_path / "gone"  # as a read-only /etc under systemd: os.access says no (root included)
+    with pytest.raises(PKIError, match=f"tls.renew: {gone} is not writable: .*ReadWritePaths") as refused:
+        check_installable(gone / "web1.crt", gone / "web1.key")
+    assert "\n" not in str(refused.value)
