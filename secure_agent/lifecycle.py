@@ -218,7 +218,12 @@ class Agent:
             self._server.server_close()
             self.audit.close()
             raise StartupError(str(exc)) from exc
-        self._start_renewal()
+        try:
+            self._start_renewal()
+        except StartupError:
+            self._server.server_close()
+            self.audit.close()
+            raise
         self._watch_expiry()
         self._metrics.start()
         self._thread = threading.Thread(
@@ -241,7 +246,11 @@ class Agent:
             crl=tls_config.crl,
             timing=self._renewal_timing,
         )
-        self.renewer.start()
+        try:
+            self.renewer.start()
+        except (OSError, ValueError) as exc:  # read at start by check(); only a file changed since gets here
+            self.renewer = None
+            raise StartupError(f"{tls_config.cert}: cannot plan its renewal: {exc}") from exc
         logger.info("certificate renewal at %s planned for %s", tls_config.renew.url, time.ctime(self.renewer.due()))
 
     def _renewed(self) -> None:
