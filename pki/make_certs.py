@@ -45,7 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pki import __version__
+from pki import __version__, enroll_cli
 from pki import ca as ca_lib
 from pki import csr as csr_lib
 from pki.bootcheck import check_written
@@ -61,6 +61,7 @@ from pki.configwriter import (
     sync_collector,
     write_config,
 )
+from pki.enroll_tokens import EntityRole
 from pki.errors import PKIError
 from pki.files import PRIVATE_MODE, PUBLIC_MODE, write_atomic
 from pki.migrate import overlay, read_predecessor
@@ -342,7 +343,9 @@ def _ensure_existing_ca(out: Path) -> ca_lib.Issued:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="make-certs", description="Bootstrap the secure-monitor PKI: CA, certificates, HMAC keys, configs."
+        prog="make-certs",
+        description="Bootstrap the secure-monitor PKI: CA, certificates, HMAC keys, configs.",
+        allow_abbrev=False,  # no --token for --token-file: a token typed on the command line is refused outright
     )
     parser.add_argument("--out", required=True, type=Path, help="directory to create or extend")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -363,8 +366,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--days",
         type=int,
-        default=ca_lib.LEAF_DAYS,
-        help=f"leaf certificate lifetime in days (1-{ca_lib.MAX_LEAF_DAYS}, default {ca_lib.LEAF_DAYS})",
+        default=None,
+        help=f"leaf certificate lifetime in days (1-{ca_lib.MAX_LEAF_DAYS}; default {ca_lib.LEAF_DAYS}, "
+        "and 30 for what --serve issues: renewed automatically)",
     )
     parser.add_argument(
         "--allow",
@@ -406,11 +410,39 @@ def _parser() -> argparse.ArgumentParser:
         help="on the CA machine: sign a --request CSR that asks for exactly the --agent or --collector restated",
     )
     parser.add_argument("--revoke", metavar="NAME", help="revoke this collector's (or agent's) certificate")
+    enrollment = parser.add_argument_group("enrollment service (docs/enrollment.md)")
+    enrollment.add_argument(
+        "--issue-token",
+        action="store_true",
+        help="a single-use enrollment token for one --agent NAME=HOSTS or --collector NAME (to --token-file or stdout)",
+    )
+    enrollment.add_argument("--ttl", default="1h", help="how long an issued token is good for (30m, 1h, 2d)")
+    enrollment.add_argument("--url", help="the enrollment service the token points at (default: the last --serve's)")
+    enrollment.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="--issue-token: write the token here (0600); --enroll: read it from here (-: stdin)",
+    )
+    enrollment.add_argument("--list-tokens", action="store_true", help="list the tokens issued and their state")
+    enrollment.add_argument("--revoke-token", metavar="ID", help="revoke an unused token")
+    enrollment.add_argument(
+        "--serve", metavar="HOST:PORT", help="run the enrollment service (HOST: the name or address hosts dial)"
+    )
+    enrollment.add_argument(
+        "--enroll",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="on the host: enroll with the token of --token-file into --out (URL: default the token's)",
+    )
     parser.add_argument("--refresh-crl", action="store_true", help="re-sign crl.pem with a new nextUpdate")
     return parser
 
 
 def _plan(args: argparse.Namespace) -> Plan:
+    if args.days is None:
+        args.days = ca_lib.LEAF_DAYS
     if not 1 <= args.days <= ca_lib.MAX_LEAF_DAYS:
         raise UsageError(f"--days must be 1..{ca_lib.MAX_LEAF_DAYS}, not {args.days}")
     if args.port is not None and not 1 <= args.port <= 65535:
@@ -450,7 +482,8 @@ def _plan_migration(args: argparse.Namespace) -> Plan:
     collectors = [_name(name, "collector") for name in args.collector] or [DEFAULT_COLLECTOR]
     agents = [(name, hosts) for name, hosts, _ in migration.agents]
     ports = {name: port for name, _, port in migration.agents}
-    return Plan(args.out.resolve(), agents, collectors, args.days, allow, DEFAULT_PORT, ports=ports)
+    days = ca_lib.LEAF_DAYS if args.days is None else args.days
+    return Plan(args.out.resolve(), agents, collectors, days, allow, DEFAULT_PORT, ports=ports)
 
 
 def from_predecessor(plan: Plan, args: argparse.Namespace) -> list[str]:
@@ -557,9 +590,35 @@ def _plan_signing(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def _enrollment(args: argparse.Namespace) -> bool:
+    """The enrollment service's actions (:mod:`pki.enroll_cli`); False when none was asked for."""
+    out = args.out.resolve()
+    if args.days is not None and not 1 <= args.days <= ca_lib.MAX_LEAF_DAYS:
+        raise UsageError(f"--days must be 1..{ca_lib.MAX_LEAF_DAYS}, not {args.days}")
+    if args.issue_token:
+        name, role, hosts = _one_entity(args, "--issue-token")
+        ttl = enroll_cli.parse_duration(args.ttl, "--ttl")
+        entity: EntityRole = "agent" if role == "server" else "collector"
+        print(enroll_cli.issue_token(out, name, entity, hosts, ttl, args.url, args.token_file), end="")
+    elif args.list_tokens:
+        print(enroll_cli.list_tokens(out))
+    elif args.revoke_token is not None:
+        print(enroll_cli.revoke_token(out, args.revoke_token))
+    elif args.serve is not None:
+        enroll_cli.serve(out, args.serve, args.days)
+    elif args.enroll is not None:
+        expected = _one_entity(args, "--enroll")[0] if args.agent or args.collector else None
+        print(enroll_cli.enroll(args, expected))
+    else:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if _enrollment(args):
+            return 0
         if args.revoke:
             print(revoke(args.out.resolve(), _name(args.revoke, "certificate")))
             return 0

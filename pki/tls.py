@@ -340,3 +340,62 @@ def client_context(
         _load_crl(context, crl, authorities)
     _tune_native(context)
     return context
+
+
+# -- the enrollment service (pki.enroll_service) and its clients (pki.enroll_client) -----------------
+_X509_PURPOSE_ANY = 7  # openssl/x509v3.h
+
+
+def _accept_any_purpose(context: ssl.SSLContext) -> None:
+    """Let OpenSSL accept a client certificate of our CA whatever its extended key usage.
+
+    The renewal endpoint is reached over mutual TLS by agents too, whose certificates are serverAuth only
+    (OpenSSL's default purpose for a client certificate, ``sslclient``, refuses them); the service then
+    checks the purpose itself and signs only the same purpose again. Chain, signature and validity are still
+    OpenSSL's to check. Where the call cannot be made safely this raises: the service does not start.
+    """
+    try:
+        import _ssl
+
+        library = ctypes.CDLL(_ssl.__file__)
+        get_param = library.SSL_CTX_get0_param
+        set_purpose = library.X509_VERIFY_PARAM_set_purpose
+    except (OSError, AttributeError) as exc:
+        raise MaterialError("libssl", "cannot reach X509_VERIFY_PARAM_set_purpose for the renewal endpoint") from exc
+    get_param.argtypes = [ctypes.c_void_p]
+    get_param.restype = ctypes.c_void_p
+    set_purpose.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    set_purpose.restype = ctypes.c_int
+    pointer = _ssl_ctx_pointer(context)
+    param = get_param(pointer) if pointer is not None else None
+    if not param or set_purpose(param, _X509_PURPOSE_ANY) != 1:
+        raise MaterialError("libssl", "cannot set the client certificate purpose of the renewal endpoint")
+
+
+def service_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """The enrollment service's context: TLS 1.3 only, our server certificate, a client certificate of our
+    CA asked for but optional (enrollment presents none; renewal presents the one it renews)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(context, "TLSv1.3")  # both ends are ours: no reason to speak TLS 1.2
+    context.num_tickets = 0
+    context.verify_mode = ssl.CERT_OPTIONAL  # a certificate, when presented, must verify
+    _check_leaf(cert, _load_pem_cert(cert), ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth")
+    _load_chain(context, cert, key)
+    _load_ca(context, ca)
+    _accept_any_purpose(context)
+    return context
+
+
+def service_client_context(ca_pem: bytes, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """A host's context to the enrollment service: trusts only ``ca_pem`` (the token's CA, or ``tls.ca``),
+    checks the service's host name, and presents ``cert`` (renewal) or nothing (enrollment)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context, "TLSv1.3")
+    context.check_hostname = True
+    try:
+        context.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise MaterialError("the enrollment CA", "is not a PEM CA certificate") from exc
+    if cert is not None and key is not None:
+        _load_chain(context, cert, key)
+    return context

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from pki.configfile import load_config
 from pki.errors import PKIError
+from pki.renewal import DEFAULT_TIMING, RenewalTiming, Renewer, check_installable
 from pki.tokens import FORWARD_SKEW, Verifier
 from pki.validity import certificate_not_after, crl_next_update, days_left
 from secure_agent import __version__
@@ -76,6 +77,8 @@ def check(config: AgentConfig) -> Policy:
     """
     try:
         policy = load_policy(config)
+        if config.tls.renew is not None:
+            check_installable(config.tls.cert, config.tls.key)
     except PKIError as exc:
         raise StartupError(str(exc)) from exc
     check_audit_path(config.audit_log)
@@ -114,8 +117,11 @@ class Agent:
         config_path: Path | None = None,
         metrics: MetricsFactory = _default_metrics,
         clock: Callable[[], float] = time.time,
+        renewal: RenewalTiming = DEFAULT_TIMING,
     ) -> None:
         self.config = config
+        self._renewal_timing = renewal
+        self.renewer: Renewer | None = None
         self.config_path = config_path
         self.started_at = clock()
         policy = check(config)
@@ -212,6 +218,12 @@ class Agent:
             self._server.server_close()
             self.audit.close()
             raise StartupError(str(exc)) from exc
+        try:
+            self._start_renewal()
+        except StartupError:
+            self._server.server_close()
+            self.audit.close()
+            raise
         self._watch_expiry()
         self._metrics.start()
         self._thread = threading.Thread(
@@ -219,6 +231,31 @@ class Agent:
         )
         self._thread.start()
         logger.info("agent %s listening on %s:%d", self.config.name, host, port)
+
+    def _start_renewal(self) -> None:
+        """With ``tls.renew``, renew our certificate at the enrollment service and reload (docs/enrollment.md)."""
+        tls_config = self.config.tls
+        if tls_config.renew is None:
+            return
+        self.renewer = Renewer(
+            tls_config.renew.url,
+            tls_config.cert,
+            tls_config.key,
+            tls_config.ca,
+            self._renewed,
+            crl=tls_config.crl,
+            timing=self._renewal_timing,
+        )
+        try:
+            self.renewer.start()
+        except (OSError, ValueError) as exc:  # read at start by check(); only a file changed since gets here
+            self.renewer = None
+            raise StartupError(f"{tls_config.cert}: cannot plan its renewal: {exc}") from exc
+        logger.info("certificate renewal at %s planned for %s", tls_config.renew.url, time.ctime(self.renewer.due()))
+
+    def _renewed(self) -> None:
+        self._audit_quietly("certificate_renewed", "ok", detail=f"new key and certificate in {self.config.tls.cert}")
+        self.reload()
 
     def reload(self) -> bool:
         """Re-read config and material; swap them in whole, or keep the old ones. True if swapped."""
@@ -262,7 +299,13 @@ class Agent:
 
     def _check_expiry(self) -> None:
         tls_config = self.config.tls
-        items = [("tls.cert", "the agent's certificate", tls_config.cert, certificate_not_after, CERT_WARNING_DAYS)]
+        cert_warning = CERT_WARNING_DAYS
+        if self.renewer is not None:  # renewed at 2/3 of its life: warn once half the rest is gone unrenewed
+            try:
+                cert_warning = min(cert_warning, (self.renewer.not_after() - self.renewer.due()) / 2 / 86_400)
+            except (OSError, ValueError) as exc:
+                logger.warning("cannot read %s to plan its renewal: %s", tls_config.cert, exc)
+        items = [("tls.cert", "the agent's certificate", tls_config.cert, certificate_not_after, cert_warning)]
         if tls_config.crl is not None:
             items.append(("tls.crl", "the CRL's nextUpdate", tls_config.crl, crl_next_update, CRL_WARNING_DAYS))
         now = time.time()
@@ -290,6 +333,8 @@ class Agent:
         self._stopped = True
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
+        if self.renewer is not None:
+            self.renewer.stop(timeout)
         if self._thread is not None:
             self._server.stop(timeout)
             self._thread.join(timeout)

@@ -19,6 +19,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from types import FrameType
 from pki import tokens
 from pki.configfile import load_config
 from pki.errors import PKIError
+from pki.renewal import DEFAULT_TIMING, RenewalTiming, Renewer, check_installable
 from pki.tls import certificate_identity, client_context
 from secure_collector import __version__
 from secure_collector.alerts import AlertEngine
@@ -91,10 +93,13 @@ class Collector:
     exporter: Exporter | None = None
     membership: Membership | None = None
     housekeeping: Housekeeping | None = None
+    renewer: Renewer | None = None
 
     def close(self) -> None:
         if self.housekeeping is not None:
             self.housekeeping.close()
+        if self.renewer is not None:
+            self.renewer.stop()
         self.poller.close()
         if self.membership is not None:
             self.membership.close()
@@ -156,8 +161,14 @@ def _remove_logging(handlers: list[logging.Handler]) -> None:
         handler.close()
 
 
-def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collector:
-    """Load and check everything; raise :class:`_Fatal` with one line naming what is wrong."""
+def build(
+    args: argparse.Namespace, handlers: list[logging.Handler], renewal: RenewalTiming = DEFAULT_TIMING
+) -> Collector:
+    """Load and check everything; raise :class:`_Fatal` with one line naming what is wrong.
+
+    With ``tls.renew`` the service (not ``--once``) renews its client certificate at the enrollment service
+    (``renewal``: when) and polls with it from the next sweep on.
+    """
     try:
         config = load_config(args.config, CollectorConfig)
     except PKIError as exc:
@@ -178,6 +189,8 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         context = client_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
         key = tokens.load_key(config.hmac.key_file)
         name = certificate_identity(config.tls.cert).common_name
+        if config.tls.renew is not None and not args.once:  # say it now, not at a failed renewal weeks later
+            check_installable(config.tls.cert, config.tls.key)
     except PKIError as exc:
         raise _Fatal(f"{args.config}: {exc}") from exc
     if not tokens.key_belongs(config.hmac.key_id, name):  # agents refuse every token of another holder's key
@@ -255,7 +268,31 @@ def build(args: argparse.Namespace, handlers: list[logging.Handler]) -> Collecto
         membership=membership,
     )
     exporter = _start_exporter(args, config.exporter, view) if config.exporter is not None and view else None
-    return Collector(config, poller, delivery, spool, hook, lock, exporter, membership)
+    renewer = _start_renewal(args, config, poller, renewal) if config.tls.renew is not None and not args.once else None
+    return Collector(config, poller, delivery, spool, hook, lock, exporter, membership, renewer=renewer)
+
+
+def _start_renewal(args: argparse.Namespace, config: CollectorConfig, poller: Poller, timing: RenewalTiming) -> Renewer:
+    """Renew our client certificate at ``tls.renew.url``; each renewal gives the poller a new context."""
+    tls_config = config.tls
+    if tls_config.renew is None:
+        raise _Fatal(f"{args.config}: tls.renew: missing")
+
+    def renewed() -> None:
+        try:
+            poller.use_context(client_context(tls_config.cert, tls_config.key, tls_config.ca, tls_config.crl))
+        except PKIError as exc:  # the old context stays: its certificate is valid for a third of its life yet
+            logger.error("renewed certificate not taken up: %s", exc)
+
+    renewer = Renewer(
+        tls_config.renew.url, tls_config.cert, tls_config.key, tls_config.ca, renewed, crl=tls_config.crl, timing=timing
+    )
+    try:
+        renewer.start()
+    except (OSError, ValueError) as exc:
+        raise _Fatal(f"{args.config}: tls.cert: cannot plan its renewal: {exc}") from exc
+    logger.info("certificate renewal at %s planned for %s", tls_config.renew.url, time.ctime(renewer.due()))
+    return renewer
 
 
 def _start_exporter(args: argparse.Namespace, settings: ExporterConfig, view: FleetView) -> Exporter:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pki import tokens
+from pki.enroll_client import parse_url
+from pki.errors import PKIError
 from secure_collector.listen import is_loopback, parse_listen
 from storage.config import StorageConfig
 from storage.thresholds import Thresholds as Thresholds  # the thresholds section: storage.catalog's
@@ -26,11 +28,27 @@ class AgentEntry(_Section):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class RenewConfig(_Section):
+    """Automatic renewal at the enrollment service (:mod:`pki.renewal`, docs/enrollment.md)."""
+
+    url: str = Field(max_length=300)  # https://CA-HOST:PORT, the service the certificate was enrolled at
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        try:
+            parse_url(url)
+        except PKIError as exc:
+            raise ValueError(str(exc)) from None
+        return url
+
+
 class TLSConfig(_Section):
     cert: Path
     key: Path
     ca: Path
     crl: Path | None = None  # when set, an agent whose certificate it revokes is refused
+    renew: RenewConfig | None = None  # absent: the certificate is renewed by hand (docs/runbook.md)
 
 
 class HMACConfig(_Section):

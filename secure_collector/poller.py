@@ -24,6 +24,7 @@ import hashlib
 import heapq
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -155,6 +156,8 @@ class Poller:
         self._order = [c.name for c in connections]
         self._engine = Engine(stamp, follow_up)
         self._stop = threading.Event()
+        self._context: ssl.SSLContext | None = None  # a client context waiting to be taken up (use_context)
+        self._context_lock = threading.Lock()
         self._restricted_in_flight = 0
         self.sweeps = 0
         self.skipped = 0
@@ -174,6 +177,19 @@ class Poller:
         if slot.restricted:
             self._restricted_in_flight += 1
         self._engine.start(slot.connection)
+
+    def use_context(self, context: ssl.SSLContext) -> None:
+        """Poll with ``context`` from the next call of each agent on (safe from another thread: the renewal's)."""
+        with self._context_lock:
+            self._context = context
+
+    def _take_context(self) -> None:
+        with self._context_lock:
+            context, self._context = self._context, None
+        if context is not None:
+            for slot in self._slots.values():
+                slot.connection.use_context(context)
+            logger.info("client certificate renewed: every agent's next call connects with it")
 
     # -- --once --------------------------------------------------------------------------------
     def poll_once(self) -> list[PollResult]:
@@ -221,6 +237,7 @@ class Poller:
         renew_at = start
         try:
             while not self._stop.is_set():
+                self._take_context()
                 now = self._monotonic()
                 self.sweeps = int((now - start) / self.interval + 1e-9) + 1
                 if self.membership is not None and now >= renew_at:

@@ -87,6 +87,7 @@ class AgentConnection:
         self.port = port
         self.timeout = timeout
         self._context = context
+        self._retire = False  # a new client context: the kept-alive connection goes before the next call
         self._key_id = key_id
         self._key = key
         self._max_response = max_response_bytes
@@ -106,6 +107,11 @@ class AgentConnection:
         self._params: tuple[Any, ...] = ()
         self._out = b""
         self.deadline = 0.0
+
+    def use_context(self, context: ssl.SSLContext) -> None:
+        """Connect with ``context`` from now on (a renewed client certificate); call from the driving thread."""
+        self._context = context
+        self._retire = True
 
     # -- the driver's interface ------------------------------------------------------------------
     @property
@@ -136,6 +142,9 @@ class AgentConnection:
         self.deadline = (time.monotonic() if now is None else now) + self.timeout
         self._method = method
         self._params = params
+        if self._retire:  # the old connection still shows the old certificate: a new one shows the new
+            self._retire = False
+            self.close()
         self._fresh = self._sock is None
         try:
             if self._sock is None:

@@ -16,7 +16,9 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # where this install's entry points are (the running interpreter's scripts directory, else PATH): no one layout
 _AGENT = shutil.which("secure-agent", path=str(Path(sys.executable).parent)) or shutil.which("secure-agent")
 VENV_BIN = Path(_AGENT or sys.executable).parent
-SERVICES = ["secure-collector.service", "secure-monitor-audit.service", "secure-agent.service"]
+SERVICES = [
+    "secure-collector.service", "secure-monitor-audit.service", "secure-agent.service", "secure-monitor-enroll.service"
+]
 TIMEOUT = 60
 
 Unit = dict[str, dict[str, list[str]]]
@@ -54,7 +56,7 @@ def runnable_copy(path: Path, folder: Path) -> Path:
 @pytest.mark.parametrize("name", SERVICES)
 def test_services_run_sandboxed_as_a_dedicated_user(name: str) -> None:
     service = parse_unit(service_unit(name))["Service"]
-    assert service["User"] == ["secure-monitor"]
+    assert service["User"] == (["secure-monitor-ca"] if name == "secure-monitor-enroll.service" else ["secure-monitor"])
     expected = {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
@@ -108,7 +110,12 @@ def test_units_pass_systemd_analyze_verify(systemd_analyze: str, tmp_path: Path,
 
 @pytest.mark.parametrize(
     ("name", "ceiling"),
-    [("secure-agent.service", 2.0), ("secure-collector.service", 2.0), ("secure-monitor-audit.service", 1.0)],
+    [
+        ("secure-agent.service", 2.0),
+        ("secure-collector.service", 2.0),
+        ("secure-monitor-audit.service", 1.0),
+        ("secure-monitor-enroll.service", 2.0),
+    ],
 )
 def test_exposure_rating_is_low(systemd_analyze: str, tmp_path: Path, name: str, ceiling: float) -> None:
     unit = runnable_copy(service_unit(name), tmp_path)
