@@ -38,6 +38,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from pki.validity import expiry_limits
 from storage.catalog import Metric, with_thresholds
 from storage.escape import escape
 from storage.models import AgentState, Alert, Finding, Sample, Severity
@@ -160,18 +161,18 @@ class AlertEngine:
         return alerts
 
     def evaluate_own_material(
-        self, name: str, timestamp: float, lefts: Sequence[tuple[str, float, bool]]
+        self, name: str, timestamp: float, lefts: Sequence[tuple[str, float, bool, float | None]]
     ) -> list[Alert]:
         """``certificate_expiry`` of the collector ``name`` itself: its certificate, the CA, the CRL.
 
-        ``lefts``: (what, days left, is a CRL) of each; one alert for the collector, as bad as the worst.
-        A CRL is re-signed every few weeks (30 days' validity by default), so it warns only at the critical
-        days and is critical in its last day.
+        ``lefts``: (what, days left, is a CRL, lifetime in days or None) of each; one alert for the
+        collector, as bad as the worst. A CRL is re-signed every few weeks (30 days' validity by default),
+        so it warns only at the critical days and is critical in its last day. A certificate's limits
+        shrink with a short lifetime (:func:`pki.validity.expiry_limits`).
         """
-        warning = self._thresholds.certificate_expiry_warning_days
-        critical = self._thresholds.certificate_expiry_critical_days
         close: list[tuple[str, float, Severity]] = []
-        for what, left, crl in lefts:
+        for what, left, crl, lifetime in lefts:
+            warning, critical = self._expiry_limits(lifetime)
             warn_at, critical_at = (critical, 1.0) if crl else (warning, critical)
             if left <= warn_at:
                 close.append((what, left, "critical" if left <= critical_at else "warning"))
@@ -186,13 +187,21 @@ class AlertEngine:
             self._expiry_level(alerts, active, name, timestamp, None, "renewed")
         return alerts
 
+    def _expiry_limits(self, lifetime: float | None) -> tuple[float, float]:
+        return expiry_limits(
+            self._thresholds.certificate_expiry_warning_days, self._thresholds.certificate_expiry_critical_days,
+            lifetime,
+        )
+
     def _expiry(self, alerts: list[Alert], active: dict[str, _Active], sample: Sample) -> None:
         """``certificate_expiry``: the certificate the agent presented in this poll's handshake."""
         left = sample.cert_days_left
         if left is None:
             return
+        limits = self._expiry_limits(sample.cert_lifetime_days)
         self._expiry_level(
-            alerts, active, sample.agent, sample.timestamp, left, f"the agent's certificate expires in {left:.1f} days"
+            alerts, active, sample.agent, sample.timestamp, left, f"the agent's certificate expires in {left:.1f} days",
+            limits=limits,
         )
 
     def _expiry_level(
@@ -204,17 +213,18 @@ class AlertEngine:
         left: float | None,
         said: str,
         severity: Severity | None = None,
+        limits: tuple[float, float] | None = None,
     ) -> None:
         """Fire, escalate or clear ``certificate_expiry`` for ``left`` days (None: nothing close any more);
-        ``severity`` when the caller judged it (the collector's own material), else from the thresholds."""
-        warning = self._thresholds.certificate_expiry_warning_days
-        critical = self._thresholds.certificate_expiry_critical_days
+        ``severity`` when the caller judged it (the collector's own material), else from ``limits`` (the
+        certificate's warning and critical days) or the thresholds."""
+        warning, critical = limits or self._expiry_limits(None)
         current = active.get(CERTIFICATE_EXPIRY)
         if left is not None and (severity is not None or left <= warning):
             if severity is None:
                 severity = "critical" if left <= critical else "warning"
             if current is None or _SEVERITY_RANK[severity] > _SEVERITY_RANK[current.severity]:
-                message = f"{said} (warning at {warning:g} days, critical at {critical:g})"
+                message = f"{said} (warning at {warning:.3g} days, critical at {critical:.3g})"
                 alerts.append(make_alert(agent, timestamp, CERTIFICATE_EXPIRY, left, warning, severity, message))
             self._put(active, CERTIFICATE_EXPIRY, _Active(severity, None))
         elif current is not None:  # renewed

@@ -220,7 +220,11 @@ class Engine:
                 timestamp = self.stamp(name)
                 try:
                     after = connection.not_after
-                    measured = {"cert_days_left": None if after is None else days_left(after, timestamp)}
+                    measured = {
+                        "cert_days_left": None if after is None else days_left(after, timestamp),
+                        "cert_lifetime_days": None if connection.lifetime_days is None
+                        else round(connection.lifetime_days, 2),
+                    }
                     sample = to_sample(validate_answer(value, name), timestamp, measured)
                 except AnswerInvalid as exc:
                     raise AgentBadResponse(name, str(exc)) from None

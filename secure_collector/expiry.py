@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from cryptography import x509
 
-from pki.validity import certificate_not_after, crl_next_update
+from pki.validity import certificate_lifetime_days, certificate_not_after, crl_next_update
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class Deadline(NamedTuple):
     what: str  # "the collector's certificate", "the CA certificate", "the CRL (its nextUpdate)"
     at: float  # Unix seconds
     crl: bool = False
+    lifetime: float | None = None  # days from notBefore to notAfter (a certificate's)
 
 
 def common_name(path: Path) -> str | None:
@@ -66,7 +67,8 @@ class OwnMaterial:
         found = []
         for what, path, read in self._files:
             try:
-                found.append(Deadline(what, read(path), read is crl_next_update))
+                crl = read is crl_next_update
+                found.append(Deadline(what, read(path), crl, None if crl else certificate_lifetime_days(path)))
             except (OSError, ValueError) as exc:  # the collector loaded them at start: a file changed since
                 logger.warning("cannot read %s at %s to check its expiry: %s", what, path, exc)
         self._read_at, self._stamps, self._deadlines = now, stamps, tuple(found)

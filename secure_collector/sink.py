@@ -349,7 +349,7 @@ class Recorder:
         assert self.own is not None  # noqa: S101 - called only then
         name, material = self.own
         now = time.time()
-        lefts = [(d.what, days_left(d.at, now), d.crl) for d in material.deadlines()]
+        lefts = [(d.what, days_left(d.at, now), d.crl, d.lifetime) for d in material.deadlines()]
         for alert in self.engine.evaluate_own_material(name, now, lefts):
             self._alerts.append(alert)
             logger.warning("ALERT %s %s %s %s: %s", name, alert.metric, alert.state, alert.severity, alert.message)

@@ -98,6 +98,7 @@ class AgentConnection:
         self._bodies: dict[str, bytes] = {}
         self._sock: socket.socket | None = None
         self.not_after: float | None = None  # the agent certificate's notAfter (Unix seconds), from the handshake
+        self.lifetime_days: float | None = None  # its notAfter - notBefore
         self._state = _IDLE
         self._want = WRITE
         self._fresh = True
@@ -283,7 +284,7 @@ class AgentConnection:
             raise AgentTLSFailure(self.name, f"handshake failed: {ssl_reason(exc)}") from None
         except OSError as exc:
             raise AgentTLSFailure(self.name, f"handshake failed: {os_detail(exc, 'handshake')}") from None
-        self.not_after = _not_after(sock)
+        self.not_after, self.lifetime_days = _validity(sock)
         self._prepare_send()
 
     # -- the exchange ----------------------------------------------------------------------------
@@ -379,13 +380,17 @@ class AgentConnection:
                 return body
 
 
-def _not_after(sock: ssl.SSLSocket) -> float | None:
-    """When the certificate the agent presented (and we verified) expires."""
-    text = (sock.getpeercert() or {}).get("notAfter")
+def _validity(sock: ssl.SSLSocket) -> tuple[float | None, float | None]:
+    """When the certificate the agent presented (and we verified) expires, and its lifetime in days."""
+    peer = sock.getpeercert() or {}
+    after, before = peer.get("notAfter"), peer.get("notBefore")
     try:
-        return float(ssl.cert_time_to_seconds(text)) if isinstance(text, str) else None
+        not_after = float(ssl.cert_time_to_seconds(after)) if isinstance(after, str) else None
+        not_before = float(ssl.cert_time_to_seconds(before)) if isinstance(before, str) else None
     except ValueError:
-        return None
+        return None, None
+    lifetime = (not_after - not_before) / 86_400.0 if not_after is not None and not_before is not None else None
+    return not_after, lifetime
 
 
 def _common_name(sock: socket.socket | None) -> str | None:

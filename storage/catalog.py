@@ -134,6 +134,10 @@ METRICS: list[Metric] = [
         "cert_days_left", "Days until the agent's certificate expires", unit="d", ge=-36500.0, le=36500.0,
         by_collector=True, column=Column("Cert. days", "{:.0f}", "–", position=7),
     ),
+    Metric(
+        "cert_lifetime_days", "Lifetime of the agent's certificate (days)", unit="d", ge=0.0, le=36500.0,
+        by_collector=True,
+    ),
 ]
 """In the order of a stored sample (the contract's fields first); viz and the dashboard keep it."""
 

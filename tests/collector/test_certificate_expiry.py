@@ -26,9 +26,16 @@ from tests.plugins.pki import TestPKI
 NOW = dt.datetime.now(dt.UTC)
 
 
-def _agent_expiring(pki: TestPKI, start_agent: StartAgent, name: str, days: float) -> tuple[str, str, int]:
+YEAR = dt.timedelta(days=365)
+
+
+def _agent_expiring(
+    pki: TestPKI, start_agent: StartAgent, name: str, days: float, lifetime: dt.timedelta = YEAR
+) -> tuple[str, str, int]:
+    """An agent whose certificate of ``lifetime`` (a year: the offline flow's kind) has ``days`` left."""
+    after = NOW + dt.timedelta(days=days)
     cert, key = pki.issue(
-        name, "server", hosts=["localhost", "127.0.0.1"], not_after=NOW + dt.timedelta(days=days), folder=name
+        name, "server", hosts=["localhost", "127.0.0.1"], not_before=after - lifetime, not_after=after, folder=name
     )
     agent = start_agent(pki, name, tls={"cert": str(cert), "key": str(key)})
     return name, agent.host, agent.port
@@ -61,6 +68,27 @@ def test_days_left_are_stored_shown_and_alerted_at_the_thresholds(
     assert dict(zip(fired["agent"], fired["severity"], strict=True)) == {"soon": "critical", "month": "warning"}
 
 
+def test_a_renewing_deployment_s_short_certificates_warn_only_once_renewal_is_overdue(
+    make_pki: Callable[..., TestPKI], start_agent: StartAgent, tmp_path: Path
+) -> None:
+    """30-day certificates (enrollment) renew at 2/3 of their life, 10 days left: at 20 or 12 days left
+    nothing is wrong; a quarter of the lifetime left (7.5 days) is a renewal overdue, a tenth critical."""
+    names = ["fresh", "due", "overdue", "late"]
+    pki = make_pki(tmp_path / "pki", agents=[f"{n}=localhost,127.0.0.1" for n in names], collectors=["collector"])
+    month = dt.timedelta(days=30)
+    polled = [_agent_expiring(pki, start_agent, name, days, month)
+              for name, days in zip(names, (20, 12, 6, 2), strict=True)]
+    data = collector_data(pki, tmp_path, polled)
+    assert cli.main(["--config", str(write_config(tmp_path, data)), "--once"]) == 0
+    store = read_store(load(data))
+    samples = store.query_samples(*WIDE)
+    assert set(samples["cert_lifetime_days"].round(1)) == {30.0}  # stored beside the days left
+    alerts = store.query_alerts(*WIDE)
+    fired = alerts[alerts["metric"] == "certificate_expiry"]
+    assert dict(zip(fired["agent"], fired["severity"], strict=True)) == {"overdue": "warning", "late": "critical"}
+    assert "warning at 7.5 days, critical at 3" in str(fired["message"].iloc[0])
+
+
 def test_the_thresholds_are_configurable_and_a_renewal_clears_the_alert() -> None:
     engine = AlertEngine(
         Thresholds.model_validate({"certificate_expiry_warning_days": 60, "certificate_expiry_critical_days": 14})
@@ -81,7 +109,8 @@ def test_the_collectors_own_certificate_close_to_expiry_is_alerted_before_a_poll
 ) -> None:
     pki = make_pki(tmp_path / "pki", agents=["fine=localhost,127.0.0.1"], collectors=["collector"])
     agent = start_agent(pki, "fine")
-    cert, key = pki.issue("collector", "client", not_after=NOW + dt.timedelta(days=3), folder="short")
+    after = NOW + dt.timedelta(days=3)
+    cert, key = pki.issue("collector", "client", not_before=after - YEAR, not_after=after, folder="short")
     data = collector_data(
         pki, tmp_path, [("fine", agent.host, agent.port)], tls={"cert": str(cert), "key": str(key)}
     )
