@@ -11,9 +11,9 @@
 
 Both answer ``{"certificate": PEM, "ca": PEM, "crl": PEM}``. The service is an attack surface like the agent:
 TLS 1.3 only with a certificate of our CA; at most :data:`MAX_BODY_BYTES` of body and
-:data:`MAX_CONNECTIONS` connections, each with timeouts; a token bucket per source address answering 429 with
-``Retry-After``; generic statuses on the wire (400, 403, 404, 405, 411, 413, 429, 503) and the reason of every
-refusal, with every issuance, in its own hash-chained audit log (:mod:`pki.enroll_audit`), written before
+:data:`MAX_CONNECTIONS` connections, each with timeouts; a token bucket per source network (/24, /64)
+answering 429 with ``Retry-After``; generic statuses on the wire (400, 403, 404, 405, 411, 413, 429, 503) and
+the reason of every refusal, with every issuance, in its own hash-chained audit log (:mod:`pki.enroll_audit`), written before
 the certificate leaves. The signing decisions live in :mod:`pki.enroll_issuer`, apart from HTTP.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
+import ipaddress
 import json
 import logging
 import socket
@@ -53,8 +54,22 @@ MAX_SOURCES = 10_000  # rate-limit buckets kept; the fullest are forgotten first
 REFUSAL_SUMMARY = 60.0  # seconds: rate-limited requests are audited once per source per this, with a count
 
 
+def source_network(address: str) -> str:
+    """The network a request is accounted to: /24 for IPv4, /64 for IPv6 (one host can hold a whole /64, so a
+    bucket per address would give it millions of bursts)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
 class RateLimiter:
-    """A token bucket per source address; :meth:`take` is 0 when a request may go, else seconds to wait."""
+    """A token bucket per source network (:func:`source_network`); :meth:`take` is 0 when a request may go,
+    else seconds to wait."""
 
     def __init__(self, per_second: float = RATE_PER_SECOND, burst: int = RATE_BURST) -> None:
         self.per_second = per_second
@@ -128,9 +143,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path not in ("/v1/enroll", "/v1/renew"):
             self._refuse(404)
             return
-        wait = self.server.limiter.take(source, time.monotonic())
+        wait = self.server.limiter.take(source_network(source), time.monotonic())
         if wait > 0:
-            self.server.note_rate_limited(source)
+            self.server.note_rate_limited(source_network(source))
             self._refuse(429, Retry_After=str(max(1, int(wait + 0.999))))
             return
         length_text = self.headers.get("Content-Length", "")

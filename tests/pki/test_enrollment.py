@@ -31,7 +31,7 @@ from pki import ca as ca_lib
 from pki import csr as csr_lib
 from pki import enroll_client, make_certs
 from pki.configfile import load_config
-from pki.enroll_service import MAX_BODY_BYTES, RateLimiter, enroll_dir
+from pki.enroll_service import MAX_BODY_BYTES, RateLimiter, enroll_dir, source_network
 from pki.enroll_tokens import TokenStore, decode, encode
 from pki.errors import ConfigError
 from pki.tls import service_client_context
@@ -356,3 +356,23 @@ def test_two_renewals_with_one_certificate_at_once_give_one_certificate(pki: Tes
     assert [r["outcome"] for r in renewals].count("issued") == 1
     refusals = [str(r["reason"]) for r in renewals if r["outcome"] == "refused"]
     assert len(refusals) == 3 and all(reason.startswith("presented certificate is superseded") for reason in refusals)
+
+
+def test_the_rate_limit_counts_a_network_not_an_address(pki: TestPKI) -> None:
+    """Many addresses of one /24 (or one /64: a single IPv6 host may hold all of it) share one bucket."""
+    assert source_network("192.0.2.7") == source_network("192.0.2.200") == "192.0.2.0/24"
+    assert source_network("2001:db8:1:2::1") == source_network("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source_network("::ffff:192.0.2.7") == "192.0.2.0/24"
+    assert source_network("2001:db8:1:3::1") != source_network("2001:db8:1:2::1")
+    with running_service(pki.root, limiter=RateLimiter(per_second=0.01, burst=2)) as service:
+        context = service_client_context(pki.ca.read_bytes())
+        statuses = []
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            connection = http.client.HTTPSConnection("127.0.0.1", service.port, context=context, timeout=10,
+                                                     source_address=(source, 0))
+            try:
+                connection.request("POST", "/v1/enroll", b"{}", {"Content-Type": "application/json"})
+                statuses.append(connection.getresponse().status)
+            finally:
+                connection.close()
+    assert statuses == [400, 400, 429]
