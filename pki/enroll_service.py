@@ -13,8 +13,8 @@ Both answer ``{"certificate": PEM, "ca": PEM, "crl": PEM}``. The service is an a
 TLS 1.3 only with a certificate of our CA; at most :data:`MAX_BODY_BYTES` of body and
 :data:`MAX_CONNECTIONS` connections, each with timeouts; a token bucket per source network (/24, /64)
 answering 429 with ``Retry-After``; generic statuses on the wire (400, 403, 404, 405, 411, 413, 429, 503) and
-the reason of every refusal, with every issuance, in its own hash-chained audit log (:mod:`pki.enroll_audit`), written before
-the certificate leaves. The signing decisions live in :mod:`pki.enroll_issuer`, apart from HTTP.
+the reason of every refusal, with every issuance, in its own hash-chained audit log (:mod:`pki.enroll_audit`),
+written before the certificate leaves. The signing decisions live in :mod:`pki.enroll_issuer`, apart from HTTP.
 """
 
 from __future__ import annotations
