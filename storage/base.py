@@ -36,7 +36,8 @@ class Store(Protocol):
     (the collector goes on from there), ``read_audit`` the lines of one agent's current copy, oldest first.
     The ``query_*`` methods return pandas frames whose columns are ``SAMPLE_COLUMNS``,
     ``ALERT_COLUMNS`` and ``STATUS_COLUMNS``, sorted by timestamp, for ``start <= timestamp <= end``;
-    ``query_trends`` the rollups of one level (:mod:`storage.trends`) whose bucket overlaps the range.
+    ``query_trends`` the rollups of one level (:mod:`storage.trends`) whose bucket overlaps the range, or
+    with ``step`` those starting in ``[start, end)`` merged into bins of ``step`` (:func:`storage.trends.in_steps`).
     """
 
     def write(self, batch: Batch) -> None: ...
@@ -47,7 +48,9 @@ class Store(Protocol):
 
     def query_statuses(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame: ...
 
-    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame: ...
+    def query_trends(
+        self, level: Level, start: float, end: float, agent: str | None = None, step: float | None = None
+    ) -> pd.DataFrame: ...
 
     def audit_tails(self, agents: Sequence[str]) -> dict[str, AuditTail]: ...
 

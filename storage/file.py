@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import logging
+import math
 import os
 import re
 import threading
@@ -56,7 +57,7 @@ from storage.frames import FrameSpec
 from storage.lineindex import agent_key, agent_lines
 from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, AuditTail, Sample
 from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
-from storage.trends import LEVELS, Level
+from storage.trends import LEVELS, Level, in_steps
 
 log = logging.getLogger(__name__)
 
@@ -302,20 +303,23 @@ class FileStore:
         if agent is not None and _AGENT.fullmatch(agent) is None:
             return frames.empty(spec)
         try:
-            data = self._read_family(path, agent)
+            data = self._read_family(path, agent, start)
         except OSError as exc:
             raise StorageUnavailable(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from exc
         return frames.finish(jsonlines.parse(data, spec, path), spec, start, end, agent)
 
-    def _read_family(self, path: Path, agent: str | None = None) -> bytes:
+    def _read_family(self, path: Path, agent: str | None = None, since: float = -math.inf) -> bytes:
         """Whole lines of the backups (oldest first) then the live file, consistent across a rotation.
 
         With ``agent``, only that agent's lines, found through each file's line index when it checks out.
+        A backup last written before ``since`` (less :data:`WRITE_SLACK`) is skipped: a record is stamped when
+        it is polled, before it is written, so such a file holds nothing from ``since`` on (the last hour of a
+        long history reads the newest files, not all of them).
         """
         data = b""
         for _attempt in range(_READ_ATTEMPTS):
             before = _identity(path, self.backup_count)
-            members = family(path, self.backup_count)
+            members = [m for m in family(path, self.backup_count) if m == path or _written_since(m, since)]
             if agent is None:
                 data = b"".join(whole_lines(p) for p in members)
             else:
@@ -325,12 +329,16 @@ class FileStore:
         log.warning("%s kept rotating while being read; returning the last read", path)
         return data
 
-    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
-        """Decoded rollups of ``level`` whose bucket overlaps ``[start, end]`` (:mod:`storage.filetrends`)."""
+    def query_trends(
+        self, level: Level, start: float, end: float, agent: str | None = None, step: float | None = None
+    ) -> pd.DataFrame:
+        """Decoded rollups of ``level`` whose bucket overlaps ``[start, end]`` (:mod:`storage.filetrends`), or
+        with ``step`` merged into bins of it (:func:`storage.trends.in_steps`)."""
         if agent is not None and _AGENT.fullmatch(agent) is None:
             return self.trends.query(level, 1.0, 0.0)
         try:
-            return self.trends.query(level, start, end, agent)
+            rollups = self.trends.query(level, start, end, agent)
+            return rollups if step is None else in_steps(rollups, start, end, step)
         except OSError as exc:
             raise StorageUnavailable(f"cannot read {exc.filename or self.trends.directory}: "
                                      f"{exc.strerror or exc}") from exc
@@ -378,6 +386,19 @@ class FileStore:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+
+WRITE_SLACK = 300.0
+"""Seconds a file's modification time may trail the stamps of what it holds (a clock step, a copy)."""
+
+
+def _written_since(member: Path, since: float) -> bool:
+    if since == -math.inf:
+        return True
+    try:
+        return member.stat().st_mtime >= since - WRITE_SLACK
+    except FileNotFoundError:
+        return False
 
 
 def _first_line(path: Path) -> bytes:

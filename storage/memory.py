@@ -115,10 +115,15 @@ class MemoryStore:
             rows = [frames.status_row(s) for s in self._statuses.values() if agent is None or s.agent == agent]
         return frames.finish(frames.from_rows(rows, frames.STATUSES), frames.STATUSES, start, end, agent)
 
-    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+    def query_trends(
+        self, level: Level, start: float, end: float, agent: str | None = None, step: float | None = None
+    ) -> pd.DataFrame:
         """The reference: rollups computed from every stored sample (storage.trends)."""
         samples = self.query_samples(-math.inf, math.inf, agent)
-        return trends.finish(trends.rollup(samples, level.width), level.width, start, end, agent)
+        rollups = trends.rollup(samples, level.width)
+        if step is not None:
+            return trends.in_steps(rollups, start, end, step)
+        return trends.finish(rollups, level.width, start, end, agent)
 
     def close(self) -> None:
         with self._lock:

@@ -540,12 +540,20 @@ class MySQLStore:
 
     # -- trends and retention ------------------------------------------------------------------------
 
-    def query_trends(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
-        """Decoded rollups of ``level`` whose bucket overlaps ``[start, end]``, sorted by bucket."""
+    def query_trends(
+        self, level: Level, start: float, end: float, agent: str | None = None, step: float | None = None
+    ) -> pd.DataFrame:
+        """Decoded rollups of ``level`` whose bucket overlaps ``[start, end]``, sorted by bucket; with ``step``,
+        those starting in ``[start, end)`` merged on the server into bins of ``step`` (a year of a hundred
+        agents comes as 40,000 rows instead of 876,000)."""
         if math.isnan(start) or math.isnan(end):
             return decode(pd.DataFrame())
-        sql = mysqltrends.select_statement(level, agent)
-        params: tuple[Any, ...] = (_bound(start) - level.width, _bound(end))
+        if step is not None:
+            sql = mysqltrends.steps_statement(level, int(step), agent)
+            params: tuple[Any, ...] = (_bound(start), _bound(end))
+        else:
+            sql = mysqltrends.select_statement(level, agent)
+            params = (_bound(start) - level.width, _bound(end))
         if agent is not None:
             params += (agent,)
         rows = self._run(f"query {mysqltrends.table(level)}", lambda conn: self._fetch(conn, sql, params),

@@ -172,6 +172,15 @@ def _widen(span: tuple[float, float], level: Level) -> tuple[float, float]:
     return float(start), float(max(end, start + level.width))
 
 
+def steps_statement(level: Level, step: int, agent: str | None) -> str:
+    """The rollups of ``level`` starting in ``[%s, %s)`` merged into bins of ``step`` seconds, full (not sparse),
+    in :func:`names` order."""
+    if step % level.width:
+        raise ValueError(f"a step of {step} s is not a whole number of {level.name} buckets")
+    where = "`bucket` >= %s AND `bucket` < %s" + (" AND `agent` = %s" if agent is not None else "")
+    return _from_rollups(Level(f"{step}s", step), level).format(where=where)
+
+
 def select_statement(level: Level, agent: str | None) -> str:
     names = ", ".join(f"`{c}`" for c in _names())
     sql = f"SELECT {names} FROM `{table(level)}` WHERE `bucket` > %s AND `bucket` <= %s"  # noqa: S608 - fixed

@@ -198,6 +198,15 @@ def finish(rollups: pd.DataFrame, width: int, start: float, end: float, agent: s
     return frame.sort_values(["bucket", "agent"], kind="stable").reset_index(drop=True)
 
 
+def in_steps(rollups: pd.DataFrame, start: float, end: float, step: float) -> pd.DataFrame:
+    """The rollups whose bucket starts in ``[start, end)``, merged into bins of ``step`` seconds (a multiple
+    of their width) starting at multiples of it: what ``query_trends(..., step=...)`` answers."""
+    if rollups.empty:
+        return empty()
+    bucket = rollups["bucket"].to_numpy(dtype=np.float64)
+    return merge(rollups.loc[(bucket >= start) & (bucket < end)], int(step))
+
+
 def touched(agents: Sequence[str], timestamps: Sequence[float], width: int) -> dict[str, tuple[float, float]]:
     """Per agent, the first bucket start and the last bucket end that ``timestamps`` fall in."""
     spans: dict[str, tuple[float, float]] = {}

@@ -24,8 +24,8 @@ import pandas as pd
 
 from storage.base import Store
 from storage.catalog import METRICS
-from storage.trends import LEVELS, THREAT_LEVELS, Level, rollup
-from viz.series import MAX_BINS, Window
+from storage.trends import LEVELS, THREAT_LEVELS, Level, empty, merge, rollup
+from viz.series import MAX_BINS, Window, bin_width
 
 log = logging.getLogger(__name__)
 
@@ -62,44 +62,75 @@ def choose(window: Window) -> Level | None:
     return chosen
 
 
+def step_for(window: Window, level: Level) -> float:
+    """The bin width a window is drawn in from ``level``: a whole number of its buckets, at least one, and
+    at least ``span / MAX_BINS`` (bins start at multiples of it: :func:`viz.series.prepare` with ``align``)."""
+    return bin_width(window.span / MAX_BINS, level.width)
+
+
 def load(store: Store, window: Window, agent: str | None) -> Drawable:
     """Read the window at its resolution (raw when no trend level fits or none is stored)."""
     level = choose(window)
     if level is not None:
-        rollups = store.query_trends(level, window.start, window.end, agent)
-        if not rollups.empty:
-            return _from_trends(store, window, agent, level, rollups)
+        drawable = _from_trends(store, window, agent, level)
+        if drawable is not None:
+            return drawable
         log.info("no %s stored for the window: drawing raw samples", describe(level))
     samples = store.query_samples(window.start, window.end, agent)
     return Drawable(samples, None, samples)
 
 
-def _from_trends(store: Store, window: Window, agent: str | None, level: Level, rollups: pd.DataFrame) -> Drawable:
-    """Rollups inside the window; the buckets cut by its edges, and those after the newest stored rollup
-    (still open), rolled up from the raw samples inside the window."""
-    width = level.width
-    first_whole = float(np.ceil(window.start / width) * width)
-    tail_start = min(float(rollups["bucket"].max()), float(np.floor(window.end / width) * width))
-    tail = store.query_samples(tail_start, window.end, agent)
-    parts = [tail]
-    if first_whole > window.start:
-        parts.append(store.query_samples(window.start, min(first_whole, tail_start) - 1e-6, agent))
-    edges = [p for p in parts if not p.empty]
-    buckets = rollups["bucket"].to_numpy(dtype=np.float64)
-    rollups = rollups.loc[(buckets >= first_whole) & (buckets < tail_start)]
-    if edges:
-        rollups = pd.concat([rollups, rollup(pd.concat(edges, ignore_index=True), width)], ignore_index=True)
+def _from_trends(store: Store, window: Window, agent: str | None, level: Level) -> Drawable | None:
+    """The window in bins of :func:`step_for`: whole bins merged by storage (a month of a hundred agents is
+    a few ten thousand rows, a year as many), the bins cut by the window's edges from the level's buckets,
+    and the buckets cut by the edges or still open (after the newest stored) rolled up from raw samples.
+    None when storage holds no rollup of the window at all."""
+    width, start, end = level.width, window.start, window.end
+    step = step_for(window, level)
+    first_bucket = float(np.ceil(start / width) * width)
+    body_start = max(float(np.ceil(start / step) * step), first_bucket)
+    tail_start = max(float(np.floor(end / step) * step), first_bucket)
+    body = store.query_trends(level, body_start, tail_start, agent, step) if body_start < tail_start else empty()
+    head_end = min(body_start, tail_start)
+    head = _buckets(store.query_trends(level, first_bucket, head_end, agent), first_bucket, head_end)
+    cut = max(float(np.floor(end / width) * width), tail_start)  # the bucket the window ends in
+    last = _buckets(store.query_trends(level, tail_start, end, agent), tail_start, cut)
+    if body.empty and head.empty and last.empty:
+        return None
+    # from raw samples: the newest stored bucket (it may have been written while still open), any after it,
+    # and the bucket the window ends in
+    newest = min(float(last["bucket"].max()), cut) if not last.empty else tail_start
+    last = _buckets(last, tail_start, newest)
+    tail = store.query_samples(newest, end, agent)
+    parts = [head, last]
+    if not tail.empty:
+        parts.append(rollup(tail, width))
+    if first_bucket > start:
+        before_first = store.query_samples(start, first_bucket - 1e-6, agent)
+        if not before_first.empty:
+            parts.insert(0, rollup(before_first, width))
+    edges = pd.concat([p for p in parts if not p.empty] or [empty()], ignore_index=True)
+    edges = edges.loc[~edges.duplicated(subset=["agent", "bucket"], keep="last")]
+    rollups = pd.concat([p for p in (body, merge(edges, int(step))) if not p.empty] or [empty()], ignore_index=True)
     rollups = rollups.sort_values(["bucket", "agent"], kind="stable").reset_index(drop=True)
-    frame = drawable_frame(rollups, level)
+    frame = drawable_frame(rollups, step)
     return Drawable(frame, level, _latest(frame, tail))
 
 
-def drawable_frame(rollups: pd.DataFrame, level: Level) -> pd.DataFrame:
-    """Rollups as a samples-shaped frame (see the module docstring)."""
+def _buckets(rollups: pd.DataFrame, low: float, high: float) -> pd.DataFrame:
+    """The rollups whose bucket starts in ``[low, high)``."""
+    if rollups.empty or low >= high:
+        return empty()
+    buckets = rollups["bucket"].to_numpy(dtype=np.float64)
+    return rollups.loc[(buckets >= low) & (buckets < high)]
+
+
+def drawable_frame(rollups: pd.DataFrame, step: float) -> pd.DataFrame:
+    """Rollups of ``step`` seconds as a samples-shaped frame (see the module docstring)."""
     threat = np.clip(rollups["threat_max"].to_numpy(dtype=np.int64), 0, len(THREAT_LEVELS) - 1)
     out: dict[str, object] = {
         "agent": rollups["agent"].to_numpy(dtype=object),
-        "timestamp": rollups["bucket"].to_numpy(dtype=np.float64) + level.width / 2.0,
+        "timestamp": rollups["bucket"].to_numpy(dtype=np.float64) + step / 2.0,
         "threat_level": np.asarray(THREAT_LEVELS, dtype=object)[threat],
         "temperature_reason": np.full(len(rollups), None, dtype=object),
     }

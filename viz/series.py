@@ -143,12 +143,17 @@ def focus(window: Window, timestamps: FloatArray) -> Window:
     return window if window.end - span <= window.start else Window(window.end - span, window.end)
 
 
+def bin_width(least: float, align: float) -> float:
+    """The smallest whole multiple of ``align`` (and at least one) that is at least ``least``."""
+    return float(max(np.ceil(least / align - 1e-9), 1.0) * align)
+
+
 def prepare(frame: pd.DataFrame, window: Window, align: float | None = None, rolled: bool = False) -> Prepared:
     """Group ``frame``'s rows by agent and time bin (bins of ``window/MAX_BINS``, or the poll interval).
 
-    ``align`` (a trend level's width): bins are whole multiples of it, starting on its grid, so that each
-    bin holds whole buckets and raw samples and rollups bin alike. ``rolled``: ``frame`` holds rollups
-    (:mod:`viz.resolution`).
+    ``align`` (a trend level's width): bins are whole multiples of it (:func:`bin_width`), starting at
+    multiples of the bin width, so that each bin holds whole buckets and raw samples and rollups bin alike.
+    ``rolled``: ``frame`` holds rollups (:mod:`viz.resolution`).
     """
     raw_codes, names = pd.factorize(frame["agent"].to_numpy(), sort=True)
     codes = raw_codes.astype(np.int64)
@@ -160,8 +165,8 @@ def prepare(frame: pd.DataFrame, window: Window, align: float | None = None, rol
     width = max(window.span / MAX_BINS, step)
     origin = window.start
     if align:
-        width = float(np.ceil(width / align - 1e-9) * align)
-        origin = float(np.floor(window.start / align) * align)
+        width = bin_width(width, align)
+        origin = float(np.floor(window.start / width) * width)
     bins = int(np.ceil((window.end - origin) / width)) + 1
     bin_index = np.clip(((ordered_ts - origin) // width).astype(np.int64), 0, bins - 1)
     key = ordered_codes * bins + bin_index

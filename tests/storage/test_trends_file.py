@@ -3,6 +3,8 @@ restarts, replays, late samples and compaction; torn segment lines; the list enc
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storage import Batch, Sample
+from storage import file as file_module
 from storage.file import FileStore
 from storage.filetrends import encode_lines, parse_lines, trends_dir
 from storage.trends import FIVE_MINUTES, HOURLY, columns, rollup
@@ -115,3 +118,32 @@ def test_damaged_segment_lines_are_skipped_and_counted(data: bytes, caplog: pyte
     frame = parse_lines(line + data + line, "seg")
     assert len(frame) == 2 and frame["cpu_usage_min"].tolist() == [4.0, 4.0]
     assert "1 trend lines are not rollups" in caplog.text
+
+
+def test_a_recent_range_reads_only_the_files_written_since(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open hour of a long history (viz's trend path) does not parse every rotated file."""
+    path = tmp_path / "metrics_data.json"
+    now = time.time()
+    store = FileStore(path, fsync=False, max_bytes=64 * 1024, backup_count=100)
+    for batch in sweeps(make_samples(2, 24, 60.0, seed=1, start=now - 86_400), 2 * 30):  # half-hour batches
+        store.write(Batch(samples=batch))
+    store.close()
+    backups = sorted(path.parent.glob("metrics_data.json.*[0-9]"))
+    assert len(backups) > 10
+    for backup in backups:  # as if written over the last day, oldest first
+        index = int(backup.name.rsplit(".", 1)[1])
+        os.utime(backup, (now - index * 3600 / 2, now - index * 3600 / 2))
+    read: list[Path] = []
+    real = file_module.whole_lines
+
+    def spy(member: Path) -> bytes:
+        read.append(member)
+        return real(member)
+
+    monkeypatch.setattr(file_module, "whole_lines", spy)
+    reader = FileStore(path, readonly=True, backup_count=100)
+    recent = reader.query_samples(now - 3600, now)
+    assert path in read and len(read) < len(backups) / 2
+    assert len(recent) == 2 * 60  # the last hour whole
+    read.clear()
+    assert len(reader.query_samples(0, now)) == 2 * 24 * 60 and len(read) == len(backups) + 1
