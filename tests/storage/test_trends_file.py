@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage import Batch, Sample
+from storage import Batch, Sample, rotating
 from storage import file as file_module
 from storage.file import FileStore
 from storage.filetrends import encode_lines, parse_lines, trends_dir
@@ -134,7 +134,7 @@ def test_a_recent_range_reads_only_the_files_written_since(tmp_path: Path, monke
         index = int(backup.name.rsplit(".", 1)[1])
         os.utime(backup, (now - index * 3600 / 2, now - index * 3600 / 2))
     read: list[Path] = []
-    real = file_module.whole_lines
+    real = rotating.whole_lines
 
     def spy(member: Path) -> bytes:
         read.append(member)
