@@ -56,6 +56,7 @@ from storage.filetrends import FileTrends
 from storage.frames import FrameSpec
 from storage.lineindex import agent_key, agent_lines
 from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, AuditTail, Sample
+from storage.retention import Cutoffs
 from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
 from storage.trends import LEVELS, Level, in_steps
 
@@ -343,12 +344,11 @@ class FileStore:
             raise StorageUnavailable(f"cannot read {exc.filename or self.trends.directory}: "
                                      f"{exc.strerror or exc}") from exc
 
-    def expire(
-        self, history_before: float, trends_before: float, *, batch: int, go_on: Callable[[], bool]
-    ) -> dict[str, int]:
-        """Retention (:mod:`storage.retention`): lines older than ``history_before`` leave the data files
+    def expire(self, cutoffs: Cutoffs, *, batch: int, go_on: Callable[[], bool]) -> dict[str, int]:
+        """Retention (:mod:`storage.retention`): lines older than the history cutoff leave the data files
         one file at a time (:mod:`storage.fileexpiry`), trend segments by period."""
         del batch  # a file is the step here
+        history_before = cutoffs.history
         if self.readonly:
             raise StorageConfigError(f"storage.json_file: {self.json_file} was opened read-only")
         removed: dict[str, int] = {"samples": 0, "agent states": 0, "alerts": 0}
@@ -367,8 +367,8 @@ class FileStore:
                             self._close_writers()  # the live file is replaced: the next write opens it again
                         removed[kind] += expire_file(member, history_before, fsync=self._samples.fsync)
             with self._lock:
-                for kind, level, before in (("5-minute trends", LEVELS[0], history_before),
-                                            ("hourly trends", LEVELS[1], trends_before)):
+                for kind, level, before in (("5-minute trends", LEVELS[0], cutoffs.five_minutes),
+                                            ("hourly trends", LEVELS[1], cutoffs.hourly)):
                     removed[kind] = self.trends.purge(level, before)[1]
         except OSError as exc:
             raise StorageUnavailable(f"retention: cannot rewrite {exc.filename or self.json_file}: "

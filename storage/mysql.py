@@ -40,6 +40,7 @@ from storage.errors import StorageConfigError, StorageError
 from storage.frames import FrameSpec
 from storage.models import AuditEntry, AuditTail, Sample
 from storage.mysql_conn import connect_kwargs, probe_unix_socket, translate
+from storage.retention import Cutoffs
 from storage.sqlvalues import SqlKind, insert_statements
 from storage.trends import LEVELS, Level, decode, touched
 
@@ -601,15 +602,13 @@ class MySQLStore:
 
         self._run("save trends_progress", work)
 
-    def expire(
-        self, history_before: float, trends_before: float, *, batch: int, go_on: Callable[[], bool]
-    ) -> dict[str, int]:
+    def expire(self, cutoffs: Cutoffs, *, batch: int, go_on: Callable[[], bool]) -> dict[str, int]:
         """Retention (:mod:`storage.retention`): ``DELETE ... LIMIT batch`` per table until nothing is older."""
         if self.readonly:
             raise StorageConfigError(f"mysql {self.where}: opened read-only")
-        plan = (("metrics", "samples", history_before), ("agent_status", "agent states", history_before),
-                ("alerts", "alerts", history_before), ("trends_5m", "5-minute trends", history_before),
-                ("trends_1h", "hourly trends", trends_before))
+        plan = (("metrics", "samples", cutoffs.history), ("agent_status", "agent states", cutoffs.history),
+                ("alerts", "alerts", cutoffs.history), ("trends_5m", "5-minute trends", cutoffs.five_minutes),
+                ("trends_1h", "hourly trends", cutoffs.hourly))
         removed: dict[str, int] = {}
         for table, kind, before in plan:
             removed[kind] = 0

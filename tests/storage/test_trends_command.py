@@ -17,12 +17,12 @@ import pytest
 from secure_collector.housekeeping import Housekeeping
 from storage import Batch, Sample
 from storage.buildtrends import build
-from storage.config import StorageConfig
+from storage.config import RetentionConfig, StorageConfig
 from storage.file import FileStore
 from storage.filetrends import trends_dir
 from storage.models import AgentStatus, Alert
 from storage.mysql import MySQLStore
-from storage.retention import expire
+from storage.retention import cutoffs, expire
 from storage.trends import FIVE_MINUTES, HOURLY, rollup
 from tests.plugins.mariadb import MariaDBServer
 from tests.storage.test_trends_mysql import T0, assert_rollups_equal, make_samples
@@ -167,6 +167,7 @@ def test_mysql_retention_in_small_batches(mariadb: MariaDBServer) -> None:
     store = MySQLStore(StorageConfig.model_validate(mariadb.storage_section()))
     try:
         store.write(old_and_new(now))
+        store.write(Batch(samples=make_samples(1, 1, 600.0, start=now - 20 * DAY)))  # raw kept, 5-minute not
         config = StorageConfig.model_validate({"type": "mysql", "retention": {"history_days": 30}})
         steps: list[int] = []
 
@@ -176,9 +177,13 @@ def test_mysql_retention_in_small_batches(mariadb: MariaDBServer) -> None:
 
         removed = expire(store, config.retention, now, batch=5, go_on=go_on)
         assert removed["samples"] == 24 and removed["alerts"] == 1 and removed["agent states"] == 24
-        assert removed["5-minute trends"] == 24 and removed["hourly trends"] == 0  # kept a year
+        assert removed["5-minute trends"] == 24 + 6 and removed["hourly trends"] == 0  # kept a year
+        assert len(store.query_samples(now - 21 * DAY, now - 19 * DAY)) == 6  # 30 days of raw samples
+        assert store.query_trends(HOURLY, now - 21 * DAY, now - 19 * DAY).shape[0] >= 1
+        assert store.query_trends(FIVE_MINUTES, now - 21 * DAY, now - 19 * DAY).empty  # 17 days at most
         assert len(steps) >= 24 // 5 * 2
         assert store.query_samples(0, now - 30 * DAY).empty and len(store.query_samples(now - DAY, now + DAY)) == 24
+        assert cutoffs(RetentionConfig(history_days=7), now).five_minutes == now - 7 * DAY
     finally:
         store.close()
 
