@@ -536,6 +536,24 @@ class MySQLStore:
     def query_alerts(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
         return self._query("alerts", frames.ALERTS, start, end, agent)
 
+    def latest_statuses(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        """Per agent, its newest state in ``[start, end]`` and its newest ``up`` one: what the dashboard's table
+        shows of a month, without reading the month's millions of states (the primary key finds each)."""
+        if math.isnan(start) or math.isnan(end):
+            return frames.empty(frames.STATUSES)
+        names = ", ".join(f"s.`{c}`" for c in frames.STATUSES.columns)
+        only = " AND `agent` = %s" if agent is not None else ""
+        newest = (
+            f"SELECT {names} FROM `agent_status` s JOIN (SELECT `agent`, MAX(`timestamp`) AS `t` FROM `agent_status` "  # noqa: S608
+            f"WHERE `timestamp` BETWEEN %s AND %s{only}{{up}} GROUP BY `agent`) m "
+            "ON s.`agent` = m.`agent` AND s.`timestamp` = m.`t`"
+        )
+        sql = newest.format(up="") + " UNION " + newest.format(up=" AND `state` = 'up'")
+        one: tuple[Any, ...] = (_bound(start), _bound(end)) + ((agent,) if agent is not None else ())
+        rows = self._run("query agent_status", lambda conn: self._fetch(conn, sql, one + one),
+                         on_missing_table=lambda: ())
+        return frames.finish(frames.from_rows(rows, frames.STATUSES), frames.STATUSES, start, end, agent)
+
     def query_statuses(self, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
         return self._query("agent_status", frames.STATUSES, start, end, agent)
 

@@ -108,17 +108,23 @@ def table_limits(thresholds: PlotThresholds) -> dict[str, float]:
 
 
 STATES_WINDOW = 86_400.0
-"""Seconds of agent states the table reads on a window drawn from trends (a month holds millions)."""
+"""Seconds of agent states the table reads on a window drawn from trends, from a store that cannot give
+each agent's newest states alone (a month holds millions)."""
 
 
 def dashboard(
     store: Store, request: Request, prepared: Prepared, thresholds: PlotThresholds, recent_states: bool = False
 ) -> bytes:
-    """``index.html`` for ``request``, as bytes. ``recent_states``: read the agents' states of the last
-    :data:`STATES_WINDOW` only (a long window drawn from trends)."""
+    """``index.html`` for ``request``, as bytes. ``recent_states`` (a long window drawn from trends): only
+    each agent's newest state and newest ``up`` (``latest_statuses``, what the table shows), or, from a store
+    without that query, the states of the last :data:`STATES_WINDOW`."""
     window = request.window
-    first = max(window.start, window.end - STATES_WINDOW) if recent_states else window.start
-    statuses = store.query_statuses(first, window.end, request.agent)
+    latest = getattr(store, "latest_statuses", None) if recent_states else None
+    if latest is not None:
+        statuses = latest(window.start, window.end, request.agent)
+    else:
+        first = max(window.start, window.end - STATES_WINDOW) if recent_states else window.start
+        statuses = store.query_statuses(first, window.end, request.agent)
     # From the start of history: an alert that fired before the window and never cleared is open.
     alerts = store.query_alerts(0.0, window.end, request.agent)
     rows = agent_rows(prepared, statuses, alerts, table_limits(thresholds))

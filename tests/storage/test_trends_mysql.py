@@ -128,3 +128,24 @@ def test_two_collectors_storing_one_agent_count_each_sample_once(store: MySQLSto
         assert_rollups_equal(other.query_trends(HOURLY, 0, T0 + 86400), rollup(raw, 3600))
     finally:
         other.close()
+
+
+def test_latest_statuses_are_the_newest_and_the_newest_up_of_each_agent(store: MySQLStore) -> None:
+    """What the dashboard's table shows of a long window, without reading every state of it."""
+    from storage import AgentStatus
+
+    statuses = []
+    for a, tail in enumerate(("up", "timeout", "tls_failure")):
+        for i in range(50):
+            statuses.append(AgentStatus(agent=f"srv-{a:02d}", timestamp=T0 + i * 30, state="up", latency_ms=1.0))
+        statuses.append(AgentStatus(agent=f"srv-{a:02d}", timestamp=T0 + 50 * 30, state=tail, detail="x"))
+    store.write(Batch(statuses=statuses))
+    everything = store.query_statuses(0, T0 + 86400)
+    latest = store.latest_statuses(0, T0 + 86400)
+    newest = everything.sort_values("timestamp").groupby("agent").tail(1)
+    newest_up = everything[everything["state"] == "up"].sort_values("timestamp").groupby("agent").tail(1)
+    want = pd.concat([newest, newest_up]).drop_duplicates(["agent", "timestamp"])
+    want = want.sort_values(["timestamp", "agent"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(latest, want)
+    assert len(store.latest_statuses(0, T0 + 86400, "srv-01")) == 2
+    assert store.latest_statuses(T0 + 86400, T0 + 2 * 86400).empty
