@@ -32,10 +32,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storage import frames
 from storage.models import Sample
 from storage.rotating import FILE_MODE, make_dirs
-from storage.trends import FIVE_MINUTES, HOURLY, LEVELS, Level, columns, decode, empty, finish, metrics, rollup
+from storage.trends import (
+    FIVE_MINUTES,
+    HOURLY,
+    LEVELS,
+    Level,
+    columns,
+    decode,
+    empty,
+    finish,
+    metrics,
+    rollup,
+    rollup_rows,
+    row_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +238,7 @@ class FileTrends:
         self.directory = trends_dir(json_file)
         self.fsync = fsync
         self._read_raw = read_raw
-        self._recent: dict[str, dict[float, dict[str, Any]]] = {}
+        self._recent: dict[str, dict[float, tuple[Any, ...]]] = {}  # agent -> timestamp -> trends.row_of
         self._dirty: dict[str, set[tuple[str, float]]] = {level.name: set() for level in LEVELS}
         self._watermark = -np.inf
         self._complete_since = np.inf
@@ -246,7 +258,8 @@ class FileTrends:
             return
         since = float(np.floor((newest - KEEP) / HOURLY.width) * HOURLY.width)
         frame = self._read_raw(since, np.inf, None)
-        self._remember_rows([{str(k): v for k, v in row.items()} for row in frame.to_dict("records")])
+        names = ["agent", "timestamp", "threat_level", *(metric.name for metric in metrics())]
+        self._remember_rows(list(zip(*(frame[name].tolist() for name in names), strict=True)))
         self._watermark = max(self._watermark, newest)
         self._complete_since = since
 
@@ -254,10 +267,10 @@ class FileTrends:
         """Remember newly stored ``samples`` and write every bucket that is over. Raises OSError."""
         if not samples:
             return
-        rows = [frames.sample_row(s) for s in samples]
-        late = [row for row in rows if row["timestamp"] < self._complete_since]
+        rows = [row_of(s) for s in samples]
+        late = [row for row in rows if row[1] < self._complete_since]
         self._remember_rows(rows)
-        self._watermark = max(self._watermark, max(row["timestamp"] for row in rows))
+        self._watermark = max(self._watermark, max(row[1] for row in rows))
         if late:
             self._rewrite_late(late)
         self._flush(self._watermark)
@@ -266,16 +279,16 @@ class FileTrends:
         """Write every bucket not yet written (an open bucket too: it is written again, whole, later)."""
         self._flush(np.inf)
 
-    def _remember_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+    def _remember_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
         for row in rows:
-            agent, timestamp = str(row["agent"]), float(row["timestamp"])
+            agent, timestamp = str(row[0]), float(row[1])
             self._recent.setdefault(agent, {})[timestamp] = row
             for level in LEVELS:
-                self._dirty[level.name].add((agent, float(np.floor(timestamp / level.width) * level.width)))
+                self._dirty[level.name].add((agent, (timestamp // level.width) * level.width))
 
-    def _rewrite_late(self, rows: Sequence[dict[str, Any]]) -> None:
+    def _rewrite_late(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Buckets older than memory get their raw samples read back, so that they are written whole."""
-        hours = {(str(r["agent"]), float(np.floor(r["timestamp"] / HOURLY.width) * HOURLY.width)) for r in rows}
+        hours = {(str(r[0]), float(np.floor(r[1] / HOURLY.width) * HOURLY.width)) for r in rows}
         for agent, hour in sorted(hours):
             frame = self._read_raw(hour, hour + HOURLY.width - 1e-6, agent)
             frame = frame.loc[frame["timestamp"] < hour + HOURLY.width]
@@ -291,11 +304,11 @@ class FileTrends:
                 continue
             rows = [row for agent, bucket in sorted(due) for row in self._rows_of(agent, bucket, level.width)]
             if rows:
-                self._append(level, rollup(frames.from_rows(rows, frames.SAMPLES), level.width))
+                self._append(level, rollup_rows(rows, level.width))
             self._dirty[level.name] -= due
         self._forget(self._watermark - KEEP)
 
-    def _rows_of(self, agent: str, bucket: float, width: int) -> list[dict[str, Any]]:
+    def _rows_of(self, agent: str, bucket: float, width: int) -> list[tuple[Any, ...]]:
         recent = self._recent.get(agent, {})
         return [row for ts, row in recent.items() if bucket <= ts < bucket + width]
 

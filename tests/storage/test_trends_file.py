@@ -17,7 +17,7 @@ from storage import Batch, Sample, rotating
 from storage import file as file_module
 from storage.file import FileStore
 from storage.filetrends import encode_lines, parse_lines, trends_dir
-from storage.trends import FIVE_MINUTES, HOURLY, columns, rollup
+from storage.trends import FIVE_MINUTES, HOURLY, columns, rollup, rollup_rows
 from tests.storage.test_trends_mysql import T0, assert_rollups_equal, make_samples
 
 
@@ -147,3 +147,32 @@ def test_a_recent_range_reads_only_the_files_written_since(tmp_path: Path, monke
     assert len(recent) == 2 * 60  # the last hour whole
     read.clear()
     assert len(reader.query_samples(0, now)) == 2 * 24 * 60 and len(read) == len(backups) + 1
+
+
+values = st.one_of(st.none(), st.floats(min_value=-1e12, max_value=1e12, allow_nan=False), st.integers(0, 2**31))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["web-1", "web-10", "a", "Z.z_9"]), st.floats(0, 5e5, allow_nan=False),
+                  st.sampled_from(["none", "low", "medium", "high", "bogus"]),
+                  st.lists(values, min_size=len(columns()[4::4]), max_size=len(columns()[4::4]))),
+        max_size=60,
+    ),
+    st.sampled_from([300, 3600]),
+)
+def test_the_numpy_rollup_equals_the_reference(rows: list[tuple[str, float, str, list[float | None]]],
+                                                width: int) -> None:
+    """storage.trends.rollup_rows (the file backend's fast path) against rollup (pandas), for any samples."""
+    flat = [(agent, ts, threat, *stats) for agent, ts, threat, stats in rows]
+    names = ["agent", "timestamp", "threat_level", *columns()[4::4]]
+    frame = pd.DataFrame(flat, columns=names) if flat else pd.DataFrame(columns=names)
+    for name in columns()[4::4]:
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    fast, reference = rollup_rows(flat, width), rollup(frame, width)
+    assert list(fast.columns) == list(reference.columns) and len(fast) == len(reference)
+    assert fast["agent"].tolist() == reference["agent"].tolist()
+    for column in columns()[1:]:
+        np.testing.assert_allclose(fast[column].to_numpy(np.float64), reference[column].to_numpy(np.float64),
+                                   rtol=1e-12, atol=1e-6, equal_nan=True, err_msg=column)
