@@ -77,6 +77,7 @@ from storage.trends import HOURLY, LEVELS
 from tests.plugins.mariadb import MariaDBServer
 from viz import cli as viz_cli
 from viz import resolution
+from viz.app import STATES_WINDOW
 from viz.series import Window
 
 STEP = 30.0
@@ -436,6 +437,9 @@ def breakdown(config: StorageConfig, hours: float, agent: str | None) -> dict[st
                 tail = store.query_samples(newest, window.end, agent)
                 out["tail_query_samples_s"] = round(time.perf_counter() - started, 3)
                 out["tail_rows"] = float(len(tail))
+            started = time.perf_counter()  # what the dashboard reads on a window drawn from trends
+            store.query_statuses(max(window.start, window.end - STATES_WINDOW), window.end, agent)
+            out["dashboard_states_s"] = round(time.perf_counter() - started, 3)
         return out
     finally:
         store.close()
@@ -881,6 +885,7 @@ def result(args: argparse.Namespace, fleet: Fleet, outcome: dict[str, Any]) -> d
                 "resolution.load_s": row["breakdown"].get("load_s"),
                 "query_trends_s": row["breakdown"].get("query_trends_s"),
                 "tail_query_samples_s": row["breakdown"].get("tail_query_samples_s"),
+                "dashboard_states_s": row["breakdown"].get("dashboard_states_s"),
             })
             what = {"fleet_month": f"{size}", "agent_month": f"one agent's {args.days:g} days",
                     "fleet_year": f"{fleet.agents} agents x {args.year_days} days"}[name]
