@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import functools
 import io
 import json
 import math
@@ -265,7 +266,8 @@ def _joined(parts: list[Any]) -> bytes:
     joined = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + len(joined) + 1]
     data = joined.buffers()[2]
-    return data.to_pybytes()[int(offsets[0]) : int(offsets[-1])]
+    whole: bytes = data.to_pybytes()
+    return whole[int(offsets[0]) : int(offsets[-1])]
 
 
 def day_ticks(fleet: Fleet, days: float) -> Iterator[tuple[int, np.ndarray]]:
@@ -813,7 +815,7 @@ def measure_backend(
     for name, hours, who in scenarios:
         target = folder / "out" / name
         log(f"{backend}: {name}: trend path x{args.repeat}")
-        wall, cpu, walls = best_of(args.repeat, lambda h=hours, w=who, t=target: run_viz(config_path, t, h, w, False))
+        wall, cpu, walls = best_of(args.repeat, functools.partial(run_viz, config_path, target, hours, who, False))
         row: dict[str, Any] = {"trend_s": wall, "trend_cpu_s": cpu, "trend_runs": walls}
         row["breakdown"] = breakdown(config, hours, who)
         if name == "fleet_month" and args.no_raw_fleet:
@@ -821,7 +823,7 @@ def measure_backend(
         else:
             log(f"{backend}: {name}: raw path x{args.raw_repeat}")
             wall, cpu, walls = best_of(args.raw_repeat,
-                                       lambda h=hours, w=who, t=target: run_viz(config_path, t, h, w, True))
+                                       functools.partial(run_viz, config_path, target, hours, who, True))
             row.update(raw_s=wall, raw_cpu_s=cpu, raw_runs=walls)
         out[name] = row
         log(f"{backend}: {name}: trends {row['trend_s']:.2f} s, raw {row.get('raw_s')}")
@@ -847,7 +849,7 @@ def measure_backend(
             log(f"{backend}: {name} missed its goal: cProfile of one more run")
             target = folder / "out" / f"{name}-profile"
             profiles[f"{backend} {name}"] = profile_of(
-                lambda h=hours, w=who, t=target: run_viz(config_path, t, h, w, False))
+                functools.partial(run_viz, config_path, target, hours, who, False))
     out["profiles"] = profiles
     return out
 
@@ -909,9 +911,9 @@ def result(args: argparse.Namespace, fleet: Fleet, outcome: dict[str, Any]) -> d
                    "collector_us": round(collector, 1), "share_of_collector_percent": round(share, 2),
                    "blocks_on": [round(v, 2) for v in cpu["blocks_on"]],
                    "blocks_off": [round(v, 2) for v in cpu["blocks_off"]]}
-        detail = (f"store.write of 100-agent sweeps: {cpu['on_us']:.1f} us a sample with trends, {cpu['off_us']:.1f}"
-                  f" without ({cpu['on_us'] / cpu['off_us']:.2f}x the write path); the collector's whole CPU per "
-                  f"stored sample {collector:.0f} us ({collector_source})")
+        detail = (f"store.write of {fleet.agents}-agent sweeps: {cpu['on_us']:.1f} us a sample with trends, "
+                  f"{cpu['off_us']:.1f} without ({cpu['on_us'] / cpu['off_us']:.2f}x the write path); "
+                  f"the collector's whole CPU per stored sample {collector:.0f} us ({collector_source})")
         if backend == "mysql":
             cpu_row["server_on_us"] = round(cpu["server_on_us"], 1)
             cpu_row["server_off_us"] = round(cpu["server_off_us"], 1)
