@@ -139,8 +139,9 @@ BENCHES = (
         limits=(
             "at the goal size (100 agents x 30 days, 8.64 M samples) it takes about half an hour: bulk loading, "
             "the back-fill command and the raw path of the whole fleet (every raw row through PyMySQL or the "
-            "JSON-lines reader) dominate; run it alone with --only trends --budget 2700. The trend path reads "
-            "hourly rollups plus the raw samples after the newest rollup; the plots are drawn as bench_viz draws them"
+            "JSON-lines reader) dominate; run it alone with --only trends --budget 2700 --output FILE. The trend "
+            "path reads hourly rollups plus the raw samples after the newest rollup; the plots are drawn as "
+            "bench_viz draws them"
         ),
     ),
     Bench(
