@@ -132,6 +132,19 @@ BENCHES = (
     ),
     Bench("viz", 90),
     Bench(
+        "trends",
+        2400,
+        quick_args=("--agents", "10", "--days", "2", "--year-days", "30", "--repeat", "1", "--cpu-sweeps", "120",
+                    "--cpu-rounds", "1", "--collector-us", "1110"),
+        limits=(
+            "at the goal size (100 agents x 30 days, 8.64 M samples) it takes about half an hour: bulk loading, "
+            "the back-fill command and the raw path of the whole fleet (every raw row through PyMySQL or the "
+            "JSON-lines reader) dominate; run it alone with --only trends --budget 2700 --output FILE. The trend "
+            "path reads hourly rollups plus the raw samples after the newest rollup; the plots are drawn as "
+            "bench_viz draws them"
+        ),
+    ),
+    Bench(
         "audit",
         150,
         quick_args=("--agents", "10", "--rounds", "2", "--seconds", "2"),
