@@ -16,7 +16,7 @@ What it does, in this order (each step timed and printed):
    ``python -m bench.bench_collector --sweeps 10`` run first (or ``--collector-us``).
 3. **A month of raw samples**, ``--agents`` x ``--days`` at 30 s (8.64 M samples by default), generated with
    numpy a day at a time and bulk loaded: MySQL by ``LOAD DATA LOCAL INFILE`` into ``metrics``, files as JSON
-   lines in ``FileStore``'s own layout (and line indexes) written straight into a file family with a 2 GB
+   lines in ``FileStore``'s own layout (and line indexes) written straight into a file family with a 64 MB
    ``rotation.max_size``. Agent states for the last ``--status-days`` only (the raw path would read a whole
    window of them: leaving them out makes the raw figures below smaller than a real deployment's).
 4. **The back-fill command**, ``python -m storage trends --config COLLECTOR_CONFIG``, as a subprocess.
@@ -46,6 +46,7 @@ import io
 import json
 import math
 import os
+import re
 import pstats
 import shutil
 import struct
@@ -88,8 +89,10 @@ AGENT_MONTH_GOAL = 0.5
 FLEET_YEAR_GOAL = 5.0
 CPU_SHARE_GOAL = 5.0  # % of the collector's CPU per stored sample
 SIZE_SHARE_GOAL = 10.0  # % of the raw samples' storage
-MAX_BYTES = 2 * 1024**3
-BACKUPS = 9
+MAX_BYTES = 64 * 1024**2
+"""The files' rotation size: what an operator keeping a month of raw files would choose (docs/runbook.md):
+many files of moderate size, so that reading the newest samples reads the newest files only."""
+BACKUPS = 100
 DOCUMENTED_COLLECTOR_US = 1110.0  # docs/benchmarks.md, run of 2026-12-03: cpu_per_poll_us, file store
 SERVER_ARGS = (
     "--innodb-buffer-pool-size=2G",
@@ -279,6 +282,15 @@ def day_ticks(fleet: Fleet, days: float) -> Iterator[tuple[int, np.ndarray]]:
         yield n, ticks[start : start + per_day]
 
 
+def _last_timestamp(path: Path) -> float | None:
+    """The timestamp of the last line of ``path`` (our layout)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 65_536))
+        tail = handle.read()
+    found = re.findall(rb'"timestamp":(-?[0-9.eE+-]+)', tail)
+    return float(found[-1]) if found else None
+
+
 class FamilyWriter:
     """Writes one rotated, indexed line-file family as ``RotatingFile`` would have: files of at most
     ``max_bytes`` (whole lines), the newest live, older ones ``.1`` ... ``.N``, each with its line index."""
@@ -337,6 +349,9 @@ class FamilyWriter:
             back = len(self.parts) - 1 - n
             target = self.path if back == 0 else self.path.with_name(f"{self.path.name}.{back}")
             os.replace(part, target)
+            last = _last_timestamp(target)
+            if last is not None:  # as the collector's writer leaves it: modified when its newest line came
+                os.utime(target, (last, last))
             info = target.stat()
             entries = np.empty(sum(len(e) for e in self._ends[n]), dtype=ENTRY)
             entries["end"] = np.concatenate(self._ends[n]) if self._ends[n] else []
@@ -796,7 +811,7 @@ def measure_backend(
         section: dict[str, Any] = server.storage_section()
     else:
         section = {"type": "file", "json_file": str(json_file),
-                   "rotation": {"max_size": f"{MAX_BYTES // 1024**3}GB", "backup_count": BACKUPS}}
+                   "rotation": {"max_size": f"{MAX_BYTES // 1024**2}MB", "backup_count": BACKUPS}}
     config_path = folder / "collector.json"
     config_path.write_text(json.dumps({"storage": section}))
     config = StorageConfig.model_validate(section)
