@@ -46,8 +46,8 @@ import io
 import json
 import math
 import os
-import re
 import pstats
+import re
 import shutil
 import struct
 import subprocess
