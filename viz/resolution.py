@@ -82,12 +82,14 @@ def load(store: Store, window: Window, agent: str | None) -> Drawable:
 
 def _from_trends(store: Store, window: Window, agent: str | None, level: Level) -> Drawable | None:
     """The window in bins of :func:`step_for`: whole bins merged by storage (a month of a hundred agents is
-    a few ten thousand rows, a year as many), the bins cut by the window's edges from the level's buckets,
-    and the buckets cut by the edges or still open (after the newest stored) rolled up from raw samples.
-    None when storage holds no rollup of the window at all."""
+    a few ten thousand rows, a year as many), the bins cut by the window's edges from the level's buckets
+    (the first one whole), and the bucket the window ends in and any after the newest stored rolled up from
+    raw samples. None when storage holds no rollup of the window at all."""
     width, start, end = level.width, window.start, window.end
     step = step_for(window, level)
-    first_bucket = float(np.ceil(start / width) * width)
+    # the bucket the window starts in is drawn whole: cutting it from raw samples would read the whole raw
+    # history of a file backend (samples are found by time only through whole files), for one bucket of 400
+    first_bucket = float(np.floor(start / width) * width)
     body_start = max(float(np.ceil(start / step) * step), first_bucket)
     tail_start = max(float(np.floor(end / step) * step), first_bucket)
     body = store.query_trends(level, body_start, tail_start, agent, step) if body_start < tail_start else empty()
@@ -105,10 +107,6 @@ def _from_trends(store: Store, window: Window, agent: str | None, level: Level) 
     parts = [head, last]
     if not tail.empty:
         parts.append(rollup(tail, width))
-    if first_bucket > start:
-        before_first = store.query_samples(start, first_bucket - 1e-6, agent)
-        if not before_first.empty:
-            parts.insert(0, rollup(before_first, width))
     edges = pd.concat([p for p in parts if not p.empty] or [empty()], ignore_index=True)
     edges = edges.loc[~edges.duplicated(subset=["agent", "bucket"], keep="last")]
     rollups = pd.concat([p for p in (body, merge(edges, int(step))) if not p.empty] or [empty()], ignore_index=True)
