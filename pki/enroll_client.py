@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pki import ca as ca_lib
 from pki import csr as csr_lib
@@ -214,3 +215,21 @@ def install_enrolled(out: Path, token: Token, answer: Answer) -> list[Path]:
         write_atomic(out / "crl.pem", answer.crl_pem, mode=PUBLIC_MODE, overwrite=True)
         written.append(out / "crl.pem")
     return written
+
+
+class RenewConfig(BaseModel):
+    """``tls.renew`` of an agent's or a collector's config: automatic renewal at the enrollment service
+    (:mod:`pki.renewal`, docs/enrollment.md). One model for both programs, which share only ``pki``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(max_length=300)  # https://CA-HOST:PORT, the service the certificate was enrolled at
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        try:
+            parse_url(url)
+        except PKIError as exc:
+            raise ValueError(str(exc)) from None
+        return url

@@ -14,8 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pki import tokens
-from pki.enroll_client import parse_url
-from pki.errors import PKIError
+from pki.enroll_client import RenewConfig
 from secure_agent import allowlist
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,21 +40,6 @@ class MetricsConfig(_Section):
     enable_memory: bool = True
     enable_disk: bool = True
     enable_security: bool = True
-
-
-class RenewConfig(_Section):
-    """Automatic renewal at the enrollment service (:mod:`pki.renewal`, docs/enrollment.md)."""
-
-    url: str = Field(max_length=300)  # https://CA-HOST:PORT, the service the certificate was enrolled at
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        try:
-            parse_url(url)
-        except PKIError as exc:
-            raise ValueError(str(exc)) from None
-        return url
 
 
 class TLSConfig(_Section):

@@ -8,8 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pki import tokens
-from pki.enroll_client import parse_url
-from pki.errors import PKIError
+from pki.enroll_client import RenewConfig
 from secure_collector.listen import is_loopback, parse_listen
 from storage.config import StorageConfig
 from storage.thresholds import Thresholds as Thresholds  # the thresholds section: storage.catalog's
@@ -26,21 +25,6 @@ class AgentEntry(_Section):
     name: str = Field(pattern=AGENT_NAME_PATTERN)
     host: str = Field(pattern=HOST_PATTERN)
     port: int = Field(default=8000, ge=1, le=65535)
-
-
-class RenewConfig(_Section):
-    """Automatic renewal at the enrollment service (:mod:`pki.renewal`, docs/enrollment.md)."""
-
-    url: str = Field(max_length=300)  # https://CA-HOST:PORT, the service the certificate was enrolled at
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        try:
-            parse_url(url)
-        except PKIError as exc:
-            raise ValueError(str(exc)) from None
-        return url
 
 
 class TLSConfig(_Section):

@@ -127,6 +127,7 @@ def test_agent_and_collector_renew_themselves_with_new_keys_and_no_poll_fails(
             assert not runner.is_alive()
             assert renewed, (agent_renewer.last_error, collector_renewer.last_error)
             assert agent_renewer.failures == 0 and collector_renewer.failures == 0
+            agent_renewer.stop()  # no renewal between the two reads below (a short lifetime renews every few s)
             now_presented = _presented_serial(agent, collector_host)
         finally:
             agent.stop(timeout=2.0)
