@@ -60,6 +60,17 @@ def general_name(host: str) -> x509.GeneralName:
     return x509.DNSName(name.lower())
 
 
+def certificate_hosts(cert: x509.Certificate) -> tuple[str, ...]:
+    """The DNS names and then the addresses of ``cert``'s subject alternative names (none: empty)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(str(v) for v in san.get_values_for_type(x509.DNSName)) + tuple(
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    )
+
+
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

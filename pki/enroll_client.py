@@ -181,13 +181,7 @@ def _what(cert: x509.Certificate) -> tuple[ca_lib.Role, tuple[str, ...]]:
         role: ca_lib.Role = "server" if ExtendedKeyUsageOID.SERVER_AUTH in usages else "client"
     except x509.ExtensionNotFound:
         role = "client"
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = tuple(str(v) for v in san.get_values_for_type(x509.DNSName))
-        hosts += tuple(str(v) for v in san.get_values_for_type(x509.IPAddress))
-    except x509.ExtensionNotFound:
-        hosts = ()
-    return role, hosts
+    return role, ca_lib.certificate_hosts(cert)
 
 
 def install_pair(cert_path: Path, key_path: Path, answer: Answer) -> None:

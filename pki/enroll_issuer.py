@@ -72,12 +72,7 @@ def ensure_service_certificate(ca_dir: Path, authority: ca_lib.Issued, host: str
     wanted = str(ca_lib.general_name(host).value)
     if cert_path.exists() and key_path.exists():
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            names = {str(v) for v in san.get_values_for_type(x509.DNSName)}
-            names |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
-        except x509.ExtensionNotFound:
-            names = set()
+        names = set(ca_lib.certificate_hosts(cert))
         start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
         fresh = ca_lib.utcnow() < start + (end - start) / 2
         if names == {wanted} and fresh and cert.issuer == authority.cert.subject:
@@ -111,12 +106,7 @@ def read_presented(der: bytes) -> Presented:
         role = "client"
     else:
         raise Refused(403, "presented certificate has neither our agent nor our collector purpose")
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = tuple(str(v) for v in san.get_values_for_type(x509.DNSName))
-        hosts += tuple(str(v) for v in san.get_values_for_type(x509.IPAddress))
-    except x509.ExtensionNotFound:
-        hosts = ()
+    hosts = ca_lib.certificate_hosts(cert)
     if len(names) != 1 or ca_lib.NAME_PATTERN.match(str(names[0].value)) is None:
         raise Refused(403, "presented certificate has no name of ours")
     return Presented(str(names[0].value), role, hosts, cert.serial_number, cert)

@@ -169,12 +169,7 @@ def _ensure_leaf(
     if cert_path.exists() and key_path.exists() and not plan.force:
         if role == "server":
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            try:
-                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                existing = {str(v) for v in san.get_values_for_type(x509.DNSName)}
-                existing |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
-            except x509.ExtensionNotFound:
-                existing = set()
+            existing = set(ca_lib.certificate_hosts(cert))
             wanted = {str(ca_lib.general_name(h).value) for h in hosts}
             if existing != wanted:
                 notes.append(f"{cert_path}: kept; its hosts differ from the ones given (use --force to re-issue)")

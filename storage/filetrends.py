@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from storage.models import Sample
-from storage.rotating import FILE_MODE, make_dirs
+from storage.rotating import FILE_MODE, make_dirs, whole_lines
 from storage.trends import (
     FIVE_MINUTES,
     HOURLY,
@@ -421,7 +421,7 @@ class FileTrends:
             table = pq.read_table(parquet, filters=filters)
             parts.append(decode(table.to_pandas()) if table.num_rows else empty())
         path = directory / f"{stem}.json"
-        data = _whole_lines(path)
+        data = whole_lines(path)
         if data:
             if agent is not None:
                 from storage.lineindex import lines_of
@@ -470,15 +470,6 @@ def _for_parquet(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out["agent"] = out["agent"].astype(str)
     return out
-
-
-def _whole_lines(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return b""
-    return data[: data.rfind(b"\n") + 1]
 
 
 def write_lines(path: Path, lines: Sequence[bytes], *, fsync: bool) -> None:
