@@ -568,7 +568,7 @@ class MySQLStore:
         if math.isnan(start) or math.isnan(end):
             return decode(pd.DataFrame())
         if step is not None:
-            sql = mysqltrends.steps_statement(level, int(step), agent)
+            sql = mysqltrends.packed_steps_statement(level, int(step), agent)
             params: tuple[Any, ...] = (_bound(start), _bound(end))
         else:
             sql = mysqltrends.select_statement(level, agent)
@@ -577,7 +577,7 @@ class MySQLStore:
             params += (agent,)
         rows = self._run(f"query {mysqltrends.table(level)}", lambda conn: self._fetch(conn, sql, params),
                          on_missing_table=lambda: ())
-        frame = pd.DataFrame(list(rows), columns=mysqltrends.names())
+        frame = mysqltrends.unpack(rows) if step is not None else pd.DataFrame(list(rows), columns=mysqltrends.names())
         return decode(frame).sort_values(["bucket", "agent"], kind="stable").reset_index(drop=True)
 
     def sample_span(self) -> tuple[float, float] | None:

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from storage import Batch, Sample
+from storage import Batch, Sample, mysqltrends
 from storage.config import StorageConfig
 from storage.mysql import MySQLStore
-from storage.trends import FIVE_MINUTES, HOURLY, merge, rollup
+from storage.trends import FIVE_MINUTES, HOURLY, decode, merge, metrics, rollup, stat_columns
 from tests.plugins.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.mysql
@@ -149,3 +151,70 @@ def test_latest_statuses_are_the_newest_and_the_newest_up_of_each_agent(store: M
     pd.testing.assert_frame_equal(latest, want)
     assert len(store.latest_statuses(0, T0 + 86400, "srv-01")) == 2
     assert store.latest_statuses(T0 + 86400, T0 + 2 * 86400).empty
+
+
+# -- the packed fetch of merged rollups against the driver's own decoding -----------------------------------
+
+_AGENTS = st.sampled_from(["srv-00", "a,b", "ünï\tcode", "x" * 64])
+_FLOAT32 = st.one_of(st.none(), st.floats(width=32, allow_nan=False, allow_infinity=False))
+_DOUBLE = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300),
+                    st.integers(-(2**53), 2**53).map(float))
+
+
+@st.composite
+def _stored_rollups(draw: st.DrawFn) -> list[dict[str, object]]:
+    """Hourly rows as any writer could store them: any value the columns hold, NULL anywhere it may be."""
+    rows: dict[tuple[str, int], dict[str, object]] = {}
+    for _ in range(draw(st.integers(1, 12))):
+        agent, hour = draw(_AGENTS), draw(st.integers(0, 13))
+        count = draw(st.integers(1, 16_000_000))
+        row: dict[str, object] = {"agent": agent, "bucket": int(T0) + hour * 3600, "count": count,
+                                  "threat_max": draw(st.integers(0, 3))}
+        for metric in metrics():
+            values = _DOUBLE if metric.integer else _FLOAT32
+            mean, low, high, n = stat_columns(metric)
+            row.update({mean: draw(values), low: draw(values), high: draw(values),
+                        n: draw(st.one_of(st.none(), st.integers(0, count)))})
+        rows[(agent, hour)] = row
+    return list(rows.values())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_stored_rollups(), step_hours=st.sampled_from([1, 2, 6, 24]), one_agent=st.booleans())
+def test_packed_merged_rollups_equal_the_drivers_decoding_of_each_column(
+    store: MySQLStore, mariadb: MariaDBServer, rows: list[dict[str, object]], step_hours: int, one_agent: bool
+) -> None:
+    """``query_trends(..., step)`` reads merged rows packed into one text each and parses them with pyarrow
+    (storage.mysqltrends.unpack): the same numbers, bit for bit, as PyMySQL decoding each column of the plain
+    statement, for whatever the trend tables may hold (or more precise, where the text protocol writes a
+    FLOAT result in six digits)."""
+    store.init_schema()
+    names = mysqltrends.names()
+    agent = str(rows[0]["agent"]) if one_agent else None
+    params: tuple[object, ...] = (T0, T0 + 14 * 3600) + ((agent,) if agent is not None else ())
+    with mariadb.root_connection(database=mariadb.database) as conn, conn.cursor() as cursor:
+        cursor.execute("DELETE FROM `trends_1h`")
+        columns, marks = ", ".join(f"`{c}`" for c in names), ", ".join(["%s"] * len(names))
+        insert = f"INSERT INTO `trends_1h` ({columns}) VALUES ({marks})"  # noqa: S608 - the catalog's names
+        cursor.executemany(insert, [[row[c] for c in names] for row in rows])
+        conn.commit()
+        cursor.execute(mysqltrends.steps_statement(HOURLY, step_hours * 3600, agent), params)
+        plain = pd.DataFrame(list(cursor.fetchall()), columns=names)
+        cursor.execute(mysqltrends.packed_steps_statement(HOURLY, step_hours * 3600, agent), params)
+        packed = mysqltrends.unpack(cursor.fetchall())
+    want = decode(plain).sort_values(["agent", "bucket"]).reset_index(drop=True)
+    got = decode(packed).sort_values(["agent", "bucket"]).reset_index(drop=True)
+    assert len(got) == len(want) > 0
+    assert got["agent"].tolist() == want["agent"].tolist()
+    for column in names[1:]:
+        packed_values, plain_values = got[column].to_numpy(np.float64), want[column].to_numpy(np.float64)
+        same = (packed_values == plain_values) | (np.isnan(packed_values) & np.isnan(plain_values))
+        # where the server types a result FLOAT, its text protocol writes six significant digits
+        # (3.40282e+38) while CONCAT writes the stored value whole (3.4028234663852886e38): the packed
+        # value is then the more precise one, and equal to the plain one at six digits
+        six = np.asarray([float(f"{value:.6g}") for value in packed_values])
+        assert (same | (six == plain_values)).all(), (column, packed_values.tolist(), plain_values.tolist())
+    # and what viz asks for: the same frame through the store
+    through = store.query_trends(HOURLY, T0, T0 + 14 * 3600, agent, step_hours * 3600)
+    pd.testing.assert_frame_equal(through.sort_values(["agent", "bucket"]).reset_index(drop=True), got,
+                                  check_dtype=False)
