@@ -43,6 +43,7 @@ from storage.trends import (
     decode,
     empty,
     finish,
+    merge,
     metrics,
     rollup,
     rollup_rows,
@@ -385,6 +386,12 @@ class FileTrends:
     # -- reading -------------------------------------------------------------------------------------
 
     def query(self, level: Level, start: float, end: float, agent: str | None = None) -> pd.DataFrame:
+        if level not in LEVELS:  # 6 hours: the hourly segments merged (storage.trends.SIX_HOURS)
+            first = float(np.floor(start / level.width) * level.width)
+            last = float(np.floor(end / level.width) * level.width) + level.width - HOURLY.width
+            hourly = self.query(HOURLY, first, last, agent)  # every hour of each bucket the range overlaps
+            hourly = hourly.loc[hourly["bucket"].to_numpy(dtype=np.float64) >= first]
+            return finish(merge(hourly, level.width), level.width, start, end, agent)
         directory = self.level_dir(level)
         parts = [self._read_segment(directory, stem, agent) for stem in self.segments(level, start - level.width, end)]
         parts = [p for p in parts if not p.empty]

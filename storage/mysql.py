@@ -42,11 +42,11 @@ from storage.models import AuditEntry, AuditTail, Sample
 from storage.mysql_conn import connect_kwargs, probe_unix_socket, translate
 from storage.retention import Cutoffs
 from storage.sqlvalues import SqlKind, insert_statements
-from storage.trends import LEVELS, Level, decode, touched
+from storage.trends import HOURLY, LEVELS, Level, decode, touched
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _LOST = {2006, 2013, 2055}  # server gone away, lost connection during query, lost connection at handshake
 _NO_TABLE = 1146
 _T = TypeVar("_T")
@@ -121,7 +121,7 @@ _PROGRESS_TABLE = (
     "CREATE TABLE IF NOT EXISTS `trends_progress` (`name` VARCHAR(32) NOT NULL PRIMARY KEY, "
     "`built_until` DOUBLE NOT NULL) ENGINE=InnoDB"
 )
-_PURGEABLE = frozenset({"metrics", "alerts", "agent_status", "trends_5m", "trends_1h"})
+_PURGEABLE = frozenset({"metrics", "alerts", "agent_status", "trends_5m", "trends_1h", "trends_6h"})
 _sample_values = operator.attrgetter(*frames.SAMPLES.columns)
 _alert_values = operator.attrgetter(*frames.ALERTS.columns)
 _status_values = operator.attrgetter(*frames.STATUSES.columns)
@@ -157,7 +157,7 @@ def schema_statements() -> list[str]:
         if line.lstrip().startswith(_METRIC_COLUMNS_MARK):
             lines.extend(f"    {column_definition(metric)}," for metric in METRICS)
         elif line.lstrip().startswith(_TREND_TABLES_MARK):
-            lines.extend(f"{mysqltrends.create_statement(level)};" for level in LEVELS)
+            lines.extend(f"{mysqltrends.create_statement(level)};" for level in mysqltrends.TABLE_LEVELS)
         elif not line.lstrip().startswith("--"):
             lines.append(line)
     body = "\n".join(lines)
@@ -255,11 +255,55 @@ class MySQLStore:
                 f"mysql {self.where}: database schema version {version} is newer than this program's "
                 f"({SCHEMA_VERSION})"
             )
+        if version == 3:  # before the schema says 4, so that a start interrupted after it still fills them
+            self._mark_six_hours(conn)
         if version is None or version < SCHEMA_VERSION:
             self._apply_schema(conn)  # every statement is idempotent: an older schema is brought up to date
         if version is not None:
             self._nullable_ssh_failures(conn)
             self._add_metric_columns(conn)
+            self._fill_six_hours(conn)
+
+    @staticmethod
+    def _mark_six_hours(conn: pymysql.connections.Connection[Any]) -> None:
+        """A database made before ``trends_6h``: the hourly rollups it holds are to be merged into it, from
+        the oldest on (a row ``six_hours`` in ``trends_progress``, advanced a month at a time)."""
+        with conn.cursor() as cursor:
+            cursor.execute(_PROGRESS_TABLE)
+            cursor.execute("INSERT IGNORE INTO `trends_progress` (`name`, `built_until`) "
+                           "SELECT 'six_hours', COALESCE(MIN(`bucket`), 0) FROM `trends_1h`")
+        conn.commit()
+
+    def _fill_six_hours(self, conn: pymysql.connections.Connection[Any]) -> None:
+        """Merge the hourly rollups of a database upgraded to ``trends_6h`` into it, a month per transaction
+        (a second or two per month of a hundred agents), resuming where an interrupted start stopped."""
+        with conn.cursor() as cursor:
+            try:
+                cursor.execute("SELECT `built_until` FROM `trends_progress` WHERE `name` = 'six_hours'")
+            except pymysql.err.ProgrammingError as exc:
+                if exc.args[:1] == (_NO_TABLE,):
+                    return
+                raise
+            row = cursor.fetchone()
+            if row is None:
+                return
+            cursor.execute("SELECT MAX(`bucket`) FROM `trends_1h`")
+            newest = cursor.fetchone()
+        low = float(row[0])
+        last = float(newest[0]) + HOURLY.width if newest and newest[0] is not None else low
+        started = time.monotonic()
+        while low < last:
+            high = min(low + 30 * 86_400.0, last)
+            with conn.cursor() as cursor:
+                for sql, params in mysqltrends.six_hours_statements(low, high):
+                    cursor.execute(sql, params)
+                cursor.execute("UPDATE `trends_progress` SET `built_until` = %s WHERE `name` = 'six_hours'", (high,))
+            conn.commit()
+            low = high
+        with conn.cursor() as cursor:
+            cursor.execute("DELETE FROM `trends_progress` WHERE `name` = 'six_hours'")
+        conn.commit()
+        log.info("6-hour trends merged from the hourly ones in %s (%.1f s)", self.where, time.monotonic() - started)
 
     def _add_metric_columns(self, conn: pymysql.connections.Connection[Any]) -> None:
         """A table made before a metric was declared gets its column (older rows: NULL, or its default)."""
@@ -273,7 +317,7 @@ class MySQLStore:
                 if metric.name not in present:
                     cursor.execute(f"ALTER TABLE `metrics` ADD COLUMN {column_definition(metric)}")
                     log.info("metrics.%s added to %s (a newly declared metric)", metric.name, self.where)
-            for level in LEVELS:
+            for level in mysqltrends.TABLE_LEVELS:
                 name = mysqltrends.table(level)
                 cursor.execute(
                     "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
@@ -626,7 +670,7 @@ class MySQLStore:
             raise StorageConfigError(f"mysql {self.where}: opened read-only")
         plan = (("metrics", "samples", cutoffs.history), ("agent_status", "agent states", cutoffs.history),
                 ("alerts", "alerts", cutoffs.history), ("trends_5m", "5-minute trends", cutoffs.five_minutes),
-                ("trends_1h", "hourly trends", cutoffs.hourly))
+                ("trends_1h", "hourly trends", cutoffs.hourly), ("trends_6h", "6-hour trends", cutoffs.hourly))
         removed: dict[str, int] = {}
         for table, kind, before in plan:
             removed[kind] = 0

@@ -1,10 +1,11 @@
 """The trend rollups of the MySQL backend (:mod:`storage.trends`), as SQL the server runs.
 
-Tables ``trends_5m`` and ``trends_1h``: primary key (agent, bucket), one column per rollup statistic
-(:func:`storage.trends.columns`), stored sparse. The server computes every rollup from its source rows
-(``metrics`` for 5 minutes, ``trends_5m`` for the hour) with ``INSERT ... SELECT ... GROUP BY ... ON
-DUPLICATE KEY UPDATE``: recomputing a bucket whole is what makes a replay, a restart or two shards
-harmless, and the collector only sends two statements per sweep whatever the fleet's size.
+Tables ``trends_5m``, ``trends_1h`` and ``trends_6h``: primary key (agent, bucket), one column per rollup
+statistic (:func:`storage.trends.columns`), stored sparse. The server computes every rollup from its source
+rows (``metrics`` for 5 minutes, ``trends_5m`` for the hour, ``trends_1h`` for 6 hours) with ``INSERT ...
+SELECT ... GROUP BY ... ON DUPLICATE KEY UPDATE``: recomputing a bucket whole is what makes a replay, a
+restart or two shards harmless, and the collector only sends three statements per sweep whatever the
+fleet's size.
 
 Statistics are ``FLOAT`` (7 significant digits, far finer than a plot) except for the integer metrics'
 (``DOUBLE``: counts up to 2^31 stay exact); a minimum or maximum within that precision of the mean is
@@ -22,11 +23,15 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from storage.catalog import Metric
-from storage.trends import FIVE_MINUTES, HOURLY, Level, metrics, stat_columns
+from storage.trends import ALL_LEVELS, FIVE_MINUTES, HOURLY, SIX_HOURS, Level, metrics, stat_columns
 
 _REL = {False: "1e-6", True: "1e-12"}
 PACKED_SEP = ","
 """Between the numbers of a packed row (:func:`packed_steps_statement`); no number the server writes holds it."""
+
+
+TABLE_LEVELS: tuple[Level, ...] = ALL_LEVELS
+"""Each has its table."""
 
 
 def table(level: Level) -> str:
@@ -150,7 +155,7 @@ def _where(spans: Mapping[str, tuple[float, float]], column: str) -> tuple[str, 
 
 
 def refresh_statements(spans: Mapping[str, tuple[float, float]]) -> list[tuple[str, list[Any]]]:
-    """The statements that recompute every bucket of both levels that ``spans`` (agent -> [start, end) of
+    """The statements that recompute every bucket of every level that ``spans`` (agent -> [start, end) of
     new samples) reach."""
     if not spans:
         return []
@@ -161,11 +166,15 @@ def refresh_statements(spans: Mapping[str, tuple[float, float]]) -> list[tuple[s
     hourly = {agent: _widen(span, HOURLY) for agent, span in spans.items()}
     where, params = _where(hourly, "bucket")
     statements.append((_upsert(HOURLY, _from_rollups(HOURLY, FIVE_MINUTES).format(where=where)), params))
+    six = {agent: _widen(span, SIX_HOURS) for agent, span in spans.items()}
+    where, params = _where(six, "bucket")
+    statements.append((_upsert(SIX_HOURS, _from_rollups(SIX_HOURS, HOURLY).format(where=where)), params))
     return statements
 
 
 def range_statements(start: float, end: float, agents: Sequence[str] | None = None) -> list[tuple[str, list[Any]]]:
-    """Rebuild both levels over ``[start, end)`` (whole hours), for the back-fill command."""
+    """Rebuild every level over ``[start, end)`` (whole hours; the 6-hour buckets they touch whole), for the
+    back-fill command."""
     low, high = _widen((start, end), HOURLY)
     agent_clause, agent_params = "", []
     if agents:
@@ -176,7 +185,20 @@ def range_statements(start: float, end: float, agents: Sequence[str] | None = No
     return [
         (_upsert(FIVE_MINUTES, five), [low, high, *agent_params]),
         (_upsert(HOURLY, hour), [low, high, *agent_params]),
+        *six_hours_statements(low, high, agents),
     ]
+
+
+def six_hours_statements(start: float, end: float, agents: Sequence[str] | None = None) -> list[tuple[str, list[Any]]]:
+    """Recompute the 6-hour rollups over ``[start, end)`` (widened to whole 6-hour buckets) from the hourly
+    ones: after a back-fill, and once when a database made before the level gets it."""
+    low, high = _widen((start, end), SIX_HOURS)
+    agent_clause, agent_params = "", []
+    if agents:
+        agent_clause = " AND `agent` IN (" + ", ".join(["%s"] * len(agents)) + ")"
+        agent_params = list(agents)
+    six = _from_rollups(SIX_HOURS, HOURLY).format(where="`bucket` >= %s AND `bucket` < %s" + agent_clause)
+    return [(_upsert(SIX_HOURS, six), [low, high, *agent_params])]
 
 
 def _widen(span: tuple[float, float], level: Level) -> tuple[float, float]:

@@ -1,4 +1,4 @@
--- secure-monitor storage schema, version 3 (MariaDB 10.5+ / MySQL 8).
+-- secure-monitor storage schema, version 4 (MariaDB 10.5+ / MySQL 8).
 -- Applied by `python -m storage init-db --config COLLECTOR_CONFIG`, or on the collector's first write.
 -- Every statement is idempotent; statements are separated by a semicolon at the end of a line.
 -- Timestamps are Unix seconds (UTC) as DOUBLE, exactly the float the collector stored, so that a
@@ -81,3 +81,5 @@ CREATE TABLE IF NOT EXISTS `audit_records` (
 INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (1, UNIX_TIMESTAMP());
 INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (2, UNIX_TIMESTAMP());
 INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (3, UNIX_TIMESTAMP());
+-- 4: trends_6h (6-hour rollups, merged from trends_1h)
+INSERT IGNORE INTO `schema_version` (`version`, `applied_at`) VALUES (4, UNIX_TIMESTAMP());

@@ -1,8 +1,9 @@
 """Trend rollups: per agent and time bucket, the count, mean, min, max and count of values of every metric.
 
-Two levels, as Zabbix keeps history and trends and RRDtool keeps consolidated archives: 5 minutes and
-1 hour. A bucket starts at a multiple of its width (Unix seconds, UTC); the hourly level is the 5-minute
-level merged, which gives the same numbers as rolling the samples up by the hour.
+Two levels rolled up as samples are stored, as Zabbix keeps history and trends and RRDtool keeps
+consolidated archives: 5 minutes and 1 hour; and a third, 6 hours, merged from the hourly one
+(:data:`SIX_HOURS`). A bucket starts at a multiple of its width (Unix seconds, UTC); a level is the finer
+one merged, which gives the same numbers as rolling the samples up by its width.
 
 Per metric ``m`` a rollup holds ``m`` (the mean of the bucket's values; null when it has none),
 ``m_min``, ``m_max`` and ``m_n`` (how many of the bucket's samples had a value), and per bucket
@@ -39,7 +40,15 @@ class Level(NamedTuple):
 FIVE_MINUTES = Level("5m", 300)
 HOURLY = Level("1h", 3600)
 LEVELS: tuple[Level, ...] = (FIVE_MINUTES, HOURLY)
-"""Finest first; each level's width divides the next one's."""
+"""The levels every backend rolls up as samples are stored. Finest first; each level's width divides the
+next one's."""
+SIX_HOURS = Level("6h", 21_600)
+"""Hourly rollups merged by six, for windows of 100 days and more (a year is drawn in 24-hour bins): MySQL
+keeps them in a table of their own (its ``GROUP BY`` over a year of hourly rows took 7 s); the file and
+memory stores merge their hourly rollups when asked. Buckets start at 00, 06, 12 and 18 h UTC, so each
+lies within one day and one month."""
+ALL_LEVELS: tuple[Level, ...] = (*LEVELS, SIX_HOURS)
+"""Every level a store answers ``query_trends`` for, finest first."""
 
 
 def metrics() -> list[Metric]:

@@ -1,13 +1,15 @@
 """Which stored resolution a window is drawn from: raw samples, or the coarsest trend level that still
 gives every line its full resolution (:data:`viz.series.MAX_BINS` points), as Grafana asks Prometheus for
-a step and Zabbix draws long ranges from trends.
+a step and Zabbix draws long ranges from trends; where that level holds nothing of the window, the next
+finer one, and raw samples last.
 
 A window of ``span`` seconds is drawn in bins of ``span / MAX_BINS``; a trend level whose buckets are no
 wider than that loses nothing a plot can show. A day (216 s bins) is drawn from raw samples, a week from
-5-minute trends, a month or a year from hourly ones. The trend path reads the rollups up to the newest
-one stored and the raw samples after it (the bucket still open), rolled up the same way, so the right
-edge of a plot is as fresh as on the raw path. A window with no trend stored at all (data from before
-trends existed, not yet built with ``python -m storage trends``) is drawn from raw samples.
+5-minute trends, a month from hourly ones, a year (in 24-hour bins) from 6-hour ones. The trend path reads
+the rollups up to the newest one stored and the raw samples after it (the bucket still open), rolled up
+the same way, so the right edge of a plot is as fresh as on the raw path. A window with no trend stored at
+all (data from before trends existed, not yet built with ``python -m storage trends``) is drawn from raw
+samples.
 
 The drawable frame of a trend path has one row per (agent, bucket): ``timestamp`` is the bucket's middle,
 each metric column its mean, and ``<metric>_min``, ``<metric>_max``, ``<metric>_n`` its extremes and value
@@ -24,7 +26,7 @@ import pandas as pd
 
 from storage.base import Store
 from storage.catalog import METRICS
-from storage.trends import LEVELS, THREAT_LEVELS, Level, empty, merge, rollup
+from storage.trends import ALL_LEVELS, HOURLY, THREAT_LEVELS, Level, empty, merge, rollup
 from viz.series import MAX_BINS, Window, bin_width
 
 log = logging.getLogger(__name__)
@@ -54,12 +56,14 @@ def describe(level: Level) -> str:
 
 def choose(window: Window) -> Level | None:
     """The coarsest level whose buckets fit in one bin of ``window``; None: raw samples."""
+    fitting = candidates(window)
+    return fitting[0] if fitting else None
+
+
+def candidates(window: Window) -> list[Level]:
+    """The levels whose buckets fit in one bin of ``window``, coarsest first."""
     width = window.span / MAX_BINS
-    chosen = None
-    for level in LEVELS:
-        if level.width <= width:
-            chosen = level
-    return chosen
+    return [level for level in reversed(ALL_LEVELS) if level.width <= width]
 
 
 def step_for(window: Window, level: Level) -> float:
@@ -70,12 +74,11 @@ def step_for(window: Window, level: Level) -> float:
 
 def load(store: Store, window: Window, agent: str | None) -> Drawable:
     """Read the window at its resolution (raw when no trend level fits or none is stored)."""
-    level = choose(window)
-    if level is not None:
+    for level in candidates(window):  # a finer level where a coarser one holds nothing of the window
         drawable = _from_trends(store, window, agent, level)
         if drawable is not None:
             return drawable
-        log.info("no %s stored for the window: drawing raw samples", describe(level))
+        log.info("no %s stored for the window", describe(level))
     samples = store.query_samples(window.start, window.end, agent)
     return Drawable(samples, None, samples)
 
@@ -84,7 +87,7 @@ def _from_trends(store: Store, window: Window, agent: str | None, level: Level) 
     """The window in bins of :func:`step_for`: whole bins merged by storage (a month of a hundred agents is
     a few ten thousand rows, a year as many), the bins cut by the window's edges from the level's buckets
     (the first one whole), and the bucket the window ends in and any after the newest stored rolled up from
-    raw samples. None when storage holds no rollup of the window at all."""
+    raw samples. None when the level holds nothing of the window."""
     width, start, end = level.width, window.start, window.end
     step = step_for(window, level)
     # the bucket the window starts in is drawn whole: cutting it from raw samples would read the whole raw
@@ -95,10 +98,13 @@ def _from_trends(store: Store, window: Window, agent: str | None, level: Level) 
     body = store.query_trends(level, body_start, tail_start, agent, step) if body_start < tail_start else empty()
     head_end = min(body_start, tail_start)
     head = _buckets(store.query_trends(level, first_bucket, head_end, agent), first_bucket, head_end)
-    cut = max(float(np.floor(end / width) * width), tail_start)  # the bucket the window ends in
-    last = _buckets(store.query_trends(level, tail_start, end, agent), tail_start, cut)
-    if body.empty and head.empty and last.empty:
-        return None
+    # the window's last bin: rollups of at most an hour up to the newest stored, raw samples after it (six
+    # hours of raw samples, the open 6-hour bucket, were most of a year's read)
+    edge = min(level, HOURLY, key=lambda candidate: candidate.width)
+    cut = max(float(np.floor(end / edge.width) * edge.width), tail_start)  # the bucket the window ends in
+    last = _buckets(store.query_trends(edge, tail_start, end, agent), tail_start, cut)
+    if body.empty and head.empty and (last.empty or edge != level):
+        return None  # the level holds nothing of the window (a finer one may)
     # from raw samples: the newest stored bucket (it may have been written while still open), any after it,
     # and the bucket the window ends in
     newest = min(float(last["bucket"].max()), cut) if not last.empty else tail_start
@@ -106,7 +112,7 @@ def _from_trends(store: Store, window: Window, agent: str | None, level: Level) 
     tail = store.query_samples(newest, end, agent)
     parts = [head, last]
     if not tail.empty:
-        parts.append(rollup(tail, width))
+        parts.append(rollup(tail, edge.width))
     edges = pd.concat([p for p in parts if not p.empty] or [empty()], ignore_index=True)
     edges = edges.loc[~edges.duplicated(subset=["agent", "bucket"], keep="last")]
     rollups = pd.concat([p for p in (body, merge(edges, int(step))) if not p.empty] or [empty()], ignore_index=True)

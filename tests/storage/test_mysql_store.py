@@ -178,7 +178,7 @@ def run_init_db(tmp_path: Path, storage: dict[str, Any]) -> subprocess.Completed
 def test_init_db_creates_the_schema(tmp_path: Path, server: MariaDBServer) -> None:
     done = run_init_db(tmp_path, server.storage_section())
     assert done.returncode == 0, done.stderr
-    assert "schema version 3 ready" in done.stdout
+    assert "schema version 4 ready" in done.stdout
     assert count(server, "metrics") == 0
     again = run_init_db(tmp_path, server.storage_section())  # idempotent
     assert again.returncode == 0, again.stderr

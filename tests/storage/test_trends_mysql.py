@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from storage import Batch, Sample, mysqltrends
 from storage.config import StorageConfig
 from storage.mysql import MySQLStore
-from storage.trends import FIVE_MINUTES, HOURLY, decode, merge, metrics, rollup, stat_columns
+from storage.trends import FIVE_MINUTES, HOURLY, SIX_HOURS, decode, merge, metrics, rollup, stat_columns
 from tests.plugins.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.mysql
@@ -82,6 +82,7 @@ def test_server_rollups_equal_the_reference_in_sweeps_replays_and_late_samples(s
     assert_rollups_equal(store.query_trends(FIVE_MINUTES, 0, T0 + 10 * 3600), want5)
     assert_rollups_equal(store.query_trends(HOURLY, 0, T0 + 10 * 3600), rollup(raw, 3600))
     assert_rollups_equal(merge(want5, 3600), rollup(raw, 3600))
+    assert_rollups_equal(store.query_trends(SIX_HOURS, 0, T0 + 10 * 3600), rollup(raw, SIX_HOURS.width))
 
 
 def test_back_fill_builds_trends_of_rows_loaded_by_another_tool(store: MySQLStore, mariadb: MariaDBServer) -> None:
@@ -97,6 +98,41 @@ def test_back_fill_builds_trends_of_rows_loaded_by_another_tool(store: MySQLStor
     raw = store.query_samples(0, T0 + 86400)
     assert_rollups_equal(store.query_trends(HOURLY, 0, T0 + 86400), rollup(raw, 3600))
     assert_rollups_equal(store.query_trends(FIVE_MINUTES, 0, T0 + 86400), rollup(raw, 300))
+    assert_rollups_equal(store.query_trends(SIX_HOURS, 0, T0 + 86400), rollup(raw, SIX_HOURS.width))
+
+
+def test_a_database_made_before_six_hour_trends_gets_them_from_its_hourly_ones(
+    store: MySQLStore, mariadb: MariaDBServer
+) -> None:
+    """Schema 3 had no trends_6h: the upgrade's first start merges the hourly rollups into it, resuming
+    where an interrupted start stopped (its progress row), and leaves no progress row behind."""
+    samples = make_samples(2, 40, 600.0, seed=4)  # 40 hours: seven 6-hour buckets per agent
+    store.write(Batch(samples=samples))
+    raw = store.query_samples(0, T0 + 5 * 86400)
+    with mariadb.root_connection(database=mariadb.database) as conn, conn.cursor() as cursor:
+        cursor.execute("DROP TABLE `trends_6h`")
+        cursor.execute("DELETE FROM `schema_version` WHERE `version` > 3")
+        conn.commit()
+    store.close()
+    upgraded = MySQLStore(StorageConfig.model_validate(mariadb.storage_section()))
+    try:
+        upgraded.init_schema()
+        assert_rollups_equal(upgraded.query_trends(SIX_HOURS, 0, T0 + 5 * 86400), rollup(raw, SIX_HOURS.width))
+        # a start interrupted after the schema said 4: the progress row makes the next one finish the work
+        with mariadb.root_connection(database=mariadb.database) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM `trends_progress` WHERE `name` = 'six_hours'")
+            assert cursor.fetchone() == (0,)
+            cursor.execute("DELETE FROM `trends_6h` WHERE `bucket` >= %s", (T0 + 12 * 3600,))
+            cursor.execute("INSERT INTO `trends_progress` VALUES ('six_hours', %s)", (T0 + 12 * 3600,))
+            conn.commit()
+    finally:
+        upgraded.close()
+    resumed = MySQLStore(StorageConfig.model_validate(mariadb.storage_section()))
+    try:
+        resumed.init_schema()
+        assert_rollups_equal(resumed.query_trends(SIX_HOURS, 0, T0 + 5 * 86400), rollup(raw, SIX_HOURS.width))
+    finally:
+        resumed.close()
 
 
 def test_purge_removes_only_what_is_older_in_small_batches(store: MySQLStore) -> None:
@@ -112,6 +148,7 @@ def test_purge_removes_only_what_is_older_in_small_batches(store: MySQLStore) ->
     assert store.query_samples(0, cutoff - 1e-6).empty
     assert len(store.query_samples(cutoff, T0 + 86400)) == 120
     assert store.purge("trends_5m", cutoff, 1000) == 24
+    assert store.purge("trends_6h", T0 + 6 * 3600, 1000) == 2  # a 6-hour bucket goes once it is all older
     with pytest.raises(ValueError, match="purgeable"):
         store.purge("audit_records", cutoff, 10)
 

@@ -15,7 +15,7 @@ from storage import Batch
 from storage.catalog import METRICS
 from storage.file import FileStore
 from storage.memory import MemoryStore
-from storage.trends import FIVE_MINUTES, HOURLY, empty
+from storage.trends import FIVE_MINUTES, HOURLY, SIX_HOURS, Level, empty
 from tests.storage.test_trends_mysql import T0, make_samples
 from viz import resolution
 from viz.cli import main
@@ -50,7 +50,8 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> FileStore:
 
 
 @pytest.mark.parametrize(("hours", "want"), [(1, None), (24, None), (33.4, FIVE_MINUTES), (168, FIVE_MINUTES),
-                                             (400, HOURLY), (720, HOURLY), (8760, HOURLY)])
+                                             (400, HOURLY), (720, HOURLY), (2399, HOURLY), (2400, SIX_HOURS),
+                                             (8760, SIX_HOURS)])
 def test_the_coarsest_level_that_keeps_full_resolution(hours: float, want: object) -> None:
     window = Window(END - hours * 3600, END)
     assert resolution.choose(window) == want
@@ -61,13 +62,41 @@ def test_the_coarsest_level_that_keeps_full_resolution(hours: float, want: objec
 @pytest.mark.parametrize(("hours", "agent"), [(48, None), (48, "srv-03"), (70, None)])
 def test_trends_draw_the_numbers_the_raw_path_draws(stored: FileStore, hours: float, agent: str | None) -> None:
     window = Window(END - hours * 3600, END - 1800)  # ends inside an hour: the open bucket comes from raw
-    drawn = resolution.load(stored, window, agent)
-    raw = resolution.load(RawOnly(stored), window, agent)
-    assert drawn.level == FIVE_MINUTES and raw.level is None
+    assert_drawn_as_raw(stored, window, agent, FIVE_MINUTES)
+
+
+@pytest.fixture(scope="module")
+def months(tmp_path_factory: pytest.TempPathFactory) -> FileStore:
+    """Three agents over 101 days at 30 minutes, stored a day per write as a collector would."""
+    path = tmp_path_factory.mktemp("months") / "metrics_data.json"
+    store = FileStore(path, fsync=False)
+    samples = sorted(make_samples(3, 24 * 101, 1800.0, seed=5), key=lambda s: s.timestamp)
+    for first in range(0, len(samples), 3 * 48):
+        store.write(Batch(samples=samples[first : first + 3 * 48]))
+    store.close()
+    return FileStore(path, readonly=True)
+
+
+@pytest.mark.parametrize("agent", [None, "srv-01"])
+def test_a_window_of_months_is_drawn_from_six_hour_trends_as_the_raw_path_draws(
+    months: FileStore, agent: str | None
+) -> None:
+    """Over 100 days: 6-hour rollups (the file backend merges its hourly segments), the window's last bin from
+    hourly rollups and raw samples after them; bins of whole days, equal to the raw path's."""
+    end = T0 + 101 * 86_400.0 - 5400  # inside an hour of the last day: its bin comes from hourly and raw
+    window = Window(end - 2424 * 3600, end)
+    assert_drawn_as_raw(months, window, agent, SIX_HOURS)
+
+
+def assert_drawn_as_raw(store: Any, window: Window, agent: str | None, level: Level) -> None:
+    drawn = resolution.load(store, window, agent)
+    raw = resolution.load(RawOnly(store), window, agent)
+    assert drawn.level == level and raw.level is None
     assert len(drawn.frame) < len(raw.frame) / 4
-    rolled = prepare(drawn.frame, window, align=FIVE_MINUTES.width, rolled=True)
-    plain = prepare(raw.frame, window, align=FIVE_MINUTES.width)
-    assert rolled.width == plain.width
+    step = resolution.step_for(window, level)
+    rolled = prepare(drawn.frame, window, align=int(step), rolled=True)
+    plain = prepare(raw.frame, window, align=int(step))
+    assert rolled.width == plain.width == step
     for metric in METRICS:
         for how in ("mean", "max"):
             a = bin_column(rolled, metric.name, how)
