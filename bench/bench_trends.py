@@ -20,7 +20,8 @@ What it does, in this order (each step timed and printed):
    ``rotation.max_size``. Agent states for the last ``--status-days`` only (the raw path would read a whole
    window of them: leaving them out makes the raw figures below smaller than a real deployment's).
 4. **The back-fill command**, ``python -m storage trends --config COLLECTOR_CONFIG``, as a subprocess.
-5. **Storage size**: MySQL ``data_length + index_length`` of ``trends_5m`` + ``trends_1h`` against ``metrics``
+5. **Storage size**: MySQL ``data_length + index_length`` of ``trends_5m`` + ``trends_1h`` + ``trends_6h``
+   against ``metrics``
    after ``OPTIMIZE TABLE`` of all three; files: the ``.trends`` directory against the sample files.
 6. **viz**: ``secure-viz --plot all --hours 720`` (whole fleet, and ``--agent``) through ``viz.cli.main`` in
    this process after the imports (as ``bench_viz``), best of ``--repeat``; the raw path is the same call
@@ -28,7 +29,8 @@ What it does, in this order (each step timed and printed):
    back to raw samples, as before trends existed (``--raw-repeat`` runs, best).
 7. **A year**: hourly rollups for ``--year-days`` before the month are *generated as trends* (the raw
    history is a month: rolling a year of raw samples up here would take too long) and written with
-   ``LOAD DATA`` into ``trends_1h`` / ``FileTrends.write_compacted``; then ``--hours 24*year-days``.
+   ``LOAD DATA`` into ``trends_1h`` (and merged into ``trends_6h`` by the store's own statements) /
+   ``FileTrends.write_compacted``; then ``--hours 24*year-days``.
 
 Goals (issue 17): fleet month <= 3 s, one agent's month <= 0.5 s, fleet year <= 5 s from each backend;
 rollups add <= 5 % to the collector's CPU per stored sample and <= 10 % to storage. A missed goal gets a
@@ -742,7 +744,7 @@ def backfill(config_path: Path) -> dict[str, Any]:
 
 
 def mysql_sizes(server: MariaDBServer) -> dict[str, Any]:
-    tables = ("metrics", "trends_5m", "trends_1h")
+    tables = ("metrics", "trends_5m", "trends_1h", "trends_6h")
     started = time.perf_counter()
     with server.root_connection(database=server.database, read_timeout=3600) as conn, conn.cursor() as cursor:
         for table in tables:
@@ -752,12 +754,14 @@ def mysql_sizes(server: MariaDBServer) -> dict[str, Any]:
             cursor.fetchall()
         cursor.execute(
             "SELECT TABLE_NAME, DATA_LENGTH, INDEX_LENGTH, TABLE_ROWS FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ('metrics', 'trends_5m', 'trends_1h')", (server.database,))
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ('metrics', 'trends_5m', 'trends_1h', 'trends_6h')",
+            (server.database,))
         found = {name: (int(data), int(index), int(rows)) for name, data, index, rows in cursor.fetchall()}
     raw = sum(found["metrics"][:2])
-    rolled = sum(found["trends_5m"][:2]) + sum(found["trends_1h"][:2])
+    rolled = sum(found["trends_5m"][:2]) + sum(found["trends_1h"][:2]) + sum(found["trends_6h"][:2])
     return {"raw_mb": raw / 1e6, "trends_mb": rolled / 1e6, "share_percent": 100 * rolled / raw,
             "five_mb": sum(found["trends_5m"][:2]) / 1e6, "hour_mb": sum(found["trends_1h"][:2]) / 1e6,
+            "six_mb": sum(found["trends_6h"][:2]) / 1e6,
             "tables": {k: {"data_mb": round(v[0] / 1e6, 1), "index_mb": round(v[1] / 1e6, 1), "rows": v[2]}
                        for k, v in found.items()},
             "optimize_s": round(time.perf_counter() - started, 1)}
@@ -777,11 +781,12 @@ def file_sizes(json_file: Path) -> dict[str, Any]:
 
 def steady_share(sizes: dict[str, Any], days: float) -> float:
     """The rollups' share of storage once retention holds at its defaults: raw samples ``history_days`` (90),
-    5-minute trends at most 17 days (storage.retention), hourly trends ``trends_days`` (365); from the
-    sizes of ``days`` of each measured here."""
+    5-minute trends at most 17 days (storage.retention), hourly and 6-hour trends ``trends_days`` (365);
+    from the sizes of ``days`` of each measured here."""
     defaults = RetentionConfig()
     five_days = min(defaults.history_days, FIVE_MINUTE_DAYS)
-    rolled = sizes["five_mb"] * five_days / days + sizes["hour_mb"] * defaults.trends_days / days
+    kept_a_year = sizes["hour_mb"] + sizes.get("six_mb", 0.0)
+    rolled = sizes["five_mb"] * five_days / days + kept_a_year * defaults.trends_days / days
     return 100 * rolled / (sizes["raw_mb"] * defaults.history_days / days)
 
 
@@ -803,8 +808,18 @@ def year_mysql(server: MariaDBServer, fleet: Fleet, first: float, last: float, s
     with server.root_connection(database=server.database, local_infile=True, read_timeout=3600,
                                 write_timeout=3600) as conn, conn.cursor() as cursor:
         cursor.execute(f"LOAD DATA LOCAL INFILE '{tsv}' INTO TABLE `trends_1h` ({cols})")
+        conn.commit()
+        merged = time.perf_counter()
+        low = first
+        while low < last:  # the 6-hour level, as the store's own statements keep it, a month at a time
+            high = min(low + 30 * DAY, last)
+            for sql, params in storage.mysqltrends.six_hours_statements(low, high):
+                cursor.execute(sql, params)
+            conn.commit()
+            low = high
     tsv.unlink(missing_ok=True)
-    return {"rollups": len(frame), "seconds": time.perf_counter() - started}
+    return {"rollups": len(frame), "seconds": time.perf_counter() - started,
+            "six_hours_s": round(time.perf_counter() - merged, 1)}
 
 
 def year_files(json_file: Path, fleet: Fleet, first: float, last: float) -> dict[str, Any]:
