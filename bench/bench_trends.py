@@ -451,8 +451,11 @@ def breakdown(config: StorageConfig, hours: float, agent: str | None) -> dict[st
             started = time.perf_counter()
             rollups = store.query_trends(level, window.start, window.end, agent, resolution.step_for(window, level))
             out["query_trends_s"] = round(time.perf_counter() - started, 3)  # the bins, merged by storage
-            if not rollups.empty:
-                newest = float(rollups["bucket"].max())
+            # the raw samples after the newest rollup of at most an hour (resolution reads the last bin so)
+            edge = min(level, HOURLY, key=lambda candidate: candidate.width)
+            recent = store.query_trends(edge, window.end - 2 * edge.width, window.end, agent)
+            if not rollups.empty and not recent.empty:
+                newest = float(recent["bucket"].max())
                 started = time.perf_counter()
                 tail = store.query_samples(newest, window.end, agent)
                 out["tail_query_samples_s"] = round(time.perf_counter() - started, 3)
@@ -973,7 +976,7 @@ def result(args: argparse.Namespace, fleet: Fleet, outcome: dict[str, Any]) -> d
         size_rows.append({"backend": backend, "raw_mb": round(sizes["raw_mb"], 1),
                           "trends_mb": round(sizes["trends_mb"], 2), "share_percent": round(sizes["share_percent"], 2),
                           "detail": sizes.get("tables") or sizes.get("levels_mb")})
-        what = ("data_length + index_length after OPTIMIZE TABLE: trends_5m + trends_1h against metrics"
+        what = ("data_length + index_length after OPTIMIZE TABLE: trends_5m + trends_1h + trends_6h against metrics"
                 if backend == "mysql" else "the .trends directory against the sample files (line indexes "
                 f"{sizes.get('raw_index_mb', 0):.0f} MB not counted as raw)")
         steady = steady_share(sizes, args.days)
