@@ -89,6 +89,8 @@ def _seal_problem(line: str, record: dict[str, Any], digest: str) -> str | None:
     ``prev`` and ``seq`` sort after ``hash``, so in the canonical form of the record the ``hash`` member is
     followed by a comma, and the canonical form without it is that text with ``"hash":"...",`` taken out
     (its first occurrence: a quote inside a value is always escaped, so the pattern can only be the key).
+    The member is written out rather than encoded: for a ``digest`` of 64 lowercase hex digits it is the
+    canonical text, and any other ``digest`` can never equal a SHA-256 hex digest, whatever is taken out.
     A number JSON cannot hold (``NaN``, ``Infinity``, ``1e400``: ``json.loads`` reads them) has no canonical
     form, so such a line is not in canonical form (it used to raise ValueError out of the check).
     Equal to the reference by a differential test (``tests/collector/test_audittrail.py``).
@@ -97,7 +99,7 @@ def _seal_problem(line: str, record: dict[str, Any], digest: str) -> str | None:
         encoded = canonical(record)
     except ValueError:
         return _NO_CANONICAL_FORM
-    member = canonical({"hash": digest})[1:-1] + ","
+    member = f'"hash":"{digest}",'
     if hashlib.sha256(encoded.replace(member, "", 1).encode("ascii")).hexdigest() != digest:
         return "hash does not match its content (edited)"
     if encoded != line:
