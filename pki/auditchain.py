@@ -34,6 +34,7 @@ GENESIS = "0" * 64
 MAX_LINE = 16_384  # bytes: no record the agent writes comes close (fields x 128 characters x 6 for \\uXXXX)
 ROTATE_EVENT = "rotate"
 HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
+_NO_CANONICAL_FORM = "not in canonical form (edited)"
 
 Scalar = str | int | float | bool | None
 
@@ -88,14 +89,21 @@ def _seal_problem(line: str, record: dict[str, Any], digest: str) -> str | None:
     ``prev`` and ``seq`` sort after ``hash``, so in the canonical form of the record the ``hash`` member is
     followed by a comma, and the canonical form without it is that text with ``"hash":"...",`` taken out
     (its first occurrence: a quote inside a value is always escaped, so the pattern can only be the key).
+    The member is written out rather than encoded: for a ``digest`` of 64 lowercase hex digits it is the
+    canonical text, and any other ``digest`` can never equal a SHA-256 hex digest, whatever is taken out.
+    A number JSON cannot hold (``NaN``, ``Infinity``, ``1e400``: ``json.loads`` reads them) has no canonical
+    form, so such a line is not in canonical form (it used to raise ValueError out of the check).
     Equal to the reference by a differential test (``tests/collector/test_audittrail.py``).
     """
-    encoded = canonical(record)
-    member = canonical({"hash": digest})[1:-1] + ","
+    try:
+        encoded = canonical(record)
+    except ValueError:
+        return _NO_CANONICAL_FORM
+    member = f'"hash":"{digest}",'
     if hashlib.sha256(encoded.replace(member, "", 1).encode("ascii")).hexdigest() != digest:
         return "hash does not match its content (edited)"
     if encoded != line:
-        return "not in canonical form (edited)"
+        return _NO_CANONICAL_FORM
     return None
 
 
@@ -168,10 +176,14 @@ def check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] 
         return "does not follow the record before it (a record was deleted, inserted or reordered)"
     if seq is not None and number != seq and not (number == 0 and record.get("event") == ROTATE_EVENT):
         return f"sequence number {number}, expected {seq}"  # a rotate record starts a segment: its seq is 0
-    if record_hash(record) != digest:
+    try:
+        sealed = record_hash(record) == digest
+    except ValueError:  # a number JSON cannot hold: no canonical form (_seal_problem)
+        return _NO_CANONICAL_FORM
+    if not sealed:
         return "hash does not match its content (edited)"
     if canonical(record) != line:
-        return "not in canonical form (edited)"
+        return _NO_CANONICAL_FORM
     return digest, number
 
 

@@ -122,6 +122,22 @@ def test_another_agents_records_are_a_break(tmp_path: Path) -> None:
     assert {found.kind for found in outcome.breaks} == {"record"} and outcome.entries == ()
 
 
+@pytest.mark.parametrize("number", ["NaN", "-Infinity", "1e400"])
+def test_a_line_with_a_number_json_cannot_hold_is_a_record_break_not_an_error(tmp_path: Path, number: str) -> None:
+    """json.loads reads NaN, Infinity and 1e400 (as inf), which canonical form refuses: such a line is a bad
+    record (it used to raise ValueError out of the check, and the engine then failed the whole fetch every
+    sweep as an internal error, with no audit_chain alert)."""
+    from pki.auditchain import verify_lines
+
+    lines = chain(tmp_path, 3)
+    lines[1] = lines[1][:-1] + f',"zz":{number}}}'
+    outcome = sweep(fresh_trail(), page(lines))
+    assert [found.kind for found in outcome.breaks] == ["record"] and outcome.error is None
+    assert "not in canonical form" in outcome.breaks[0].came
+    verdict = verify_lines(lines)
+    assert (verdict.ok, verdict.bad_line, verdict.problem) == (False, 2, "not in canonical form (edited)")
+
+
 def test_the_same_break_met_again_is_said_once(tmp_path: Path) -> None:
     lines = chain(tmp_path, 4)
     lines[3] = "garbage"  # the newest line is not a record and has no hash to ask past
@@ -233,7 +249,11 @@ def _reference(line: str) -> str | None:
         record.get("seq")
     ) is not int:
         return "lacks hash, prev or seq"
-    if record_hash(record) != record["hash"]:
+    try:
+        sealed = record_hash(record) == record["hash"]
+    except ValueError:  # NaN, Infinity, 1e400: json.loads reads them, JSON (and so canonical form) has none
+        return "not in canonical form (edited)"
+    if not sealed:
         return "hash does not match its content (edited)"
     if canonical(record) != line:
         return "not in canonical form (edited)"
@@ -249,7 +269,9 @@ _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allo
 @settings(max_examples=300, deadline=None)
 @given(
     fields=st.dictionaries(_FIELD_NAMES, _VALUES, max_size=6),
-    edit=st.sampled_from(["none", "char", "spaces", "move hash", "other hash", "drop", "duplicate hash"]),
+    edit=st.sampled_from(
+        ["none", "char", "spaces", "move hash", "other hash", "drop", "duplicate hash", "NaN", "Infinity", "1e400"]
+    ),
     at=st.integers(0, 10_000),
     char=st.sampled_from(["x", '"', " ", "\\", "0"]),
 )
@@ -274,6 +296,8 @@ def test_the_seal_check_of_a_record_is_the_references(fields: dict[str, Any], ed
         line = json.dumps(record, sort_keys=True, separators=(",", ":"))
     elif edit == "duplicate hash":
         line = line[:-1] + f',"hash":"{record["hash"]}"}}'
+    elif edit in ("NaN", "Infinity", "1e400"):  # a number JSON cannot hold, where a value was or as a new one
+        line = line[:-1] + f',"zz":{edit}}}'
     expected = _reference(line)
     found = read_record(line)
     if expected is None:
