@@ -58,7 +58,7 @@ from storage.lineindex import agent_key, agent_lines
 from storage.models import AGENT_NAME_PATTERN, AgentStatus, Alert, AuditTail, Sample
 from storage.retention import Cutoffs
 from storage.rotating import FILE_MODE, RotatingFile, family, make_dirs, whole_lines
-from storage.trends import LEVELS, Level, in_steps
+from storage.trends import HOURLY, LEVELS, Level, in_steps
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,12 @@ class FileStore:
         if agent is not None and _AGENT.fullmatch(agent) is None:
             return self.trends.query(level, 1.0, 0.0)
         try:
+            if step is not None and level not in LEVELS:
+                # a merged level's bins come straight from the hourly segments (one merge instead of two):
+                # the hours of the buckets that start in [start, end)
+                low, high = (edge if math.isinf(edge) else math.ceil(edge / level.width) * float(level.width)
+                             for edge in (start, end))
+                return in_steps(self.trends.query(HOURLY, low, high, agent), low, high, step)
             rollups = self.trends.query(level, start, end, agent)
             return rollups if step is None else in_steps(rollups, start, end, step)
         except OSError as exc:

@@ -15,8 +15,8 @@ from storage import Batch
 from storage.catalog import METRICS
 from storage.file import FileStore
 from storage.memory import MemoryStore
-from storage.trends import FIVE_MINUTES, HOURLY, SIX_HOURS, Level, empty
-from tests.storage.test_trends_mysql import T0, make_samples
+from storage.trends import FIVE_MINUTES, HOURLY, SIX_HOURS, Level, empty, in_steps, rollup
+from tests.storage.test_trends_mysql import T0, assert_rollups_equal, make_samples
 from viz import resolution
 from viz.cli import main
 from viz.plots import _subtitle
@@ -154,3 +154,18 @@ def test_secure_viz_draws_a_long_window_from_trends(stored: FileStore, tmp_path:
     index = (tmp_path / "out" / "index.html").read_text()
     assert "srv-07" in index
     assert (tmp_path / "out" / "cpu.png").stat().st_size > 10_000
+
+
+def test_the_file_backend_merges_its_hourly_segments_as_six_hour_rollups(months: FileStore) -> None:
+    """Its 6-hour level is the hourly one merged (by bucket, and straight into a window's bins): the numbers
+    of the samples rolled up by six hours."""
+    raw = months.query_samples(0, T0 + 102 * 86_400.0)
+    want = rollup(raw, SIX_HOURS.width)
+    start, end = T0 + 3 * 3600 + 100, T0 + 40 * 86_400.0 + 7 * 3600  # neither on a 6-hour boundary
+    bucket = want["bucket"].to_numpy(dtype=np.float64)
+    assert_rollups_equal(months.query_trends(SIX_HOURS, start, end),
+                         want.loc[(bucket <= end) & (bucket + SIX_HOURS.width > start)])
+    for agent in (None, "srv-02"):
+        mine = want if agent is None else want.loc[want["agent"] == agent]
+        assert_rollups_equal(months.query_trends(SIX_HOURS, start, end, agent, 86_400.0),
+                             in_steps(mine, start, end, 86_400.0))
