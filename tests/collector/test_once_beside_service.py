@@ -52,9 +52,10 @@ def test_once_beside_the_running_service_touches_none_of_its_state(
     path = write_config(tmp_path, data)
     spool_dir, data_dir = Path(data["spool_dir"]), Path(data["storage"]["json_file"]).parent
     alert_state = spool_dir / "alert-state.json"
+    backfill_state = spool_dir / "backfill-state.json"  # saved right after the alert state, same flush
     service = subprocess.Popen([*_program(), "--config", str(path)], stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(alert_state.exists, service, "store its first sweep")
+        _wait_for(lambda: alert_state.exists() and backfill_state.exists(), service, "store its first sweep")
         before = _tree(spool_dir, data_dir)
         # the runbook's check, with another agent list sharing the spool_dir (it used to drop the service's state)
         other = write_config(
@@ -75,7 +76,7 @@ def test_once_beside_the_running_service_touches_none_of_its_state(
     finally:
         if service.poll() is None:
             service.kill()
-            service.wait()
+            service.communicate(timeout=RUN_TIMEOUT)  # closes its stderr pipe too
     assert service.returncode == 0, stderr
     assert "dropped the alert state" not in stderr
     # once the service is gone, --once owns the directory again and stores as the contract says
@@ -132,7 +133,8 @@ def test_once_beside_another_shards_service_is_a_probe_too(
     service = subprocess.Popen([*_program(), "--config", str(path), "--shard", "1/1"], stderr=subprocess.PIPE,
                                text=True)
     try:
-        _wait_for((spool_dir / "alert-state-1of1.json").exists, service, "store its first sweep")
+        stored = (spool_dir / "alert-state-1of1.json", spool_dir / "backfill-state.json")  # one flush saves both
+        _wait_for(lambda: all(p.exists() for p in stored), service, "store its first sweep")
         before = _tree(spool_dir, Path(data["storage"]["json_file"]).parent)
         result = _run("--config", str(path), "--once")  # no --shard: shares the storage and the spool
         assert result.returncode == 0 and f"pid {service.pid}" in result.stderr, result
