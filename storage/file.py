@@ -341,7 +341,7 @@ class FileStore:
             if step is not None and level not in LEVELS:
                 # a merged level's bins come straight from the hourly segments (one merge instead of two):
                 # the hours of the buckets that start in [start, end)
-                low, high = (edge if math.isinf(edge) else math.ceil(edge / level.width) * float(level.width)
+                low, high = (edge if not math.isfinite(edge) else math.ceil(edge / level.width) * float(level.width)
                              for edge in (start, end))
                 return in_steps(self.trends.query(HOURLY, low, high, agent), low, high, step)
             rollups = self.trends.query(level, start, end, agent)
