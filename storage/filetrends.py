@@ -390,7 +390,6 @@ class FileTrends:
             first = float(np.floor(start / level.width) * level.width)
             last = float(np.floor(end / level.width) * level.width) + level.width - HOURLY.width
             hourly = self.query(HOURLY, first, last, agent)  # every hour of each bucket the range overlaps
-            hourly = hourly.loc[hourly["bucket"].to_numpy(dtype=np.float64) >= first]
             return finish(merge(hourly, level.width), level.width, start, end, agent)
         directory = self.level_dir(level)
         parts = [self._read_segment(directory, stem, agent) for stem in self.segments(level, start - level.width, end)]

@@ -176,10 +176,7 @@ def range_statements(start: float, end: float, agents: Sequence[str] | None = No
     """Rebuild every level over ``[start, end)`` (whole hours; the 6-hour buckets they touch whole), for the
     back-fill command."""
     low, high = _widen((start, end), HOURLY)
-    agent_clause, agent_params = "", []
-    if agents:
-        agent_clause = " AND `agent` IN (" + ", ".join(["%s"] * len(agents)) + ")"
-        agent_params = list(agents)
+    agent_clause, agent_params = _agents_clause(agents)
     five = _from_samples(FIVE_MINUTES).format(where="`timestamp` >= %s AND `timestamp` < %s" + agent_clause)
     hour = _from_rollups(HOURLY, FIVE_MINUTES).format(where="`bucket` >= %s AND `bucket` < %s" + agent_clause)
     return [
@@ -193,12 +190,16 @@ def six_hours_statements(start: float, end: float, agents: Sequence[str] | None 
     """Recompute the 6-hour rollups over ``[start, end)`` (widened to whole 6-hour buckets) from the hourly
     ones: after a back-fill, and once when a database made before the level gets it."""
     low, high = _widen((start, end), SIX_HOURS)
-    agent_clause, agent_params = "", []
-    if agents:
-        agent_clause = " AND `agent` IN (" + ", ".join(["%s"] * len(agents)) + ")"
-        agent_params = list(agents)
+    agent_clause, agent_params = _agents_clause(agents)
     six = _from_rollups(SIX_HOURS, HOURLY).format(where="`bucket` >= %s AND `bucket` < %s" + agent_clause)
     return [(_upsert(SIX_HOURS, six), [low, high, *agent_params])]
+
+
+def _agents_clause(agents: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """`` AND agent IN (%s, ...)`` and its parameters (nothing for None or no agents: all of them)."""
+    if not agents:
+        return "", []
+    return " AND `agent` IN (" + ", ".join(["%s"] * len(agents)) + ")", list(agents)
 
 
 def _widen(span: tuple[float, float], level: Level) -> tuple[float, float]:
@@ -226,7 +227,7 @@ def steps_statement(level: Level, step: int, agent: str | None) -> str:
 
 def packed_steps_statement(level: Level, step: int, agent: str | None) -> str:
     """:func:`steps_statement`'s rows as two fields, the agent and the other columns as one text (``PACKED_SEP``
-    between them, an empty field for NULL), which :func:`storage.mysql.unpack` parses in C: the driver
+    between them, an empty field for NULL), which :func:`unpack` parses in C: the driver
     decoding 68 fields a row in Python was most of a month's query (2.1 of 3.5 s for 36,000 merged rows).
     Every statistic is cast to DOUBLE first, so each number comes whole: where the text protocol writes a
     FLOAT-typed result in six digits, this is the more precise of the two (a property test holds them equal
