@@ -240,7 +240,7 @@ class Engine:
         except Exception as exc:  # the last line of defence (module docstring)
             self._fail(name, self._unexpected(name, exc))
             return
-        if follow is not None and connection.connected:
+        if follow is not None:
             self._follow(connection, call, result, follow)
         else:
             self._done(name, result)
@@ -248,14 +248,19 @@ class Engine:
     def _follow(
         self, connection: AgentConnection, call: _Call, result: PollResult, follow: tuple[str, tuple[Any, ...]]
     ) -> None:
-        """Make the next follow-up call on the connection, under a deadline of its own."""
+        """Make the next follow-up call on the connection, under a deadline of its own.
+
+        An agent that answered with ``Connection: close`` (its ``server.max_requests_per_connection``
+        reached, or set to 1) is connected to again, at the addresses of the connection it closed: a
+        follow-up skipped there would leave its audit trail uncollected, sweep after sweep, in silence.
+        """
         name = connection.name
         now = time.monotonic()
         self._calls[name] = _Call(connection, call.started, now + connection.timeout, result)
         heapq.heappush(self._deadlines, (now + connection.timeout, next(self._sequence), name))
         method, params = follow
         try:
-            connection.begin(method, None, now, params=params)
+            connection.begin(method, None if connection.connected else connection.addresses, now, params=params)
         except PollError as exc:
             self._fail(name, exc)
             return

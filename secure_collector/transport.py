@@ -123,6 +123,12 @@ class AgentConnection:
     def busy(self) -> bool:
         return self._state != _IDLE
 
+    @property
+    def addresses(self) -> list[Address] | None:
+        """The addresses the last connection was made to (None before the first): a follow-up call on an
+        agent that closed the connection after its answer connects again without resolving again."""
+        return list(self._resolved) if self._resolved else None
+
     def fileno(self) -> int:
         return -1 if self._sock is None else self._sock.fileno()
 

@@ -150,6 +150,26 @@ def test_the_central_copy_is_the_agents_log_byte_for_byte(
         assert run_program("verify", load(central.data).storage.audit_directory / "localhost.log").returncode == 0
 
 
+def test_an_agent_that_serves_one_request_per_connection_is_collected_too(
+    backend: Callable[..., Central], start_agent: StartAgent, test_pki: TestPKI, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found: an agent with ``server.max_requests_per_connection: 1`` answers get_metrics with
+    ``Connection: close``, and the collector skipped get_audit on the closed connection, every sweep,
+    with no error: nothing of its trail ever reached the central copy. The follow-up connects again."""
+    agent = start_agent(test_pki, server={"max_requests_per_connection": 1})
+    central = backend(test_pki, agent, tmp_path)
+    for _ in range(2):
+        code, out = central.once(capsys)
+        assert code == 0 and out.split()[1] == "up", out
+    copy = central.current()
+    on_host = host_lines(agent)
+    assert json.loads(copy[0])["prev"] == GENESIS
+    assert copy == on_host[: len(copy)] and len(copy) >= len(on_host) - 1  # all but the last get_audit's record
+    assert central.copies() == [copy]
+    assert central.verify_against(agent).returncode == 0
+
+
 def _cut_tail(agent: RunningAgent) -> None:
     data = agent.audit_log.read_bytes()
     lines = data.splitlines(keepends=True)
