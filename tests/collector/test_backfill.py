@@ -77,6 +77,23 @@ def test_a_restarted_collector_stores_every_sample_it_missed_once(
     assert seqs == list(range(1, 12))  # each buffered sample stored once
 
 
+def test_an_agent_that_serves_one_request_per_connection_is_back_filled_too(test_pki: TestPKI, tmp_path: Path) -> None:
+    """Its answer to get_metrics closes the connection (``Connection: close``): get_samples used to be skipped
+    there, sweep after sweep, without a word; the follow-up connects again."""
+    with agent_with_service(
+        test_pki, tmp_path / "agent", sample_interval=3600, server={"max_requests_per_connection": 1}
+    ) as (agent, service):
+        host, port = agent.address
+        data = collector_data(test_pki, tmp_path, [("localhost", host, port)])
+        config = str(write_config(tmp_path, data))
+        assert cli.main(["--config", config, "--once"]) == 0  # first contact
+        for _ in range(4):  # the collector is down for four sample intervals
+            service.take_sample()
+        assert cli.main(["--config", config, "--once"]) == 0
+        seqs = [s["extra"]["agent_seq"] for s in _stored(data) if s["extra"].get("backfilled")]
+        assert seqs == [1, 2, 3, 4]
+
+
 def test_a_failed_poll_is_a_gap_back_filled_at_the_next_good_one(
     sampled: tuple[Agent, MetricsService], test_pki: TestPKI, tmp_path: Path
 ) -> None:
