@@ -30,6 +30,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+import orjson
+
 GENESIS = "0" * 64
 MAX_LINE = 16_384  # bytes: no record the agent writes comes close (fields x 128 characters x 6 for \\uXXXX)
 ROTATE_EVENT = "rotate"
@@ -109,13 +111,15 @@ def _seal_problem(line: str, record: dict[str, Any], digest: str) -> str | None:
 
 def read_record(raw: str | bytes) -> ChainRecord | str:
     """The record on one line (with or without its newline), or what is wrong with it (not its link)."""
-    loaded = _load(raw)
+    fast = _sealed_fast(raw)
+    loaded = fast if fast is not None else _load(raw)
     if isinstance(loaded, str):
         return loaded
     line, record, digest, previous, number = loaded
-    problem = _seal_problem(line, record, digest)
-    if problem is not None:
-        return problem
+    if fast is None:
+        problem = _seal_problem(line, record, digest)
+        if problem is not None:
+            return problem
     time, event, agent = record.get("time"), record.get("event"), record.get("agent")
     return ChainRecord(
         line,
@@ -126,6 +130,53 @@ def read_record(raw: str | bytes) -> ChainRecord | str:
         event if isinstance(event, str) else "",
         agent if isinstance(agent, str) else "",
     )
+
+
+_FAST_TYPES = frozenset({str, int, bool, type(None)})
+"""What the fast path reads: not floats (orjson and json write some of them differently, and orjson reads an
+integer beyond 64 bits as a float), not containers (no record of ours holds one)."""
+
+
+def _sealed_fast(raw: str | bytes) -> _Loaded | None:
+    """The line's record when it is sealed and in canonical form, read by orjson; None to let the reference
+    (:func:`_load`, then :func:`_seal_problem`) decide, and say what is wrong.
+
+    For an ASCII line without DEL, of a flat object of strings, integers, booleans and nulls, orjson's compact
+    sorted encoding is the canonical form exactly: the same separators and escapes (``\\uXXXX`` for control
+    characters but the five short ones, ``\\"`` and ``\\\\``). So a line equal to orjson's encoding of what
+    orjson read from it is canonical, json reads from it what orjson read, and the seal is checked over that
+    text. Anything else (non-ASCII, which orjson writes as UTF-8; DEL, which it writes raw; a float; an
+    edit) is not equal, or not read, and goes to the reference. ~3x cheaper than the reference's json.loads
+    and re-encoding; equal to it by a differential test (``tests/pki/test_auditchain_fast.py``).
+    """
+    if isinstance(raw, bytes):
+        if not raw.isascii():
+            return None
+        raw = raw.decode("ascii")
+    line = raw[:-1] if raw.endswith("\n") else raw
+    if len(line) > MAX_LINE or not line.isascii() or "\x7f" in line:
+        return None
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(record) is not dict:
+        return None
+    for value in record.values():
+        if type(value) not in _FAST_TYPES:
+            return None
+    digest, previous, number = record.get("hash"), record.get("prev"), record.get("seq")
+    if type(digest) is not str or type(previous) is not str or type(number) is not int:
+        return None
+    try:
+        if orjson.dumps(record, option=orjson.OPT_SORT_KEYS) != line.encode("ascii"):
+            return None
+    except orjson.JSONEncodeError:
+        return None
+    member = f'"hash":"{digest}",'  # as in _seal_problem: the canonical text without the hash member
+    if hashlib.sha256(line.replace(member, "", 1).encode("ascii")).hexdigest() != digest:
+        return None
+    return _Loaded(line, record, digest, previous, number)
 
 
 class Verdict(NamedTuple):
@@ -168,7 +219,8 @@ def _load(raw: str | bytes) -> _Loaded | str:
 
 def check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] | str:
     """(hash, seq) of a good line following the record whose hash is ``prev``, or the problem with it."""
-    loaded = _load(raw)
+    fast = _sealed_fast(raw)
+    loaded = fast if fast is not None else _load(raw)
     if isinstance(loaded, str):
         return loaded
     line, record, digest, previous, number = loaded
@@ -176,6 +228,8 @@ def check_line(raw: str | bytes, prev: str, seq: int | None) -> tuple[str, int] 
         return "does not follow the record before it (a record was deleted, inserted or reordered)"
     if seq is not None and number != seq and not (number == 0 and record.get("event") == ROTATE_EVENT):
         return f"sequence number {number}, expected {seq}"  # a rotate record starts a segment: its seq is 0
+    if fast is not None:  # sealed and canonical already
+        return digest, number
     try:
         sealed = record_hash(record) == digest
     except ValueError:  # a number JSON cannot hold: no canonical form (_seal_problem)
