@@ -24,6 +24,13 @@ copy is one unbroken chain. A line that is not a sealed record is stored in no c
 Where each agent's copy ends is read from storage once (:meth:`AuditTrail.load`); until then, and while
 storage is down at start, that agent's trail is not fetched (its records wait on the agent, which keeps
 what no collector has fetched).
+
+Storage may lose what was fetched: a batch the spool could not take, or one it dropped when full. The
+trail's place had moved past those records, so nothing fetched later would follow what storage holds, and
+storage (which appends only records that link) would skip every one of them for good. So such a loss
+:meth:`resyncs <AuditTrail.resync>` the trails: each agent's place is read from storage again (once the
+spool is empty), the records are fetched again from there, and what a sweep fetched before the new place
+was taken (its ``generation`` is old, :meth:`AuditTrail.current`) is not stored: it comes again.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class AuditOutcome(NamedTuple):
     breaks: tuple[Break, ...]
     error: str | None  # why fetching stopped early (the agent's records wait for the next sweep)
     more: bool  # the agent holds more than this sweep fetched
+    generation: int = 0  # the trail's place it was fetched from (:meth:`AuditTrail.current`)
 
 
 class AnswerInvalid(ValueError):
@@ -108,6 +116,7 @@ class _Trail:
     new_copy: bool  # the next good record starts a new copy
     fresh: bool = False  # nothing of this agent was ever copied: its oldest record must start a chain
     broke_at: float | None = None
+    generation: int = 0  # how often its place was read from storage again (:meth:`AuditTrail.resync`)
     remembered: deque[Break] = field(default_factory=lambda: deque(maxlen=_REMEMBERED_BREAKS))
     # this sweep
     entries: list[AuditEntry] = field(default_factory=list)
@@ -144,25 +153,57 @@ class AuditTrail:
         self._clock = clock
         self._lock = threading.Lock()
         self._trails: dict[str, _Trail] = {}
+        self._stale: set[str] = set()  # agents whose place must be read from storage again
+        self._reload: dict[str, AuditTail | None] = {}  # places read again, taken at the agent's next sweep
 
     @property
     def pending(self) -> tuple[str, ...]:
-        """Agents whose place in storage is not known yet."""
+        """Agents whose place in storage is not known yet (or must be read again)."""
         with self._lock:
-            return tuple(agent for agent in self.agents if agent not in self._trails)
+            return tuple(agent for agent in self.agents if agent not in self._trails or agent in self._stale)
 
     def load(self, tails: Mapping[str, AuditTail]) -> None:
         """Where each agent's central copy ends (agents missing from ``tails`` have none yet)."""
         with self._lock:
             for agent in self.agents:
-                if agent in self._trails:
-                    continue
-                tail = tails.get(agent)
-                if tail is None:
-                    self._trails[agent] = _Trail("", "", "nothing (no copy yet)", new_copy=True, fresh=True)
-                else:
-                    text = f"seq {tail.seq} ({tail.time or 'no time'}, hash {tail.hash[:16]})"
-                    self._trails[agent] = _Trail(tail.hash, tail.hash, text, new_copy=False)
+                if agent in self._stale:
+                    self._stale.discard(agent)
+                    self._reload[agent] = tails.get(agent)  # the polling thread takes it (first_call)
+                elif agent not in self._trails:
+                    self._trails[agent] = _Trail("", "", "", new_copy=True)
+                    self._place(self._trails[agent], tails.get(agent))
+
+    @staticmethod
+    def _place(trail: _Trail, tail: AuditTail | None) -> None:
+        if tail is None:
+            trail.after, trail.tail, trail.loaded_text = "", "", "nothing (no copy yet)"
+            trail.new_copy, trail.fresh = True, True
+        else:
+            trail.after, trail.tail = tail.hash, tail.hash
+            trail.loaded_text = f"seq {tail.seq} ({tail.time or 'no time'}, hash {tail.hash[:16]})"
+            trail.new_copy, trail.fresh = False, False
+        trail.last, trail.broke_at = None, None
+
+    def resync(self) -> tuple[str, ...]:
+        """Storage lost audit records this trail had fetched: read every agent's place from storage again
+        before its trail is fetched again (module docstring). The agents concerned."""
+        with self._lock:
+            known = tuple(agent for agent in self.agents if agent in self._trails)
+            self._stale.update(known)
+            for agent in known:
+                self._reload.pop(agent, None)
+        return known
+
+    def current(self, agent: str, generation: int) -> bool:
+        """Was an outcome of ``generation`` fetched from ``agent``'s place as storage knows it (store it)?"""
+        with self._lock:
+            trail = self._trails.get(agent)
+            return (
+                trail is not None
+                and agent not in self._stale
+                and agent not in self._reload
+                and trail.generation == generation
+            )
 
     # -- the engine's hook ------------------------------------------------------------------------
 
@@ -170,8 +211,11 @@ class AuditTrail:
         """The first ``get_audit`` of this sweep for ``agent`` (None: its place is not known yet)."""
         with self._lock:
             trail = self._trails.get(agent)
-        if trail is None:
-            return None
+            if trail is None or agent in self._stale:
+                return None
+            if agent in self._reload:
+                self._place(trail, self._reload.pop(agent))
+                trail.generation += 1
         trail.start_sweep()
         return self._next(trail)
 
@@ -211,7 +255,7 @@ class AuditTrail:
             logger.warning("%s: audit trail: %s", agent, trail.error)
         if trail.error is not None or trail.limit <= 0:
             trail.more = True
-        outcome = AuditOutcome(tuple(trail.entries), tuple(trail.breaks), trail.error, trail.more)
+        outcome = AuditOutcome(tuple(trail.entries), tuple(trail.breaks), trail.error, trail.more, trail.generation)
         trail.entries, trail.breaks = [], []
         return outcome
 

@@ -312,3 +312,54 @@ def test_a_long_running_collector_keeps_the_copy_current(
     calls = [json.loads(line).get("method") for line in central.current()]
     assert calls.count("get_metrics") == 4 and calls.count("get_audit") == 3  # each sweep fetched the last
     assert central.verify_against(agent).returncode == 0
+
+
+def test_audit_records_the_full_spool_dropped_are_fetched_again(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: with storage down long enough for the spool to fill, the spool drops its oldest batches, audit
+    records with them, and the collector's place in each trail had moved past them: every later record no
+    longer followed what storage held, so storage skipped it, sweep after sweep, and the central copy never
+    grew again while nothing said so (until a restart). Now a loss in the spool sends the trails back to where
+    storage's copies end: the dropped records are fetched again from the agent, which still holds them."""
+    from secure_collector.alerts import AlertEngine
+    from secure_collector.audittrail import AuditTrail
+    from secure_collector.config import Thresholds
+    from secure_collector.poller import Poller
+    from secure_collector.sink import Delivery, Recorder
+    from secure_collector.spool import Spool
+    from secure_collector.transport import AgentConnection
+    from tests.agent.test_get_audit import lines_on_host
+    from tests.plugins.agent import client_context
+
+    key = (test_pki.root / "collectors" / "collector.hmac").read_text().strip()
+    connection = AgentConnection(
+        "localhost", agent.host, agent.port, client_context(test_pki), "collector", bytes.fromhex(key)
+    )
+    store = MemoryStore()
+    spool = Spool(tmp_path / "spool", 96 * 1024, segment_bytes=1024)  # a sweep of 100 records is ~60 KiB
+    delivery = Delivery(store, spool, retry_min=0.0)
+    trail = AuditTrail(["localhost"])
+    recorder = Recorder(delivery, AlertEngine(Thresholds()), trail=trail)
+    assert recorder.load_audit_tails()
+    poller = Poller([connection], recorder, poll_interval=1, max_workers=1, follow_up=trail)
+    try:
+        poller.poll_once()  # storage up: the copy begins
+        stored = len(store.audit_copies("localhost")[0])
+        store.set_available(False)
+        for _ in range(2):  # each sweep's batch pushes the one before out of the full spool
+            fill(agent, 100)
+            poller.poll_once()
+        assert spool.dropped_batches >= 1
+        store.set_available(True)
+        assert delivery.retry(force=True)
+        for _ in range(3):
+            poller.poll_once()
+    finally:
+        poller.close()
+    copies = store.audit_copies("localhost")
+    on_host = lines_on_host(agent.audit_log)
+    assert len(copies) == 1 and len(copies[0]) > stored + 200  # it grew past the dropped records ...
+    assert copies[0] == on_host[: len(copies[0])] and len(copies[0]) == len(on_host) - 1  # ... every one, in order
+    said = [r.getMessage() for r in caplog.records if r.name == "secure_collector.sink" and r.levelname == "WARNING"]
+    assert any("fetched again" in message for message in said), said  # the operator is told
