@@ -162,3 +162,25 @@ def test_an_unknown_agent_in_the_collector_config_is_exit_2(
     path.write_text(json.dumps(config))
     code, _, err = run_verify(capsys, host, "--collector-config", path, "--agent", "nobody")
     assert code == 2 and "no agent named 'nobody'" in err
+
+
+def test_a_host_log_given_by_a_symlink_is_checked_with_the_segments_beside_its_target(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found: given a symlink to the host's live log (a convenience path; the agent itself refuses a symlinked
+    ``audit_log``, so its segments are always beside the real file), verify looked for the rotated segments
+    beside the link, found none, counted every record in them as rotated away and passed, though a rotated
+    segment held a centrally held record differently. The link is followed to the real log first."""
+    host, lines = host_log(tmp_path, 40)
+    segments = rotated_segments(host)
+    assert len(segments) >= 3
+    copy = central(tmp_path, lines)
+    older = segments[-2].read_text().splitlines()  # audit.log.1: records the collector holds
+    segments[-2].write_text("".join(f"{line}\n" for line in resealed(older, 1)))
+    link = tmp_path / "elsewhere" / "audit.log"
+    link.parent.mkdir()
+    link.symlink_to(host)
+    assert against(capsys, host, copy)[0] == 1
+    code, out, err = against(capsys, link, copy)
+    assert code == 1, out
+    assert "holds seq" in err and "differently" in err and str(segments[-2]) in err
