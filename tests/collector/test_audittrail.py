@@ -306,3 +306,35 @@ def test_the_seal_check_of_a_record_is_the_references(fields: dict[str, Any], ed
         assert isinstance(found, str) and "JSON" in found
     else:
         assert found == expected
+
+
+def test_a_disk_that_fills_while_a_copy_starts_leaves_no_torn_first_record(small_disk: Path) -> None:
+    """Found: the first record of a new copy (an agent's first, or the first after a break) was written with
+    one ``os.write`` whose count was not checked. On a disk that filled mid-record the copy began with a torn
+    line, the write counted as done, and once the disk had room the next record was glued onto the fragment:
+    the first record of the copy (after a break, the evidence) was gone and the copy no longer verified. Now
+    the new copy is refused whole (storage unavailable: the batch waits in the spool) and written later."""
+    from tests.plugins.disk import fill_up
+
+    log = AuditLog(small_disk / "host.log", AGENT, sync_interval=0)
+    log.open()
+    big = "\u00e9" * 128  # 768 bytes as a JSON escape: records of about 6 KiB, wider than a page
+    wide = {key: big for key in ("detail", "subject", "path", "peer", "reason", "common_name", "key_id", "version")}
+    for number in range(3):
+        log.record("call", "refused", request_id=f"r{number}", **wide)
+    log.close()
+    lines = (small_disk / "host.log").read_text().splitlines()
+    (small_disk / "host.log").unlink()
+    assert all(len(line) > 4096 for line in lines)
+    trail = fresh_trail()
+    first, second = sweep(trail, page(lines[:1])), sweep(trail, page(lines[1:]))
+    copies = AuditCopies(small_disk / "audit")
+    (small_disk / "audit").mkdir()
+    filler = fill_up(small_disk, leave=4096)  # one page: a part of the first record fits
+    with pytest.raises(OSError):
+        copies.write(first.entries)
+    filler.unlink()  # room again; the spool replays what storage refused, then the next sweep's
+    copies.write(first.entries)
+    copies.write(second.entries)
+    assert list(copies.read(AGENT)) == lines
+    assert sorted(p.name for p in (small_disk / "audit").iterdir()) == [f"{AGENT}.log"]
