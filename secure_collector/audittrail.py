@@ -126,6 +126,7 @@ class _Trail:
     error: str | None = None
     more: bool = False
     active: bool = False
+    broke: bool = False  # this sweep met a break already: a second one ends the sweep for this agent
     last: ChainRecord | None = None  # the current copy's last record, when it came in this run
 
     @property
@@ -135,6 +136,7 @@ class _Trail:
 
     def start_sweep(self) -> None:
         self.entries, self.breaks, self.fetched, self.error, self.more, self.active = [], [], 0, None, False, True
+        self.broke = False
 
 
 class AuditTrail:
@@ -236,7 +238,7 @@ class AuditTrail:
         self._take(agent, trail, page)
         trail.fetched += len(page.records)
         trail.more = page.more
-        if page.more and page.records:
+        if page.more and page.records and trail.error is None:
             return self._next(trail)
         return None
 
@@ -263,6 +265,8 @@ class AuditTrail:
 
     def _take(self, agent: str, trail: _Trail, page: Page) -> None:
         if page.gap and trail.after:
+            if self._again(trail):
+                return
             came = "nothing: its log holds no record at all"
             first = read_record(page.records[0]) if page.records else None
             if isinstance(first, ChainRecord):
@@ -272,45 +276,71 @@ class AuditTrail:
                 trail.after = ""
         for raw in page.records:
             record = read_record(raw)
-            entry = None if isinstance(record, str) else self._entry(agent, trail, record)
+            entry = None if isinstance(record, str) else self._entry(agent, record)
+            found = self._problem(agent, trail, record, entry, raw)
+            if found is not None:
+                if self._again(trail):
+                    return  # this record and what follows wait for the next sweep
+                self._break(trail, found)
             if entry is None or isinstance(record, str):
-                problem = record if isinstance(record, str) else "not a record of this agent"
-                expected = f"a sealed record of {agent} after {trail.tail_text}"
-                self._break(trail, Break("record", expected, f"{problem}: {escape(raw, 120)}"))
                 claimed = _CLAIMED_HASH.search(raw)
                 if claimed is not None:
                     trail.after = claimed.group(1)  # ask past it next time
                 continue
+            if trail.new_copy:
+                entry = entry.model_copy(update={"new_copy": True, "closes": trail.tail, "broke_at": trail.broke_at})
+            trail.new_copy, trail.fresh, trail.broke_at = False, False, None
             trail.entries.append(entry)
             trail.tail, trail.after, trail.last = record.hash, record.hash, record
 
-    def _entry(self, agent: str, trail: _Trail, record: ChainRecord) -> AuditEntry | None:
+    @staticmethod
+    def _again(trail: _Trail) -> bool:
+        """A second break in one sweep: stop fetching this agent until the next sweep (True).
+
+        One break a sweep is all an honest agent's log can show; a stream of breaks (sealed records each
+        following a record that is not there) would otherwise start a new central copy, and log a line, per
+        record. So each sweep takes one break, at most one new copy; the records wait on the agent.
+        """
+        if not trail.broke:
+            return False
+        trail.error = "the chain broke again in this sweep; the rest is fetched next sweep"
+        return True
+
+    @staticmethod
+    def _entry(agent: str, record: ChainRecord) -> AuditEntry | None:
         if record.agent != agent:
             return None
-        if trail.fresh and not record.starts_chain:
-            expected = "the agent's oldest record to start a chain (prev 0...0, or a rotate record)"
-            self._break(trail, Break("start", expected, f"{record.describe()} following {record.prev[:16]}"))
-        elif not trail.new_copy and record.prev != trail.tail:
-            came = f"{record.describe()} following {record.prev[:16]}"
-            self._break(trail, Break("link", f"a record following {trail.tail_text}", came))
         try:
-            entry = AuditEntry(
+            return AuditEntry(
                 agent=agent,
                 seq=record.seq,
                 hash=record.hash,
                 prev=record.prev,
                 time=record.time[:32],
                 line=record.line,
-                new_copy=trail.new_copy,
-                closes=trail.tail if trail.new_copy else None,
-                broke_at=trail.broke_at if trail.new_copy else None,
             )
         except ValidationError:
             return None  # sealed, but with values no record of ours has (a negative seq, a malformed prev)
-        trail.new_copy, trail.fresh, trail.broke_at = False, False, None
-        return entry
+
+    @staticmethod
+    def _problem(
+        agent: str, trail: _Trail, record: ChainRecord | str, entry: AuditEntry | None, raw: str
+    ) -> Break | None:
+        """The break ``record`` is where it came (None: it continues the copy, or starts the new one)."""
+        if entry is None or isinstance(record, str):
+            problem = record if isinstance(record, str) else "not a record of this agent"
+            expected = f"a sealed record of {agent} after {trail.tail_text}"
+            return Break("record", expected, f"{problem}: {escape(raw, 120)}")
+        if trail.fresh and not record.starts_chain:
+            expected = "the agent's oldest record to start a chain (prev 0...0, or a rotate record)"
+            return Break("start", expected, f"{record.describe()} following {record.prev[:16]}")
+        if not trail.new_copy and record.prev != trail.tail:
+            came = f"{record.describe()} following {record.prev[:16]}"
+            return Break("link", f"a record following {trail.tail_text}", came)
+        return None
 
     def _break(self, trail: _Trail, found: Break) -> None:
+        trail.broke = True
         trail.new_copy = True
         trail.fresh = False
         if trail.broke_at is None:
