@@ -127,6 +127,8 @@ class _Trail:
     more: bool = False
     active: bool = False
     broke: bool = False  # this sweep met a break already: a second one ends the sweep for this agent
+    absorbing: bool = False  # the lines since this sweep's break are no records: more such lines are part of it
+    absorbed: int = 0  # lines that were
     last: ChainRecord | None = None  # the current copy's last record, when it came in this run
 
     @property
@@ -136,7 +138,7 @@ class _Trail:
 
     def start_sweep(self) -> None:
         self.entries, self.breaks, self.fetched, self.error, self.more, self.active = [], [], 0, None, False, True
-        self.broke = False
+        self.broke, self.absorbing, self.absorbed = False, False, 0
 
 
 class AuditTrail:
@@ -253,6 +255,8 @@ class AuditTrail:
         if trail is None or not trail.active:
             return None
         trail.active = False
+        if trail.absorbed:
+            logger.warning("%s: audit trail: %d more lines that are not sealed records followed", agent, trail.absorbed)
         if trail.error is not None:
             logger.warning("%s: audit trail: %s", agent, trail.error)
         if trail.error is not None or trail.limit <= 0:
@@ -278,15 +282,20 @@ class AuditTrail:
             record = read_record(raw)
             entry = None if isinstance(record, str) else self._entry(agent, record)
             found = self._problem(agent, trail, record, entry, raw)
-            if found is not None:
+            if found is not None and found.kind == "record" and trail.absorbing:
+                trail.absorbed += 1  # a run of lines that are no records is one break (there may be no hash
+                # to ask past them: split over sweeps, such a run would hold the trail there for good)
+            elif found is not None:
                 if self._again(trail):
                     return  # this record and what follows wait for the next sweep
                 self._break(trail, found)
+                trail.absorbing = found.kind == "record"
             if entry is None or isinstance(record, str):
                 claimed = _CLAIMED_HASH.search(raw)
                 if claimed is not None:
                     trail.after = claimed.group(1)  # ask past it next time
                 continue
+            trail.absorbing = False
             if trail.new_copy:
                 entry = entry.model_copy(update={"new_copy": True, "closes": trail.tail, "broke_at": trail.broke_at})
             trail.new_copy, trail.fresh, trail.broke_at = False, False, None
@@ -299,7 +308,9 @@ class AuditTrail:
 
         One break a sweep is all an honest agent's log can show; a stream of breaks (sealed records each
         following a record that is not there) would otherwise start a new central copy, and log a line, per
-        record. So each sweep takes one break, at most one new copy; the records wait on the agent.
+        record. So each sweep takes one break, at most one new copy; the records wait on the agent. A run
+        of lines that are not records is one break (:meth:`_take`): the next sweep could not ask past a
+        line without a hash.
         """
         if not trail.broke:
             return False

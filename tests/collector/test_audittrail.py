@@ -73,6 +73,9 @@ def test_an_intact_trail_over_several_pages_has_no_break(tmp_path: Path) -> None
         ("reordered", lambda lines: lines.insert(2, lines.pop(4)), "link", 6),
         ("edited", lambda lines: lines.__setitem__(3, lines[3].replace("r3", "r9")), "record", 5),
         ("not json", lambda lines: lines.__setitem__(3, "garbage"), "record", 5),
+        ("two not json", lambda lines: lines.__setitem__(slice(3, 4), ["garbage", "rubbish"]), "record", 5),
+        ("edited twice", lambda lines: lines.__setitem__(slice(2, 4), [x.replace('"r', '"x') for x in lines[2:4]]),
+         "record", 4),
     ],
 )
 def test_a_break_inside_a_page_is_named_and_a_new_copy_starts(
