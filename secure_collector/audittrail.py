@@ -276,6 +276,7 @@ class AuditTrail:
             if isinstance(first, ChainRecord):
                 came = f"its oldest record is {first.describe()}"
             self._break(trail, Break("gap", f"the agent to still hold {trail.tail_text}", came))
+            trail.absorbing = True  # lines that are no records at the host's oldest are part of the gap
             if not page.records:
                 trail.after = ""
         for raw in page.records:

@@ -121,6 +121,17 @@ def test_a_gap_starts_a_new_copy_at_the_agents_oldest_record(tmp_path: Path) -> 
     assert outcome.entries[-1].hash == held["hash"]
 
 
+def test_a_gap_whose_oldest_line_is_no_record_does_not_hold_the_trail(tmp_path: Path) -> None:
+    """A gap, then lines without a hash at the host's oldest: one break, and the records after them are copied
+    in that sweep (the next sweep, still asking after the missing record, would meet the same lines again)."""
+    lines = ["garbage", *chain(tmp_path, 3)]
+    trail = AuditTrail([AGENT])
+    trail.load({AGENT: AuditTail("ab" * 32, 9, "2026-01-01T00:00:00.000000Z")})
+    outcome = sweep(trail, page(lines, gap=True))
+    assert [found.kind for found in outcome.breaks] == ["gap"] and outcome.error is None
+    assert [entry.line for entry in outcome.entries] == lines[1:]
+
+
 def sweep_from_here(trail: AuditTrail, *pages: dict[str, Any]) -> Any:
     for answer in pages:
         trail.answer(AGENT, answer)
