@@ -40,7 +40,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -188,11 +188,13 @@ class AuditTrail:
             trail.new_copy, trail.fresh = False, False
         trail.last, trail.broke_at = None, None
 
-    def resync(self) -> tuple[str, ...]:
-        """Storage lost audit records this trail had fetched: read every agent's place from storage again
-        before its trail is fetched again (module docstring). The agents concerned."""
+    def resync(self, agents: Iterable[str] | None = None) -> tuple[str, ...]:
+        """Read the place of ``agents`` (None: every agent) from storage again before their trails are fetched
+        again: storage lost records this trail had fetched (module docstring), or another collector copied
+        them meanwhile (``--shard auto``, an agent taken over). The agents concerned."""
+        wanted = set(self.agents if agents is None else agents)
         with self._lock:
-            known = tuple(agent for agent in self.agents if agent in self._trails)
+            known = tuple(agent for agent in self.agents if agent in self._trails and agent in wanted)
             self._stale.update(known)
             for agent in known:
                 self._reload.pop(agent, None)

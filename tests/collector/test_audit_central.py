@@ -363,3 +363,53 @@ def test_audit_records_the_full_spool_dropped_are_fetched_again(
     assert copies[0] == on_host[: len(copies[0])] and len(copies[0]) == len(on_host) - 1  # ... every one, in order
     said = [r.getMessage() for r in caplog.records if r.name == "secure_collector.sink" and r.levelname == "WARNING"]
     assert any("fetched again" in message for message in said), said  # the operator is told
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_a_collector_taking_an_agent_over_goes_on_from_the_shared_copy_not_its_own_old_place(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path, mariadb: MariaDBServer
+) -> None:
+    """Found: with ``--shard auto``, a collector read where each agent's copy ended once, at its start. When it
+    took an agent over (the owner stopped) it asked the agent after that old place, though the other
+    collector had copied much further; the agent had since deleted that segment, so the collector took the
+    failover for a gap: a false critical ``audit_chain`` alert and a spurious break in the shared copy. Now
+    an agent taken over has its place read from the database again before its trail is fetched."""
+    from secure_collector.membership import owner
+
+    mariadb.start()
+    mariadb.reset_database()
+    collectors: dict[str, Any] = {}
+    try:
+        for name in ("c1", "c2"):
+            folder = tmp_path / name
+            folder.mkdir()
+            data = collector_data(
+                test_pki, folder, [("localhost", agent.host, agent.port)], storage=mariadb.storage_section(),
+                poll_interval=0.2, shard_lease=60.0,
+            )
+            collectors[name] = cli.build(
+                cli._arguments(["--config", str(write_config(folder, data)), "--shard", "auto"]), []
+            )
+        members = {name: c.membership.member for name, c in collectors.items()}
+        first = next(n for n in collectors if owner("localhost", sorted(members.values())) != members[n])
+        second = next(n for n in collectors if n != first)  # the agent's owner once both are live
+        collectors[first].poller.run(max_sweeps=2)  # alone: it copies the agent's trail so far
+        old_place = json.loads(Central(tmp_path / first, data).current()[-1])["hash"]
+        collectors[second].poller.run(max_sweeps=2)  # both live: the second one owns the agent now
+        for _ in range(2):  # rotations; what the second collector fetched goes at the rotations after
+            fill(agent, 400)
+            collectors[second].poller.run(max_sweeps=2)
+            collectors[first].poller.run(max_sweeps=1)  # running too (it polls nothing of the agent)
+        assert old_place not in "".join(host_lines(agent))
+        collectors[second].membership.close()  # it leaves: the first takes the agent over
+        collectors[first].poller.run(max_sweeps=3)
+    finally:
+        for collector in collectors.values():
+            collector.close()
+    central = Central(tmp_path / first, data)
+    alerts = central.alerts()
+    assert not (alerts["metric"] == "audit_chain").any(), list(alerts[alerts["metric"] == "audit_chain"]["message"])
+    assert len(central.copies()) == 1  # one unbroken copy, both collectors' records in it ...
+    assert central.current()[-1] == host_lines(agent)[-2]  # ... up to the last sweep's own get_audit record
+    assert central.verify_against(agent).returncode == 0
