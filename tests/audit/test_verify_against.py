@@ -184,3 +184,22 @@ def test_a_host_log_given_by_a_symlink_is_checked_with_the_segments_beside_its_t
     code, out, err = against(capsys, link, copy)
     assert code == 1, out
     assert "holds seq" in err and "differently" in err and str(segments[-2]) in err
+
+
+def test_a_torn_last_line_of_the_central_copy_is_no_record_the_host_lacks(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found: a central copy file whose last line is torn (the collector stopped mid-append; appends are not
+    fsync'd, and the collector cuts such a line when it next opens the copy) failed the host: "the host lacks
+    a line that is not a record", though the host holds every record. ``--collector-config`` already read the
+    copy without it; ``--against FILE`` now does too, and says so."""
+    host, lines = host_log(tmp_path, 20)
+    copy = central(tmp_path, lines[:15])
+    with open(copy, "a") as handle:
+        handle.write(lines[15][:100])  # part of the next record, no newline
+    code, out, err = against(capsys, host, copy)
+    assert code == 0, err
+    assert "holds every record of the central copy (15 records" in out
+    assert "torn" in err
+    copy.write_text("".join(f"{line}\n" for line in lines[:15]) + lines[15][:100].replace("seq", "qes") + "\n")
+    assert against(capsys, host, copy)[0] == 1  # a whole line is a line: held differently
