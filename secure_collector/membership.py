@@ -84,6 +84,7 @@ class Membership:
         except StorageError as exc:
             logger.warning("shard auto: cannot renew the lease (%s); keeping its %d agents", exc, len(self.owned))
             return
+        taken_over = self._renewed is not None  # agents gained at the first renewal are simply this one's
         self._renewed = self._clock()
         if self.member not in live:  # our own row was just written: only a clock jump on the server hides it
             live = tuple(sorted({*live, self.member}))
@@ -95,7 +96,7 @@ class Membership:
                 len(live), ", ".join(live), len(owned), len(self.agents),
             )
         self.live, self.owned = live, owned
-        if gained and self.audit is not None:
+        if gained and taken_over and self.audit is not None:
             # another collector may have copied their audit trails since this one last read where the shared
             # copies end: going on from there would ask the agents for records they may have deleted (a gap)
             self.audit.resync(gained)
