@@ -342,7 +342,12 @@ class AuditTrail:
     ) -> Break | None:
         """The break ``record`` is where it came (None: it continues the copy, or starts the new one)."""
         if entry is None or isinstance(record, str):
-            problem = record if isinstance(record, str) else "not a record of this agent"
+            if isinstance(record, str):
+                problem = record
+            elif record.agent != agent:
+                problem = "not a record of this agent"
+            else:  # sealed (by anyone: the seal is a plain hash), but with values no agent writes
+                problem = "a sealed record with values no agent writes (a forgery)"
             expected = f"a sealed record of {agent} after {trail.tail_text}"
             return Break("record", expected, f"{problem}: {escape(raw, 120)}")
         if trail.fresh and not record.starts_chain:

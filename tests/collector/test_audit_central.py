@@ -413,3 +413,60 @@ def test_a_collector_taking_an_agent_over_goes_on_from_the_shared_copy_not_its_o
     assert len(central.copies()) == 1  # one unbroken copy, both collectors' records in it ...
     assert central.current()[-1] == host_lines(agent)[-2]  # ... up to the last sweep's own get_audit record
     assert central.verify_against(agent).returncode == 0
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+@pytest.mark.parametrize("forged", [{"time": "2026-01-01T00:00:00\u00e9Z"}, {"seq": 2**64}])
+def test_a_sealed_record_storage_cannot_hold_is_a_break_not_a_stop_of_storage(
+    start_agent: StartAgent, tmp_path: Path, mariadb: MariaDBServer, forged: dict[str, Any],
+    make_pki: Callable[..., TestPKI], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found: a record sealed by whoever holds root on a host (the seal is a plain hash) with a ``time`` that is
+    not ASCII, or a ``seq`` past BIGINT UNSIGNED, passed every check of the trail; MySQL refused the row, the
+    collector spooled the whole sweep and replayed it, refused again, for ever: one forged record in one
+    agent's log stopped storage for the whole fleet. Such a record is now a ``record`` break, stored nowhere."""
+    from secure_agent.audit import seal
+    from tests.collector.answers import good_answer
+    from tests.collector.fakeagent import FakeAgent, xmlrpc_answer
+
+    mariadb.start()
+    mariadb.reset_database()
+    pki = make_pki(tmp_path / "pki", agents=["localhost=localhost,127.0.0.1", "forger=localhost,127.0.0.1"],
+                   collectors=["collector"])
+    honest = start_agent(pki)
+    fields = {"event": "call", "outcome": "served", "agent": "forger", "time": "2026-01-01T00:00:00.000000Z"}
+    first = seal(fields, "0" * 64, 0)
+    records = [first.line, seal({**fields, **{k: v for k, v in forged.items() if k == "time"}}, first.hash,
+                                int(forged.get("seq", 1))).line]
+
+    def answer(body: bytes) -> bytes:
+        if b"get_metrics" in body:
+            return xmlrpc_answer(good_answer("forger"))
+        return xmlrpc_answer({"records": records, "more": False, "gap": False})
+
+    forger = FakeAgent(pki, answer, "forger")
+    try:
+        data = collector_data(
+            pki, tmp_path, [("localhost", honest.host, honest.port), ("forger", forger.host, forger.port)],
+            storage=mariadb.storage_section(),
+        )
+        config = write_config(tmp_path, data)
+        codes = []
+        for _ in range(2):
+            codes.append(cli.main(["--config", str(config), "--once"]))
+            capsys.readouterr()
+    finally:
+        forger.stop()
+    assert codes == [0, 0], codes  # not 3: the sweeps were stored, not spooled (an audit_broken agent answered)
+    store = open_store(load(data).storage, readonly=True)
+    try:
+        samples = store.query_samples(*WIDE)
+        alerts = store.query_alerts(*WIDE)
+        copy = list(store.read_audit("forger"))
+    finally:
+        store.close()
+    assert sorted(set(samples["agent"])) == ["forger", "localhost"] and len(samples) == 4
+    chain_alerts = alerts[alerts["metric"] == "audit_chain"]
+    assert len(chain_alerts) >= 1 and "record" in str(chain_alerts["message"].iloc[0])
+    assert copy == records[:1]  # the forged record is stored nowhere
