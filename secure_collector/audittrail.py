@@ -277,6 +277,8 @@ class AuditTrail:
             first = read_record(page.records[0]) if page.records else None
             if isinstance(first, ChainRecord):
                 came = f"its oldest record is {first.describe()}"
+            elif page.records:
+                came = f"its oldest line, which is not a record ({first}): {escape(page.records[0], 120)}"
             self._break(trail, Break("gap", f"the agent to still hold {trail.tail_text}", came))
             trail.absorbing = True  # lines that are no records at the host's oldest are part of the gap
             if not page.records:

@@ -129,6 +129,7 @@ def test_a_gap_whose_oldest_line_is_no_record_does_not_hold_the_trail(tmp_path: 
     trail.load({AGENT: AuditTail("ab" * 32, 9, "2026-01-01T00:00:00.000000Z")})
     outcome = sweep(trail, page(lines, gap=True))
     assert [found.kind for found in outcome.breaks] == ["gap"] and outcome.error is None
+    assert "its oldest line, which is not a record" in outcome.breaks[0].came  # not "no record at all"
     assert [entry.line for entry in outcome.entries] == lines[1:]
 
 
