@@ -72,9 +72,13 @@ class ChainVerdict(NamedTuple):
 def rotated_segments(path: Path) -> list[Path]:
     """``path.N`` ... ``path.1`` (those that exist, oldest first) followed by ``path`` itself.
 
-    A compressed backup (``path.N.gz``) takes the place of ``path.N``. Raises OSError if the
+    A compressed backup (``path.N.gz``) takes the place of ``path.N``. A ``path`` that is a symlink is
+    followed first: the agent refuses a symlinked log, so its segments are beside the real file (beside the
+    link, none would be found and their records would pass as rotated away). Raises OSError if the
     directory cannot be listed.
     """
+    if path.is_symlink():
+        path = path.resolve()
     pattern = re.compile(rf"^{re.escape(path.name)}\.([1-9][0-9]{{0,5}})(\.gz)?$")
     numbered: dict[int, Path] = {}
     for entry in path.parent.iterdir():

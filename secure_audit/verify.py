@@ -101,8 +101,17 @@ def _central_lines(args: argparse.Namespace) -> Iterator[str]:
     if args.against is not None:
         path: Path = args.against
         with open(path, "rb") as handle:
-            for raw in iter(lambda: handle.readline(MAX_LINE + 2), b""):
+            raw = handle.readline(MAX_LINE + 2)
+            while raw:
+                following = handle.readline(MAX_LINE + 2)
+                if not following and not raw.endswith(b"\n"):
+                    # a torn last line (the collector stopped mid-append; it cuts such a line when it next
+                    # opens the copy, and --collector-config reads the copy without it): not a record
+                    torn = f"{PROG}: {path}: ignoring its torn last line ({len(raw)} bytes, no newline)"
+                    print(torn, file=sys.stderr)
+                    return
                 yield raw.decode("ascii", "replace").rstrip("\n")
+                raw = following
         return
     from pki.configfile import load_config
     from secure_collector.config import CollectorConfig

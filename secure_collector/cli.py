@@ -243,7 +243,9 @@ def build(
         if not isinstance(coordinator, MySQLStore):
             raise _Fatal(f'{args.config}: --shard auto: needs storage.type "mysql"')
         lease = config.shard_lease or 3 * config.poll_interval
-        membership = Membership(coordinator, member_name(config.spool_dir), [a.name for a in agents], lease, backfill)
+        membership = Membership(
+            coordinator, member_name(config.spool_dir), [a.name for a in agents], lease, backfill, audit=trail
+        )
         cursors = DatabaseCursors(coordinator)
     backfill.load(cursors.load())
     view = FleetView(spool.pending_bytes) if config.exporter is not None and not args.once else None

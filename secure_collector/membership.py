@@ -4,7 +4,8 @@ Each collector renews a lease in the ``collectors`` table once per poll interval
 the collectors' clocks need not agree) and polls the agents that rendezvous hashing assigns it over the
 members whose lease has not run out. When a member stops renewing (killed, partitioned), its agents go to
 the others within the lease plus one interval, and are back-filled from the agents' buffers where the
-back-fill cursors it saved in the same database stood; when it returns, it takes its share back (the
+back-fill cursors it saved in the same database stood, and their audit trails go on from where the shared
+central copies end (read again); when it returns, it takes its share back (the
 others see it at their next renewal: at most one sweep polls an agent twice, and storage is idempotent).
 A collector that cannot reach the database keeps the split it last knew and says so.
 """
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from secure_collector.audittrail import AuditTrail
 from secure_collector.backfill import Backfill
 from storage.errors import StorageError
 
@@ -58,6 +60,7 @@ class Membership:
         lease: float,
         backfill: Backfill | None = None,
         *,
+        audit: AuditTrail | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.coordinator = coordinator
@@ -65,6 +68,7 @@ class Membership:
         self.agents = tuple(agents)
         self.lease = lease
         self.backfill = backfill
+        self.audit = audit
         self._clock = clock
         self.live: tuple[str, ...] = (member,)
         self.owned: frozenset[str] = frozenset()
@@ -80,6 +84,7 @@ class Membership:
         except StorageError as exc:
             logger.warning("shard auto: cannot renew the lease (%s); keeping its %d agents", exc, len(self.owned))
             return
+        taken_over = self._renewed is not None  # agents gained at the first renewal are simply this one's
         self._renewed = self._clock()
         if self.member not in live:  # our own row was just written: only a clock jump on the server hides it
             live = tuple(sorted({*live, self.member}))
@@ -91,6 +96,10 @@ class Membership:
                 len(live), ", ".join(live), len(owned), len(self.agents),
             )
         self.live, self.owned = live, owned
+        if gained and taken_over and self.audit is not None:
+            # another collector may have copied their audit trails since this one last read where the shared
+            # copies end: going on from there would ask the agents for records they may have deleted (a gap)
+            self.audit.resync(gained)
         if gained and self.backfill is not None and self._renewed is not None:
             try:
                 cursors = self.coordinator.backfill_cursors(gained)

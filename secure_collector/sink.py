@@ -147,6 +147,12 @@ class Delivery:
         self.stored_batches = 0
         self.spooled_batches = 0
         self.lost_batches = 0  # neither storage nor the spool could take them: logged with the count
+        self.on_loss: Callable[[], None] | None = None  # told when batches were lost here or in the spool
+        self._losses = self._lost()
+
+    def _lost(self) -> int:
+        """Batches lost so far: refused by the spool, or dropped or unreadable in it."""
+        return self.lost_batches + self.spool.dropped_batches
 
     @property
     def backlog(self) -> bool:
@@ -158,24 +164,37 @@ class Delivery:
         if not batch:
             return
         with self._lock:
-            if self._spooled:
-                self._spool(batch)
-                self._replay(force=False)
-                return
             try:
-                self.store.write(batch)
-                self.stored_batches += 1
-            except StorageError as exc:
-                logger.warning("storage unavailable (%s); spooling to %s", exc, self.spool.directory)
-                self._spool(batch)
-                self._schedule_retry()
+                if self._spooled:
+                    self._spool(batch)
+                    self._replay(force=False)
+                    return
+                try:
+                    self.store.write(batch)
+                    self.stored_batches += 1
+                except StorageError as exc:
+                    logger.warning("storage unavailable (%s); spooling to %s", exc, self.spool.directory)
+                    self._spool(batch)
+                    self._schedule_retry()
+            finally:
+                self._tell_losses()
 
     def retry(self, *, force: bool = False) -> bool:
         """Replay the spool if its retry time has come (or ``force``); True when the spool is empty."""
         with self._lock:
-            if self._spooled:
-                self._replay(force=force)
-            return not self._spooled
+            try:
+                if self._spooled:
+                    self._replay(force=force)
+                return not self._spooled
+            finally:
+                self._tell_losses()
+
+    def _tell_losses(self) -> None:
+        lost = self._lost()
+        if lost != self._losses:
+            self._losses = lost
+            if self.on_loss is not None:
+                self.on_loss()
 
     def _spool(self, batch: Batch) -> None:
         try:
@@ -249,6 +268,8 @@ class Recorder:
         self._reported = False
         self._audit: list[AuditEntry] = []
         self._audit_detail: dict[str, str] = {}  # agent -> its last audit chain break, for its state
+        if trail is not None:
+            delivery.on_loss = self._audit_lost
         self.last_state: dict[str, tuple[AgentState, str]] = {}  # agent -> state and detail as stored
 
     def __len__(self) -> int:
@@ -312,7 +333,9 @@ class Recorder:
         agent, outcome = result.agent, result.audit
         breaks: list[str] = []
         if outcome is not None:
-            self._audit.extend(outcome.entries)
+            if self.trail is None or self.trail.current(agent, outcome.generation):
+                self._audit.extend(outcome.entries)
+            # else: fetched before storage lost records; they are fetched again from where storage's copy ends
             breaks = [found.message for found in outcome.breaks]
             for message in breaks:
                 logger.warning("%s: %s", agent, escape(message))
@@ -325,6 +348,18 @@ class Recorder:
         if outcome is not None and outcome.error is not None:
             return "up", f"audit trail: {outcome.error}", alerts
         return "up", result.detail, alerts
+
+    def _audit_lost(self) -> None:
+        """Batches were lost (the spool refused or dropped them): audit records may be among them."""
+        if self.trail is None:
+            return
+        agents = self.trail.resync()
+        if agents:
+            logger.warning(
+                "batches were lost (counted above); the audit trails of %d agents are fetched again from where "
+                "storage's central copies end, once storage has what waits in the spool",
+                len(agents),
+            )
 
     def load_audit_tails(self) -> bool:
         """Read where the agents' central audit copies end, for those not known yet; False if storage cannot say.

@@ -204,11 +204,13 @@ class Spool:
             for line in handle:
                 position += len(line)
                 if not line.endswith(b"\n"):
+                    self.dropped_batches += 1
                     logger.warning("spool: %s ends in a torn line (%d bytes); skipped", path.name, len(line))
                     continue
                 try:
                     batch = decode(line)
                 except (ValueError, KeyError, TypeError, ValidationError):
+                    self.dropped_batches += 1
                     logger.warning(
                         "spool: unreadable line in %s at offset %d; skipped", path.name, position - len(line)
                     )

@@ -182,13 +182,11 @@ class AuditCopies:
 
     def _start_copy(self, agent: str, entry: AuditEntry, *, closing: bool) -> None:
         path, pending = self.path(agent), self._pending(agent)
-        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
         try:
-            os.write(fd, f"{entry.line}\n".encode("ascii", "replace"))
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            self._write_new(pending, f"{entry.line}\n".encode("ascii", "replace"))
+        except OSError:
+            pending.unlink(missing_ok=True)  # never start a copy with a torn record
+            raise
         if closing and path.exists():
             kept = self._free_name(copy_name(agent, entry.broke_at))
             os.replace(path, kept)
@@ -200,6 +198,17 @@ class AuditCopies:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+    def _write_new(self, pending: Path, data: bytes) -> None:
+        fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # a disk that filled mid-record
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _free_name(self, name: str) -> Path:
         candidate = self.directory / name

@@ -122,11 +122,14 @@ class AuditEntry(_Record):
     """
 
     agent: str = Field(pattern=AGENT_NAME_PATTERN)
-    seq: int = Field(ge=0)
+    # what every backend can hold (MySQL: BIGINT, an ASCII VARCHAR(32)); a sealed record with other values is
+    # none of an agent's (its seal is a plain hash: anyone can make one), and one row refused would block the
+    # spool behind it
+    seq: int = Field(ge=0, le=2**63 - 1)
     hash: str = Field(pattern=HASH_PATTERN)
     prev: str = Field(pattern=HASH_PATTERN)
-    time: str = Field(default="", max_length=32)
-    line: str = Field(min_length=2, max_length=MAX_AUDIT_LINE)
+    time: str = Field(default="", max_length=32, pattern=r"^[\x20-\x7e]*$")
+    line: str = Field(min_length=2, max_length=MAX_AUDIT_LINE, pattern=r"^[\x20-\x7e]*$")
     new_copy: bool = False
     closes: str | None = Field(default=None, max_length=64)
     broke_at: float | None = Field(default=None, ge=0)  # when the break was found: names the copy kept

@@ -480,6 +480,8 @@ class MySQLStore:
             return {}
 
         tails = self._run("query audit_records", work, on_missing_table=nothing)
+        for agent in agents:  # another collector may have written since: the next write reads them again
+            self._audit_tails.pop(agent, None)
         return {agent: tail[1] for agent, tail in tails.items() if tail is not None}
 
     def read_audit(self, agent: str) -> Iterator[str]:

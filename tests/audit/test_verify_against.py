@@ -162,3 +162,44 @@ def test_an_unknown_agent_in_the_collector_config_is_exit_2(
     path.write_text(json.dumps(config))
     code, _, err = run_verify(capsys, host, "--collector-config", path, "--agent", "nobody")
     assert code == 2 and "no agent named 'nobody'" in err
+
+
+def test_a_host_log_given_by_a_symlink_is_checked_with_the_segments_beside_its_target(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found: given a symlink to the host's live log (a convenience path; the agent itself refuses a symlinked
+    ``audit_log``, so its segments are always beside the real file), verify looked for the rotated segments
+    beside the link, found none, counted every record in them as rotated away and passed, though a rotated
+    segment held a centrally held record differently. The link is followed to the real log first."""
+    host, lines = host_log(tmp_path, 40)
+    segments = rotated_segments(host)
+    assert len(segments) >= 3
+    copy = central(tmp_path, lines)
+    older = segments[-2].read_text().splitlines()  # audit.log.1: records the collector holds
+    segments[-2].write_text("".join(f"{line}\n" for line in resealed(older, 1)))
+    link = tmp_path / "elsewhere" / "audit.log"
+    link.parent.mkdir()
+    link.symlink_to(host)
+    assert against(capsys, host, copy)[0] == 1
+    code, out, err = against(capsys, link, copy)
+    assert code == 1, out
+    assert "holds seq" in err and "differently" in err and str(segments[-2]) in err
+
+
+def test_a_torn_last_line_of_the_central_copy_is_no_record_the_host_lacks(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found: a central copy file whose last line is torn (the collector stopped mid-append; appends are not
+    fsync'd, and the collector cuts such a line when it next opens the copy) failed the host: "the host lacks
+    a line that is not a record", though the host holds every record. ``--collector-config`` already read the
+    copy without it; ``--against FILE`` now does too, and says so."""
+    host, lines = host_log(tmp_path, 20)
+    copy = central(tmp_path, lines[:15])
+    with open(copy, "a") as handle:
+        handle.write(lines[15][:100])  # part of the next record, no newline
+    code, out, err = against(capsys, host, copy)
+    assert code == 0, err
+    assert "holds every record of the central copy (15 records" in out
+    assert "torn" in err
+    copy.write_text("".join(f"{line}\n" for line in lines[:15]) + lines[15][:100].replace("seq", "qes") + "\n")
+    assert against(capsys, host, copy)[0] == 1  # a whole line is a line: held differently

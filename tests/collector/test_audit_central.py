@@ -312,3 +312,161 @@ def test_a_long_running_collector_keeps_the_copy_current(
     calls = [json.loads(line).get("method") for line in central.current()]
     assert calls.count("get_metrics") == 4 and calls.count("get_audit") == 3  # each sweep fetched the last
     assert central.verify_against(agent).returncode == 0
+
+
+def test_audit_records_the_full_spool_dropped_are_fetched_again(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: with storage down long enough for the spool to fill, the spool drops its oldest batches, audit
+    records with them, and the collector's place in each trail had moved past them: every later record no
+    longer followed what storage held, so storage skipped it, sweep after sweep, and the central copy never
+    grew again while nothing said so (until a restart). Now a loss in the spool sends the trails back to where
+    storage's copies end: the dropped records are fetched again from the agent, which still holds them."""
+    from secure_collector.alerts import AlertEngine
+    from secure_collector.audittrail import AuditTrail
+    from secure_collector.config import Thresholds
+    from secure_collector.poller import Poller
+    from secure_collector.sink import Delivery, Recorder
+    from secure_collector.spool import Spool
+    from secure_collector.transport import AgentConnection
+    from tests.agent.test_get_audit import lines_on_host
+    from tests.plugins.agent import client_context
+
+    key = (test_pki.root / "collectors" / "collector.hmac").read_text().strip()
+    connection = AgentConnection(
+        "localhost", agent.host, agent.port, client_context(test_pki), "collector", bytes.fromhex(key)
+    )
+    store = MemoryStore()
+    spool = Spool(tmp_path / "spool", 96 * 1024, segment_bytes=1024)  # a sweep of 100 records is ~60 KiB
+    delivery = Delivery(store, spool, retry_min=0.0)
+    trail = AuditTrail(["localhost"])
+    recorder = Recorder(delivery, AlertEngine(Thresholds()), trail=trail)
+    assert recorder.load_audit_tails()
+    poller = Poller([connection], recorder, poll_interval=1, max_workers=1, follow_up=trail)
+    try:
+        poller.poll_once()  # storage up: the copy begins
+        stored = len(store.audit_copies("localhost")[0])
+        store.set_available(False)
+        for _ in range(2):  # each sweep's batch pushes the one before out of the full spool
+            fill(agent, 100)
+            poller.poll_once()
+        assert spool.dropped_batches >= 1
+        store.set_available(True)
+        assert delivery.retry(force=True)
+        for _ in range(3):
+            poller.poll_once()
+    finally:
+        poller.close()
+    copies = store.audit_copies("localhost")
+    on_host = lines_on_host(agent.audit_log)
+    assert len(copies) == 1 and len(copies[0]) > stored + 200  # it grew past the dropped records ...
+    assert copies[0] == on_host[: len(copies[0])] and len(copies[0]) == len(on_host) - 1  # ... every one, in order
+    said = [r.getMessage() for r in caplog.records if r.name == "secure_collector.sink" and r.levelname == "WARNING"]
+    assert any("fetched again" in message for message in said), said  # the operator is told
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_a_collector_taking_an_agent_over_goes_on_from_the_shared_copy_not_its_own_old_place(
+    agent: RunningAgent, test_pki: TestPKI, tmp_path: Path, mariadb: MariaDBServer
+) -> None:
+    """Found: with ``--shard auto``, a collector read where each agent's copy ended once, at its start. When it
+    took an agent over (the owner stopped) it asked the agent after that old place, though the other
+    collector had copied much further; the agent had since deleted that segment, so the collector took the
+    failover for a gap: a false critical ``audit_chain`` alert and a spurious break in the shared copy. Now
+    an agent taken over has its place read from the database again before its trail is fetched."""
+    from secure_collector.membership import owner
+
+    mariadb.start()
+    mariadb.reset_database()
+    collectors: dict[str, Any] = {}
+    try:
+        for name in ("c1", "c2"):
+            folder = tmp_path / name
+            folder.mkdir()
+            data = collector_data(
+                test_pki, folder, [("localhost", agent.host, agent.port)], storage=mariadb.storage_section(),
+                poll_interval=0.2, shard_lease=60.0,
+            )
+            collectors[name] = cli.build(
+                cli._arguments(["--config", str(write_config(folder, data)), "--shard", "auto"]), []
+            )
+        members = {name: c.membership.member for name, c in collectors.items()}
+        first = next(n for n in collectors if owner("localhost", sorted(members.values())) != members[n])
+        second = next(n for n in collectors if n != first)  # the agent's owner once both are live
+        collectors[first].poller.run(max_sweeps=2)  # alone: it copies the agent's trail so far
+        old_place = json.loads(Central(tmp_path / first, data).current()[-1])["hash"]
+        collectors[second].poller.run(max_sweeps=2)  # both live: the second one owns the agent now
+        for _ in range(2):  # rotations; what the second collector fetched goes at the rotations after
+            fill(agent, 400)
+            collectors[second].poller.run(max_sweeps=2)
+            collectors[first].poller.run(max_sweeps=1)  # running too (it polls nothing of the agent)
+        assert old_place not in "".join(host_lines(agent))
+        collectors[second].membership.close()  # it leaves: the first takes the agent over
+        collectors[first].poller.run(max_sweeps=3)
+    finally:
+        for collector in collectors.values():
+            collector.close()
+    central = Central(tmp_path / first, data)
+    alerts = central.alerts()
+    assert not (alerts["metric"] == "audit_chain").any(), list(alerts[alerts["metric"] == "audit_chain"]["message"])
+    assert len(central.copies()) == 1  # one unbroken copy, both collectors' records in it ...
+    assert central.current()[-1] == host_lines(agent)[-2]  # ... up to the last sweep's own get_audit record
+    assert central.verify_against(agent).returncode == 0
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+@pytest.mark.parametrize("forged", [{"time": "2026-01-01T00:00:00\u00e9Z"}, {"seq": 2**64}])
+def test_a_sealed_record_storage_cannot_hold_is_a_break_not_a_stop_of_storage(
+    start_agent: StartAgent, tmp_path: Path, mariadb: MariaDBServer, forged: dict[str, Any],
+    make_pki: Callable[..., TestPKI], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found: a record sealed by whoever holds root on a host (the seal is a plain hash) with a ``time`` that is
+    not ASCII, or a ``seq`` past BIGINT UNSIGNED, passed every check of the trail; MySQL refused the row, the
+    collector spooled the whole sweep and replayed it, refused again, for ever: one forged record in one
+    agent's log stopped storage for the whole fleet. Such a record is now a ``record`` break, stored nowhere."""
+    from secure_agent.audit import seal
+    from tests.collector.answers import good_answer
+    from tests.collector.fakeagent import FakeAgent, xmlrpc_answer
+
+    mariadb.start()
+    mariadb.reset_database()
+    pki = make_pki(tmp_path / "pki", agents=["localhost=localhost,127.0.0.1", "forger=localhost,127.0.0.1"],
+                   collectors=["collector"])
+    honest = start_agent(pki)
+    fields = {"event": "call", "outcome": "served", "agent": "forger", "time": "2026-01-01T00:00:00.000000Z"}
+    first = seal(fields, "0" * 64, 0)
+    records = [first.line, seal({**fields, **{k: v for k, v in forged.items() if k == "time"}}, first.hash,
+                                int(forged.get("seq", 1))).line]
+
+    def answer(body: bytes) -> bytes:
+        if b"get_metrics" in body:
+            return xmlrpc_answer(good_answer("forger"))
+        return xmlrpc_answer({"records": records, "more": False, "gap": False})
+
+    forger = FakeAgent(pki, answer, "forger")
+    try:
+        data = collector_data(
+            pki, tmp_path, [("localhost", honest.host, honest.port), ("forger", forger.host, forger.port)],
+            storage=mariadb.storage_section(),
+        )
+        config = write_config(tmp_path, data)
+        codes = []
+        for _ in range(2):
+            codes.append(cli.main(["--config", str(config), "--once"]))
+            capsys.readouterr()
+    finally:
+        forger.stop()
+    assert codes == [0, 0], codes  # not 3: the sweeps were stored, not spooled (an audit_broken agent answered)
+    store = open_store(load(data).storage, readonly=True)
+    try:
+        samples = store.query_samples(*WIDE)
+        alerts = store.query_alerts(*WIDE)
+        copy = list(store.read_audit("forger"))
+    finally:
+        store.close()
+    assert sorted(set(samples["agent"])) == ["forger", "localhost"] and len(samples) == 4
+    chain_alerts = alerts[alerts["metric"] == "audit_chain"]
+    assert len(chain_alerts) >= 1 and "record" in str(chain_alerts["message"].iloc[0])
+    assert copy == records[:1]  # the forged record is stored nowhere

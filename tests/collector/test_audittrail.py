@@ -73,6 +73,9 @@ def test_an_intact_trail_over_several_pages_has_no_break(tmp_path: Path) -> None
         ("reordered", lambda lines: lines.insert(2, lines.pop(4)), "link", 6),
         ("edited", lambda lines: lines.__setitem__(3, lines[3].replace("r3", "r9")), "record", 5),
         ("not json", lambda lines: lines.__setitem__(3, "garbage"), "record", 5),
+        ("two not json", lambda lines: lines.__setitem__(slice(3, 4), ["garbage", "rubbish"]), "record", 5),
+        ("edited twice", lambda lines: lines.__setitem__(slice(2, 4), [x.replace('"r', '"x') for x in lines[2:4]]),
+         "record", 4),
     ],
 )
 def test_a_break_inside_a_page_is_named_and_a_new_copy_starts(
@@ -80,14 +83,28 @@ def test_a_break_inside_a_page_is_named_and_a_new_copy_starts(
 ) -> None:
     lines = chain(tmp_path, 6)
     change(lines)
-    outcome = sweep(fresh_trail(), page(lines))
+    trail = fresh_trail()
+    outcome = sweep(trail, page(lines))
     assert [found.kind for found in outcome.breaks][:1] == [kind], label
     message = outcome.breaks[0].message
     assert "expected" in message and "came" in message
-    assert len(outcome.entries) == stored  # a line that is not a sealed record is stored nowhere
-    restarted = [entry for entry in outcome.entries if entry.new_copy]
+    entries, breaks = list(outcome.entries), len(outcome.breaks)
+    for _ in range(len(lines)):  # a second break in a sweep waits for the next one: sweep until caught up
+        if not outcome.more:
+            break
+        after = trail.first_call(AGENT)
+        assert after is not None
+        held = [json.loads(line).get("hash") if line.startswith("{") else None for line in lines]
+        rest = lines[held.index(after[1][0]) + 1 :]
+        outcome = sweep(trail, page(rest))
+        assert len(outcome.breaks) <= 1  # one break a sweep
+        entries += outcome.entries
+        breaks += len(outcome.breaks)
+    assert not outcome.more
+    assert len(entries) == stored  # a line that is not a sealed record is stored nowhere
+    restarted = [entry for entry in entries if entry.new_copy]
     assert len(restarted) >= 2  # the first copy, then one after the break...
-    assert restarted[1].closes == outcome.entries[outcome.entries.index(restarted[1]) - 1].hash  # ...closing it
+    assert restarted[1].closes == entries[entries.index(restarted[1]) - 1].hash  # ...closing it
 
 
 def test_a_gap_starts_a_new_copy_at_the_agents_oldest_record(tmp_path: Path) -> None:
@@ -102,6 +119,18 @@ def test_a_gap_starts_a_new_copy_at_the_agents_oldest_record(tmp_path: Path) -> 
     assert "its oldest record is seq 0" in outcome.breaks[0].came
     assert outcome.entries[0].new_copy and outcome.entries[0].closes == "ab" * 32
     assert outcome.entries[-1].hash == held["hash"]
+
+
+def test_a_gap_whose_oldest_line_is_no_record_does_not_hold_the_trail(tmp_path: Path) -> None:
+    """A gap, then lines without a hash at the host's oldest: one break, and the records after them are copied
+    in that sweep (the next sweep, still asking after the missing record, would meet the same lines again)."""
+    lines = ["garbage", *chain(tmp_path, 3)]
+    trail = AuditTrail([AGENT])
+    trail.load({AGENT: AuditTail("ab" * 32, 9, "2026-01-01T00:00:00.000000Z")})
+    outcome = sweep(trail, page(lines, gap=True))
+    assert [found.kind for found in outcome.breaks] == ["gap"] and outcome.error is None
+    assert "its oldest line, which is not a record" in outcome.breaks[0].came  # not "no record at all"
+    assert [entry.line for entry in outcome.entries] == lines[1:]
 
 
 def sweep_from_here(trail: AuditTrail, *pages: dict[str, Any]) -> Any:
@@ -306,3 +335,35 @@ def test_the_seal_check_of_a_record_is_the_references(fields: dict[str, Any], ed
         assert isinstance(found, str) and "JSON" in found
     else:
         assert found == expected
+
+
+def test_a_disk_that_fills_while_a_copy_starts_leaves_no_torn_first_record(small_disk: Path) -> None:
+    """Found: the first record of a new copy (an agent's first, or the first after a break) was written with
+    one ``os.write`` whose count was not checked. On a disk that filled mid-record the copy began with a torn
+    line, the write counted as done, and once the disk had room the next record was glued onto the fragment:
+    the first record of the copy (after a break, the evidence) was gone and the copy no longer verified. Now
+    the new copy is refused whole (storage unavailable: the batch waits in the spool) and written later."""
+    from tests.plugins.disk import fill_up
+
+    log = AuditLog(small_disk / "host.log", AGENT, sync_interval=0)
+    log.open()
+    big = "\u00e9" * 128  # 768 bytes as a JSON escape: records of about 6 KiB, wider than a page
+    wide = {key: big for key in ("detail", "subject", "path", "peer", "reason", "common_name", "key_id", "version")}
+    for number in range(3):
+        log.record("call", "refused", request_id=f"r{number}", **wide)
+    log.close()
+    lines = (small_disk / "host.log").read_text().splitlines()
+    (small_disk / "host.log").unlink()
+    assert all(len(line) > 4096 for line in lines)
+    trail = fresh_trail()
+    first, second = sweep(trail, page(lines[:1])), sweep(trail, page(lines[1:]))
+    copies = AuditCopies(small_disk / "audit")
+    (small_disk / "audit").mkdir()
+    filler = fill_up(small_disk, leave=4096)  # one page: a part of the first record fits
+    with pytest.raises(OSError):
+        copies.write(first.entries)
+    filler.unlink()  # room again; the spool replays what storage refused, then the next sweep's
+    copies.write(first.entries)
+    copies.write(second.entries)
+    assert list(copies.read(AGENT)) == lines
+    assert sorted(p.name for p in (small_disk / "audit").iterdir()) == [f"{AGENT}.log"]

@@ -8,7 +8,8 @@ an agent certificate of the test CA). Each shows the honest outcome:
 2. alerts ``alert_command`` did not take before a ``--once`` exit arrive at the next run, all of them;
 3. one agent flooding findings: another agent's critical alert still reaches the command, early;
 4. newlines and controls in what an agent sends: one status line per agent, no forged log record;
-5. two slow-but-valid agents with ``max_workers: 2``: the healthy agent is polled at every tick.
+5. two slow-but-valid agents with ``max_workers: 2``: the healthy agent is polled at every tick;
+6. audit records that never link: one new central copy a sweep at most, a few log lines, one alert.
 """
 
 from __future__ import annotations
@@ -262,3 +263,49 @@ def test_5_slow_but_valid_agents_leave_the_healthy_agent_polled_every_interval(
     assert len(settled) >= 8
     assert max(b - a for a, b in itertools.pairwise(settled)) < interval * 2
     assert set(samples["agent"]) == {"honest", "slow0", "slow1"}  # the slow agents are polled too
+
+
+def test_6_audit_records_that_never_link_start_one_copy_a_sweep_at_most(
+    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found: a hostile agent answering get_audit with sealed records each of which follows a record that is
+    not there made every record a chain break, and every break closed the central copy and started a new one:
+    a thousand files (or copy_ids) and a thousand log lines per page, 5000 a sweep, from one agent, with the
+    storage thread (shared by the fleet) renaming and fsyncing them. Now a second break in one sweep ends
+    that agent's fetch for the sweep: the records wait, one break (and at most one new copy) a sweep."""
+    from hashlib import sha256
+
+    from secure_agent.audit import seal
+
+    made = itertools.count()
+
+    def answer(body: bytes) -> bytes:
+        if b"get_metrics" in body:
+            return xmlrpc_answer(good_answer("hostile"))
+        records = []
+        for _ in range(1000):  # sealed, but each follows a record no one ever saw
+            n = next(made)
+            fields = {"event": "call", "outcome": "served", "agent": "hostile", "time": "2026-01-01T00:00:00.000000Z"}
+            records.append(seal(fields, sha256(str(n).encode()).hexdigest(), n + 1).line)
+        return xmlrpc_answer({"records": records, "more": True, "gap": False})
+
+    hostile = FakeAgent(pki, answer, "hostile")
+    log_file = tmp_path / "collector.log"
+    try:
+        data = collector_data(pki, tmp_path, [("hostile", hostile.host, hostile.port)], log_file=str(log_file),
+                              audit_fetch={"max_records_per_sweep": 2000})
+        path = str(write_config(tmp_path, data))
+        outs = []
+        for _ in range(2):
+            cli.main(["--config", path, "--once"])
+            outs.append(capsys.readouterr().out)
+    finally:
+        hostile.stop()
+    assert [out.split()[1] for out in outs] == ["audit_broken", "audit_broken"]
+    copies = sorted(p.name for p in load(data).storage.audit_directory.iterdir())
+    assert 1 <= len(copies) <= 2, copies[:5]  # one copy a sweep at most
+    breaks = [line for line in log_file.read_text().splitlines() if "audit chain broken" in line]
+    assert 1 <= len(breaks) <= 6, len(breaks)
+    store = read_store(load(data))
+    alerts = store.query_alerts(*WIDE)
+    assert list(alerts[alerts["metric"] == "audit_chain"]["state"]) == ["firing"] * 2  # one a sweep that broke
