@@ -123,6 +123,7 @@ class AuditLog:
         self._retry_wake = threading.Event()
         self._retrying: threading.Thread | None = None
         self._repaired = 0  # torn bytes cut at the last open, until a record says so
+        self._rotate_pending = False  # the live segment is new and still lacks its first (``rotate``) record
 
     @property
     def last_hash(self) -> str:
@@ -197,16 +198,27 @@ class AuditLog:
         self._size = tail.size
         self._mtime = os.fstat(fd).st_mtime_ns
         self._broken = None
+        self._rotate_pending = new_segment
         if new_segment:
-            detail = self._rotate_detail or "continues the previous segment"
-            self._rotate_detail = None
-            self._write_locked(self._clock(), ROTATE_EVENT, "ok", {"detail": detail})
+            self._write_rotate_locked()
         if self._repaired:
             detail = f"cut {self._repaired} bytes of a torn record at the end (a crash or a full disk mid-write)"
             self._write_locked(self._clock(), REPAIR_EVENT, "ok", {"detail": detail, "count": self._repaired})
             self._repaired = 0
 
     _rotate_detail: str | None = None
+
+    def _write_rotate_locked(self) -> None:
+        """The first record of a new segment, linking it to the last one; raises AuditError.
+
+        Until it is written (a full disk right after the rename) nothing else is: the retry writes it
+        first, so every segment starts a chain that ``secure-audit verify`` can follow, and what
+        ``_rotate_detail`` says (segments deleted unfetched) is kept until it is on record.
+        """
+        detail = self._rotate_detail or "continues the previous segment"
+        self._write_locked(self._clock(), ROTATE_EVENT, "ok", {"detail": detail})
+        self._rotate_detail = None
+        self._rotate_pending = False
 
     def _predecessor_tail(self) -> Tail | None:
         """Where ``audit.log.1`` ends, for a first open of an empty live file. Raises AuditError."""
@@ -350,6 +362,8 @@ class AuditLog:
                     os.ftruncate(self._fd, self._size)
                     self._note_mtime_locked()
                 self._broken = None
+                if self._rotate_pending:  # a new segment whose first record could not be written
+                    self._write_rotate_locked()
             self._resume_locked()
         except (OSError, AuditError) as exc:
             if self._broken is None:

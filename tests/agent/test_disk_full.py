@@ -11,7 +11,12 @@ import json
 import time
 from pathlib import Path
 
-from secure_agent.audit import verify_file
+import pytest
+
+from secure_agent.audit import AuditLog, verify_file
+from secure_agent.audit_rotation import RotationPolicy, segment_path
+from secure_agent.errors import AuditError
+from secure_audit.segments import verify_segments
 from tests.plugins.agent import RPCStatusError, StartAgent, rpc_call
 from tests.plugins.disk import fill_up
 from tests.plugins.pki import TestPKI
@@ -68,3 +73,40 @@ def test_a_full_disk_is_recovered_from_without_a_signal(
     assert resumed[0]["count"] + summarised == statuses.count(503) + 1
     assert verify_file(agent.audit_log).ok
     assert records[-1]["event"] == "stop"
+
+
+def wait_writable(log: AuditLog) -> None:
+    deadline = time.monotonic() + RECOVERY_DEADLINE
+    while log.broken is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # bounded: the log's own retry timer is what is waited for
+    assert log.broken is None, "the log did not write again once space was back"
+
+
+def test_a_full_disk_between_the_rename_and_the_new_segments_first_record(small_disk: Path) -> None:
+    """The rename of a rotation needs no space, the new segment's first record does: once space is back, the
+    new segment must still start with its ``rotate`` record (else, once it is the oldest segment, it verifies
+    as "records cut"), and that record must still say that unfetched segments were deleted."""
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, rotation=RotationPolicy(2048, 1, 1), retry_first=0.05)
+    log.open()
+    written = 0
+    while not segment_path(path, 1).exists() and written < MAX_CALLS:  # one rotation done: .1 is unfetched
+        log.record("call", "served", method="ping", request_id=f"r{written}")
+        written += 1
+    # A reader holds .1 open (as get_audit does), so deleting it frees no space.
+    with open(segment_path(path, 1), "rb"):
+        filler = fill_up(small_disk, 0)  # the live segment's page has room; a new file has none
+        with pytest.raises(AuditError):
+            while written < 2 * MAX_CALLS:  # the next rotation deletes .1 and renames, then cannot write
+                log.record("call", "served", method="ping", request_id=f"r{written}")
+                written += 1
+    assert path.stat().st_size == 0
+    filler.unlink()
+    wait_writable(log)
+    log.record("call", "served", method="ping", request_id="after")
+    log.close()
+    live = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["event"] for r in live][:2] == ["rotate", "audit_resumed"]
+    assert "deleted 1 segment(s) holding records no collector had fetched" in live[0]["detail"]
+    assert verify_segments([path]).ok  # the live segment, as the oldest one kept, starts a chain
+    assert verify_segments([segment_path(path, 1), path]).ok
