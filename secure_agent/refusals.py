@@ -113,6 +113,7 @@ class RefusalRecorder:
         self._waker: Callable[[], None] | None = None
         self.written = 0
         self.counted = 0
+        self._closing = False
 
     def refuse(self, source: str, event: str, reason: str | None, fields: Mapping[str, object]) -> bool:
         """Record one refusal of ``source``, or count it for the next summary; True when it was written."""
@@ -165,7 +166,11 @@ class RefusalRecorder:
             self.flush()
 
     def flush(self) -> None:
-        """Write the summary records of everything counted since the last summary."""
+        """Write the summary records of everything counted since the last summary.
+
+        What cannot be written (the log is broken: a full disk) is counted on and written with the next
+        summary, once the log works again; never dropped while the agent runs.
+        """
         with self._lock:
             groups, self._groups = self._groups, {}
             self._due = None
@@ -182,7 +187,10 @@ class RefusalRecorder:
             for _, group in rest:
                 folded.add(group)
             summaries.append((OTHERS, kinds.pop() if len(kinds) == 1 else OTHERS, folded))
-        for source, refusal, group in summaries:
+        for written, (source, refusal, group) in enumerate(summaries):
+            if self._audit.broken is not None:
+                self._keep(summaries[written:])
+                return
             try:
                 self._audit.record(
                     SUMMARY_EVENT,
@@ -195,10 +203,30 @@ class RefusalRecorder:
                     sources=group.folded if source == OTHERS else None,
                     **group.sample,
                 )
-            except AuditError as exc:  # counted by the log as not written, and said when it can write again
+            except AuditError as exc:  # counted by the log as a record not written; its counts are kept here
                 logger.error("%s", exc)
+                self._keep(summaries[written:])
+                return
+
+    def _keep(self, summaries: list[tuple[str, str, _Group]]) -> None:
+        """Count ``summaries`` (not written) on, for the next summary."""
+        with self._lock:
+            for source, refusal, group in summaries:
+                kept = self._groups.get((source, refusal))
+                if kept is None:
+                    self._groups[(source, refusal)] = group
+                else:  # counted since: one group still (``folded`` counts sources only for "*")
+                    kept.count += group.count
+                    kept.first, kept.last = min(kept.first, group.first), max(kept.last, group.last)
+                    kept.folded += group.folded if source == OTHERS else 0
+            if self._due is None:
+                self._due = self._clock() + self.budget.summary_interval
+            if self._closing:
+                lost = ", ".join(f"{source} {refusal} x{group.count}" for source, refusal, group in summaries)
+                logger.error("refusal summaries that could not be written before the stop: %s", lost)
 
     def close(self) -> None:
         """Write what is still counted (at stop)."""
         self.set_waker(None)
+        self._closing = True
         self.flush()

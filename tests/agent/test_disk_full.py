@@ -16,6 +16,7 @@ import pytest
 from secure_agent.audit import AuditLog, verify_file
 from secure_agent.audit_rotation import RotationPolicy, segment_path
 from secure_agent.errors import AuditError
+from secure_agent.refusals import Budget, RefusalRecorder
 from secure_audit.segments import verify_segments
 from tests.plugins.agent import RPCStatusError, StartAgent, rpc_call
 from tests.plugins.disk import fill_up
@@ -110,3 +111,43 @@ def test_a_full_disk_between_the_rename_and_the_new_segments_first_record(small_
     assert "deleted 1 segment(s) holding records no collector had fetched" in live[0]["detail"]
     assert verify_segments([path]).ok  # the live segment, as the oldest one kept, starts a chain
     assert verify_segments([segment_path(path, 1), path]).ok
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_summary_the_full_disk_refused_is_written_once_space_is_back(small_disk: Path) -> None:
+    """The counts of a refusal summary that a full disk refused are not lost: written with the next summary."""
+    clock = Clock()
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, retry_first=0.05)
+    log.open()
+    refusals = RefusalRecorder(
+        log, Budget(burst=1, per_second=0.001, per_source_burst=1, per_source_per_second=0.001, summary_interval=60),
+        clock=clock, wall=clock,
+    )
+    for _ in range(30):
+        refusals.refuse("fp1", "identity_refused", "certificate_revoked", {"common_name": "rogue"})
+    filler = fill_up(small_disk, 0)
+    with pytest.raises(AuditError):
+        for number in range(MAX_CALLS):  # until the disk is full to the last byte
+            log.record("call", "served", method="ping", request_id=f"r{number}")
+    clock.now += 60
+    refusals.flush_if_due()  # the summary is due and cannot be written
+    filler.unlink()
+    wait_writable(log)
+    clock.now += 60
+    refusals.flush_if_due()
+    refusals.close()
+    log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    summaries = [r for r in records if r["event"] == "refusals_suppressed"]
+    assert [(s["source"], s["refusal"], s["common_name"]) for s in summaries] == [
+        ("fp1", "identity_refused/certificate_revoked", "rogue")]
+    assert sum(s["count"] for s in summaries) == 29  # the one in the budget was written, every other one counted
+    assert verify_file(path).ok
