@@ -116,8 +116,12 @@ class RefusalRecorder:
         self._closing = False
 
     def refuse(self, source: str, event: str, reason: str | None, fields: Mapping[str, object]) -> bool:
-        """Record one refusal of ``source``, or count it for the next summary; True when it was written."""
-        if self._sources.take(source).allowed and self._global.take("").allowed:
+        """Record one refusal of ``source``, or count it for the next summary; True when it was written.
+
+        While the log cannot be written (a full disk) refusals are counted for the summary, which keeps who
+        was refused, rather than tried one by one (the log would count them by event only).
+        """
+        if self._audit.broken is None and self._sources.take(source).allowed and self._global.take("").allowed:
             try:
                 self._audit.record(event, "refused", reason=reason, **fields)
             except AuditError as exc:  # the log counts what it could not write, and says so when it can

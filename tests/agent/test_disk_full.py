@@ -151,3 +151,30 @@ def test_a_summary_the_full_disk_refused_is_written_once_space_is_back(small_dis
         ("fp1", "identity_refused/certificate_revoked", "rogue")]
     assert sum(s["count"] for s in summaries) == 29  # the one in the budget was written, every other one counted
     assert verify_file(path).ok
+
+
+def test_refusals_while_the_disk_is_full_are_summarised_with_who(small_disk: Path) -> None:
+    """A refusal the broken log cannot take is counted in the summary (source, refusal, count), not only as
+    "identity_refused=N" in ``audit_resumed``: a flood while the disk is full does not hide who sent it."""
+    clock = Clock()
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, retry_first=0.05)
+    log.open()
+    refusals = RefusalRecorder(log, Budget(summary_interval=60), clock=clock, wall=clock)
+    filler = fill_up(small_disk, 0)
+    with pytest.raises(AuditError):
+        for number in range(MAX_CALLS):  # until the disk is full to the last byte
+            log.record("call", "served", method="ping", request_id=f"r{number}")
+    for _ in range(5):  # well within every budget
+        refusals.refuse("fp1", "identity_refused", "certificate_revoked", {"common_name": "rogue"})
+    filler.unlink()
+    wait_writable(log)
+    refusals.close()
+    log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    summaries = [r for r in records if r["event"] == "refusals_suppressed"]
+    assert [(s["source"], s["refusal"], s["count"]) for s in summaries] == [
+        ("fp1", "identity_refused/certificate_revoked", 5)]
+    resumed = [r for r in records if r["event"] == "audit_resumed"]
+    assert len(resumed) == 1 and "identity_refused" not in (resumed[0].get("events") or "")  # counted once
+    assert verify_file(path).ok
