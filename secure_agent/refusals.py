@@ -17,10 +17,13 @@ What goes over is never dropped: it is counted per (source, refusal) with the fi
 written as ``refusals_suppressed`` records ``summary_interval`` seconds after the first refusal counted
 (the server's accept loop asks :meth:`RefusalRecorder.due` how long it may sleep, and is woken through
 :meth:`RefusalRecorder.set_waker` when counting starts: an idle agent never wakes) and at stop. At most
-:data:`MAX_GROUPS` groups are counted between two summaries (later sources fold into one ``*`` group) and at most
-:data:`MAX_SUMMARY_RECORDS` records are written per summary, the largest groups first, the rest (and the
-``*`` group) folded into one ``*`` record with the number of groups in ``sources``: summaries are bounded
-too, at most 33 records per ``summary_interval`` (10 s at the least).
+:data:`MAX_GROUPS` groups of networks and as many of certificates are counted between two summaries (later
+sources fold into one ``*`` group) and at most :data:`MAX_SUMMARY_RECORDS` records are written per summary,
+certificates before networks, the largest groups first, the rest (and the ``*`` group) folded into one ``*``
+record with the number of groups in ``sources``: summaries are bounded too, at most 33 records per
+``summary_interval`` (10 s at the least).
+Certificates go first because anyone can refuse from as many networks as they like (an IPv6 /48 holds
+65,536 /64s), but only our CA makes certificates: a network flood cannot fold a certificate's refusals away.
 
 Served calls, start, stop and reload records do not come through here: nothing limits them but the
 rate limit of admitted clients.
@@ -71,6 +74,7 @@ class _Group:
     last: float
     sample: dict[str, object] = field(default_factory=dict)  # peer / common name of the last one
     folded: int = 1  # groups folded into this one (for "*")
+    identified: bool = False  # the source is a certificate's fingerprint, not a network
 
     def add(self, other: _Group) -> None:
         self.count += other.count
@@ -109,6 +113,7 @@ class RefusalRecorder:
         self._lock = threading.Lock()
         self._clock = clock
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._sizes = {False: 0, True: 0}  # named groups of networks (False) and of certificates (True)
         self._due: float | None = None  # when the next summary is due (monotonic), while anything is counted
         self._waker: Callable[[], None] | None = None
         self.written = 0
@@ -137,13 +142,15 @@ class RefusalRecorder:
         sample = {key: fields[key] for key in ("peer", "common_name") if fields.get(key) is not None}
         with self._lock:
             self.counted += 1
+            identified = source == fields.get("fingerprint")
             key = (source, refusal)
             group = self._groups.get(key)
-            if group is None and len(self._groups) >= MAX_GROUPS:
+            if group is None and self._sizes[identified] >= MAX_GROUPS:
                 key = (OTHERS, refusal)
                 group = self._groups.get(key)
             if group is None:
-                self._groups[key] = _Group(1, now, now, sample)
+                self._groups[key] = _Group(1, now, now, sample, identified=identified and key[0] != OTHERS)
+                self._sizes[identified] += key[0] != OTHERS
             else:
                 group.count += 1
                 group.last = now
@@ -177,11 +184,12 @@ class RefusalRecorder:
         """
         with self._lock:
             groups, self._groups = self._groups, {}
+            self._sizes = {False: 0, True: 0}
             self._due = None
         if not groups:
             return
         named = [(key, group) for key, group in groups.items() if key[0] != OTHERS]
-        named.sort(key=lambda item: (-item[1].count, item[0]))
+        named.sort(key=lambda item: (not item[1].identified, -item[1].count, item[0]))
         kept, rest = named[:MAX_SUMMARY_RECORDS], named[MAX_SUMMARY_RECORDS:]
         rest += [(key, group) for key, group in groups.items() if key[0] == OTHERS]  # folded when counted
         summaries: list[tuple[str, str, _Group]] = [(source, refusal, group) for (source, refusal), group in kept]
@@ -219,6 +227,7 @@ class RefusalRecorder:
                 kept = self._groups.get((source, refusal))
                 if kept is None:
                     self._groups[(source, refusal)] = group
+                    self._sizes[group.identified] += source != OTHERS
                 else:  # counted since: one group still (``folded`` counts sources only for "*")
                     kept.count += group.count
                     kept.first, kept.last = min(kept.first, group.first), max(kept.last, group.last)
