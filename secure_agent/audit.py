@@ -32,7 +32,7 @@ from pki.auditchain import (
     record_hash,
     verify_lines,
 )
-from secure_agent.audit_file import Segment, Tail, check_audit_path, read_tail, verify_file
+from secure_agent.audit_file import Segment, Tail, check_audit_path, check_directory, read_tail, verify_file
 from secure_agent.audit_record import FIELDS, MAX_TEXT, Sealed, Unwritten, clip, seal, utc_timestamp
 from secure_agent.audit_rotation import (
     RotationPolicy,
@@ -150,7 +150,11 @@ class AuditLog:
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_directory(path.parent)
             fd = os.open(path, flags, 0o600)
+        except AuditError as exc:
+            self._broken = str(exc)
+            raise
         except OSError as exc:
             self._broken = f"cannot open: {exc.strerror or exc}"
             raise AuditError(f"{path}: cannot open the audit log: {exc.strerror or exc}") from exc

@@ -65,6 +65,20 @@ def read_tail(fd: int, size: int) -> Tail:
     return Tail(str(record["hash"]), int(record["seq"]) + 1, parse_timestamp(record.get("time")), start + end, torn)
 
 
+def check_directory(directory: Path) -> None:
+    """The audit log's directory must be writable by no one but us (or root): whoever can write there can
+    delete segments no collector has fetched, or plant ``audit.log.N`` files that ``get_audit`` would serve
+    as our records. Raises :class:`AuditError` naming it; OSError when it cannot be read."""
+    info = os.stat(directory)
+    if info.st_mode & 0o022:
+        raise AuditError(
+            f"{directory}: the audit log's directory is writable by group or others, who could delete or plant "
+            "segments; make it 0700 (chmod go-w)"
+        )
+    if info.st_uid not in (0, os.geteuid()):
+        raise AuditError(f"{directory}: the audit log's directory belongs to another user (uid {info.st_uid})")
+
+
 def check_audit_path(path: Path) -> None:
     """Could an audit log be kept at ``path``? Checks without creating or changing anything.
 
@@ -78,12 +92,15 @@ def check_audit_path(path: Path) -> None:
             parent = parent.parent
         if not os.access(parent, os.W_OK | os.X_OK):
             raise AuditError(f"{path}: cannot create the audit log: {parent} is not writable") from None
+        if parent == path.parent:
+            check_directory(parent)
         return
     except OSError as exc:
         raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(info.st_mode):
         raise AuditError(f"{path}: the audit log must be a regular file")
     try:
+        check_directory(path.parent)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc

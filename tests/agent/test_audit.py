@@ -255,3 +255,20 @@ def test_sealed_records_hash_as_record_hash_says() -> None:
     sealed = seal({"time": utc_timestamp(1.7e9), "event": "call", "outcome": "served", "agent": "a"}, GENESIS, 0)
     record = json.loads(sealed.line)
     assert record["hash"] == sealed.hash == record_hash(record)
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o1777])
+def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever can write the audit log's directory can delete unfetched segments or plant an ``audit.log.N``
+    that get_audit would serve as the agent's records: refused at open and by --check, with the directory named."""
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    folder.chmod(mode)
+    with pytest.raises(AuditError, match="directory is writable by group or others"):
+        check_audit_path(folder / "audit.log")
+    with pytest.raises(AuditError, match="directory is writable by group or others"):
+        AuditLog(folder / "audit.log", "a").open()
+    assert not (folder / "audit.log").exists()
+    folder.chmod(0o700)
+    _log(folder / "audit.log", 1).close()  # the same place, once only we can write there
+    check_audit_path(folder / "audit.log")
