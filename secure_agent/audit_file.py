@@ -1,7 +1,8 @@
 """Reading an audit log file's end: where appending goes on, what a torn write left, and ``--check``.
 
 A file ends with a whole record and its newline. Bytes after the last newline (at most one record's
-worth) are a record a crash or a full disk cut short: :func:`read_tail` reports them so that the writer
+worth, then any number of zero bytes, which a power loss leaves where unsynced records were to go) are a
+record a crash or a full disk cut short: :func:`read_tail` reports them so that the writer
 cuts them (and records that it did) instead of refusing to start. Anything else at the end (a last line
 that is not one of our sealed records, or more than a record's worth of bytes without a newline) is
 refused: that is not a torn write.
@@ -19,6 +20,7 @@ from pki.auditchain import GENESIS, MAX_LINE, Verdict, parse_timestamp, record_h
 from secure_agent.errors import AuditError
 
 _TAIL_BYTES = MAX_LINE + 1
+_ZERO_BLOCK = 1024 * 1024
 
 
 def verify_file(path: Path, prev: str = GENESIS) -> Verdict:
@@ -35,11 +37,31 @@ class Tail(NamedTuple):
     torn: int  # bytes after it (a record a crash or a full disk cut short), to be cut
 
 
+def _end_of_data(fd: int, size: int) -> int:
+    """``size`` less the zero bytes at the end: what a power loss leaves where unsynced data was to go (the new
+    size on disk, the data not). No record holds a zero byte."""
+    end = size
+    while end > 0:
+        start = max(0, end - _ZERO_BLOCK)
+        kept = len(os.pread(fd, end - start, start).rstrip(b"\0"))
+        if kept:
+            return start + kept
+        end = start
+    return 0
+
+
 def read_tail(fd: int, size: int) -> Tail:
     """Where to go on appending to a file of ``size`` bytes open for reading at ``fd``.
 
-    Bytes after the last newline (at most one record's worth) are a torn write: reported in ``torn``.
+    Bytes after the last newline (at most one record's worth, then any number of zero bytes) are a torn
+    write: reported in ``torn``.
     """
+    data_end = _end_of_data(fd, size)
+    tail = _read_tail(fd, data_end)
+    return tail._replace(torn=tail.torn + size - data_end)
+
+
+def _read_tail(fd: int, size: int) -> Tail:
     if size == 0:
         return Tail(GENESIS, 0, None, 0, 0)
     start = max(0, size - 2 * _TAIL_BYTES)

@@ -150,6 +150,25 @@ def test_torn_tail_is_cut_back_and_recorded(tmp_path: Path) -> None:
     assert verify_file(path).ok and verify_file(path).records == 4
 
 
+@pytest.mark.parametrize("torn", ["", '{"event":"call","outc'])
+def test_a_power_loss_that_left_zeros_past_the_last_record_is_repaired(tmp_path: Path, torn: str) -> None:
+    """A power loss can leave the file's new size with zeros where the unsynced records were to go (a second of
+    records: more than one record's worth): cut like a torn record, never a refusal to start."""
+    path = tmp_path / "audit.log"
+    _log(path, 2).close()
+    with open(path, "ab") as handle:
+        handle.write(torn.encode() + bytes(3 * MAX_LINE))
+    check_audit_path(path)
+    log = AuditLog(path, "agent-a", sync_interval=0)
+    log.open()
+    log.record("start", "ok")
+    log.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["call", "call", "repair", "start"]
+    assert json.loads(lines[2])["count"] == len(torn) + 3 * MAX_LINE
+    assert verify_file(path).ok
+
+
 def test_a_last_line_that_is_not_a_record_still_refuses_to_open(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     _log(path, 2).close()
