@@ -116,7 +116,10 @@ class AuditLog:
         self._waker: Callable[[], None] | None = None
         self._live_inode: int | None = None
         self._mtime = 0  # of the live segment after our last write: another writer changes it
-        self._collected_inode: int | None = None  # the segment of the newest record a collector fetched
+        # The number of the segment holding the newest record a collector fetched (0: the live one), or None.
+        # A number, moved along at each rotation, not an inode: a deleted segment's inode is soon another file's
+        # (ext4 gives it to the next new live segment), which would pass for "fetched up to the live one".
+        self._collected: int | None = None
         self._unwritten = Unwritten()
         self._failure: str | None = None  # why writing failed, until a record says so
         self._retry_first = retry_first
@@ -404,8 +407,11 @@ class AuditLog:
         except OSError as exc:
             logger.error("%s: cannot rotate the audit log (%s); writing on to the same file", self.path, exc)
             self._rotate_at = self._size + policy.max_bytes // 16 + 1
+            self._collected = None  # some segments may have moved: not known until the next fetch
         else:
             self._rotate_at = None
+            # the live segment is .1 now, .N is .N+1, and those from ``keep`` on are gone
+            self._collected = None if collected is None or collected >= keep else collected + 1
             uncollected = [number for number in deleted if collected is None or number <= collected]
             if uncollected:
                 self._rotate_detail = (
@@ -421,26 +427,18 @@ class AuditLog:
 
     def _collected_number_locked(self) -> int | None:
         """The number of the segment holding the newest record a collector fetched (0: live), or None."""
-        inode = self._collected_inode
-        if inode is None:
-            return None
-        if inode == self._live_inode:
-            return 0
-        return segment_number(self.path, inode)  # None: compressed or removed since, so not known to be fetched
+        return self._collected
 
     def mark_collected(self, inode: int) -> None:
         """A collector holds every record up to one in the segment ``inode`` (it asked ``get_audit`` for
-        what follows it): retention may delete the segments before that one. Never moves back."""
+        what follows it): retention may delete the segments before that one. Never moves back.
+
+        The caller holds the segment open (a :meth:`open_segments` snapshot), so its inode is no other file's.
+        """
         with self._lock:
-            current = self._collected_inode
-            if inode == current or current == self._live_inode:
-                return
-            if current is None or inode == self._live_inode:
-                self._collected_inode = inode
-                return
-            new, old = segment_number(self.path, inode), segment_number(self.path, current)
-            if new is not None and (old is None or new < old):
-                self._collected_inode = inode
+            number = 0 if inode == self._live_inode else segment_number(self.path, inode)
+            if number is not None and (self._collected is None or number < self._collected):
+                self._collected = number
 
     def open_segments(self) -> list[Segment]:
         """The plain segments, oldest first, each open for reading, as one consistent snapshot.
