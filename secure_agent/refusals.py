@@ -159,7 +159,9 @@ class RefusalRecorder:
             if starting:
                 self._due = self._clock() + self.budget.summary_interval
             waker = self._waker
-        if starting and waker is not None:
+        if self._closing:  # a connection that outlived the stop: no summary will come, so write it now
+            self.flush()
+        elif starting and waker is not None:
             waker()  # whoever sleeps until the next thing due should know about this one
 
     def set_waker(self, waker: Callable[[], None] | None) -> None:
@@ -239,7 +241,8 @@ class RefusalRecorder:
                 logger.error("refusal summaries that could not be written before the stop: %s", lost)
 
     def close(self) -> None:
-        """Write what is still counted (at stop)."""
+        """Write what is still counted (at stop); from now on a refusal over the budget is summarised at once
+        (a connection cut at the stop may still refuse), or logged when the log cannot take it."""
         self.set_waker(None)
         self._closing = True
         self.flush()

@@ -136,3 +136,22 @@ def test_a_flood_from_many_networks_cannot_fold_a_certificates_refusals_away(tmp
     assert [(s["refusal"], s["count"], s["common_name"]) for s in named] == [
         ("identity_refused/certificate_revoked", 2, "stolen")]
     assert sum(s["count"] for s in summaries) == 3 * (MAX_GROUPS + 10) + 2  # every refusal accounted for
+
+
+def test_a_refusal_after_the_stop_is_not_counted_into_a_summary_that_never_comes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection cut at the stop can still refuse after the last summary: it is written at once, and once the
+    log is closed too, its counts go to the operational log, never nowhere."""
+    clock = Clock()
+    refusals, log, _ = recorder(tmp_path, clock, burst=1, per_second=0.001, per_source_burst=1,
+                                per_source_per_second=0.001)
+    refusals.refuse("net1", "bad_request", "incomplete_request", {})  # the whole budget
+    refusals.close()
+    refusals.refuse("net2", "bad_request", "incomplete_request", {"peer": "192.0.2.9:1"})
+    summaries = [r for r in records(tmp_path) if r["event"] == "refusals_suppressed"]
+    assert [(s["source"], s["refusal"], s["count"]) for s in summaries] == [
+        ("net2", "bad_request/incomplete_request", 1)]
+    log.close()
+    refusals.refuse("net3", "bad_request", "incomplete_request", {})
+    assert "net3 bad_request/incomplete_request x1" in caplog.text
