@@ -509,6 +509,12 @@ class AuditLog:
 
     def close(self) -> None:
         with self._lock:
+            if self._opened and not self._closed and (self._unwritten.events or self._failure is not None):
+                fields = self._unwritten.fields(self._failure or str(self._broken))
+                logger.error(  # no audit_resumed record will say it: the operational log is what is left
+                    "%s: closed while it could not be written (%s): %s record(s) not written (%s), first %s, last %s",
+                    self.path, fields["detail"], fields["count"], fields["events"], fields["first"], fields["last"],
+                )
             self._close_locked()
             self._broken = "closed"
             self._closed = True

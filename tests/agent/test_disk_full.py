@@ -178,3 +178,25 @@ def test_refusals_while_the_disk_is_full_are_summarised_with_who(small_disk: Pat
     resumed = [r for r in records if r["event"] == "audit_resumed"]
     assert len(resumed) == 1 and "identity_refused" not in (resumed[0].get("events") or "")  # counted once
     assert verify_file(path).ok
+
+
+def test_what_a_log_closed_while_full_could_not_write_is_logged_with_its_counts(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while the disk is still full: no ``audit_resumed`` record will ever count what was not written,
+    so the operational log says it (how many of each event, first and last time) rather than nothing."""
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, retry_first=60)
+    log.open()
+    fill_up(small_disk, 0)
+    failed = 0
+    for number in range(MAX_CALLS):
+        try:
+            log.record("call", "served", method="ping", request_id=f"r{number}")
+        except AuditError:
+            failed += 1
+            if failed == 3:
+                break
+    log.close()
+    assert f"{failed} record(s) not written (call={failed})" in caplog.text
+    assert verify_file(path).ok
