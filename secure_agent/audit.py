@@ -32,7 +32,7 @@ from pki.auditchain import (
     record_hash,
     verify_lines,
 )
-from secure_agent.audit_file import Segment, Tail, check_audit_path, read_tail, verify_file
+from secure_agent.audit_file import Segment, Tail, check_audit_path, check_directory, read_tail, verify_file
 from secure_agent.audit_record import FIELDS, MAX_TEXT, Sealed, Unwritten, clip, seal, utc_timestamp
 from secure_agent.audit_rotation import (
     RotationPolicy,
@@ -116,13 +116,17 @@ class AuditLog:
         self._waker: Callable[[], None] | None = None
         self._live_inode: int | None = None
         self._mtime = 0  # of the live segment after our last write: another writer changes it
-        self._collected_inode: int | None = None  # the segment of the newest record a collector fetched
+        # The number of the segment holding the newest record a collector fetched (0: the live one), or None.
+        # A number, moved along at each rotation, not an inode: a deleted segment's inode is soon another file's
+        # (ext4 gives it to the next new live segment), which would pass for "fetched up to the live one".
+        self._collected: int | None = None
         self._unwritten = Unwritten()
         self._failure: str | None = None  # why writing failed, until a record says so
         self._retry_first = retry_first
         self._retry_wake = threading.Event()
         self._retrying: threading.Thread | None = None
         self._repaired = 0  # torn bytes cut at the last open, until a record says so
+        self._rotate_pending = False  # the live segment is new and still lacks its first (``rotate``) record
 
     @property
     def last_hash(self) -> str:
@@ -149,7 +153,11 @@ class AuditLog:
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_directory(path.parent)
             fd = os.open(path, flags, 0o600)
+        except AuditError as exc:
+            self._broken = str(exc)
+            raise
         except OSError as exc:
             self._broken = f"cannot open: {exc.strerror or exc}"
             raise AuditError(f"{path}: cannot open the audit log: {exc.strerror or exc}") from exc
@@ -197,16 +205,27 @@ class AuditLog:
         self._size = tail.size
         self._mtime = os.fstat(fd).st_mtime_ns
         self._broken = None
+        self._rotate_pending = new_segment
         if new_segment:
-            detail = self._rotate_detail or "continues the previous segment"
-            self._rotate_detail = None
-            self._write_locked(self._clock(), ROTATE_EVENT, "ok", {"detail": detail})
+            self._write_rotate_locked()
         if self._repaired:
             detail = f"cut {self._repaired} bytes of a torn record at the end (a crash or a full disk mid-write)"
             self._write_locked(self._clock(), REPAIR_EVENT, "ok", {"detail": detail, "count": self._repaired})
             self._repaired = 0
 
     _rotate_detail: str | None = None
+
+    def _write_rotate_locked(self) -> None:
+        """The first record of a new segment, linking it to the last one; raises AuditError.
+
+        Until it is written (a full disk right after the rename) nothing else is: the retry writes it
+        first, so every segment starts a chain that ``secure-audit verify`` can follow, and what
+        ``_rotate_detail`` says (segments deleted unfetched) is kept until it is on record.
+        """
+        detail = self._rotate_detail or "continues the previous segment"
+        self._write_locked(self._clock(), ROTATE_EVENT, "ok", {"detail": detail})
+        self._rotate_detail = None
+        self._rotate_pending = False
 
     def _predecessor_tail(self) -> Tail | None:
         """Where ``audit.log.1`` ends, for a first open of an empty live file. Raises AuditError."""
@@ -350,6 +369,8 @@ class AuditLog:
                     os.ftruncate(self._fd, self._size)
                     self._note_mtime_locked()
                 self._broken = None
+                if self._rotate_pending:  # a new segment whose first record could not be written
+                    self._write_rotate_locked()
             self._resume_locked()
         except (OSError, AuditError) as exc:
             if self._broken is None:
@@ -386,8 +407,11 @@ class AuditLog:
         except OSError as exc:
             logger.error("%s: cannot rotate the audit log (%s); writing on to the same file", self.path, exc)
             self._rotate_at = self._size + policy.max_bytes // 16 + 1
+            self._collected = None  # some segments may have moved: not known until the next fetch
         else:
             self._rotate_at = None
+            # the live segment is .1 now, .N is .N+1, and those from ``keep`` on are gone
+            self._collected = None if collected is None or collected >= keep else collected + 1
             uncollected = [number for number in deleted if collected is None or number <= collected]
             if uncollected:
                 self._rotate_detail = (
@@ -403,26 +427,18 @@ class AuditLog:
 
     def _collected_number_locked(self) -> int | None:
         """The number of the segment holding the newest record a collector fetched (0: live), or None."""
-        inode = self._collected_inode
-        if inode is None:
-            return None
-        if inode == self._live_inode:
-            return 0
-        return segment_number(self.path, inode)  # None: compressed or removed since, so not known to be fetched
+        return self._collected
 
     def mark_collected(self, inode: int) -> None:
         """A collector holds every record up to one in the segment ``inode`` (it asked ``get_audit`` for
-        what follows it): retention may delete the segments before that one. Never moves back."""
+        what follows it): retention may delete the segments before that one. Never moves back.
+
+        The caller holds the segment open (a :meth:`open_segments` snapshot), so its inode is no other file's.
+        """
         with self._lock:
-            current = self._collected_inode
-            if inode == current or current == self._live_inode:
-                return
-            if current is None or inode == self._live_inode:
-                self._collected_inode = inode
-                return
-            new, old = segment_number(self.path, inode), segment_number(self.path, current)
-            if new is not None and (old is None or new < old):
-                self._collected_inode = inode
+            number = 0 if inode == self._live_inode else segment_number(self.path, inode)
+            if number is not None and (self._collected is None or number < self._collected):
+                self._collected = number
 
     def open_segments(self) -> list[Segment]:
         """The plain segments, oldest first, each open for reading, as one consistent snapshot.
@@ -493,6 +509,12 @@ class AuditLog:
 
     def close(self) -> None:
         with self._lock:
+            if self._opened and not self._closed and (self._unwritten.events or self._failure is not None):
+                fields = self._unwritten.fields(self._failure or str(self._broken))
+                logger.error(  # no audit_resumed record will say it: the operational log is what is left
+                    "%s: closed while it could not be written (%s): %s record(s) not written (%s), first %s, last %s",
+                    self.path, fields["detail"], fields["count"], fields["events"], fields["first"], fields["last"],
+                )
             self._close_locked()
             self._broken = "closed"
             self._closed = True

@@ -1,7 +1,8 @@
 """Reading an audit log file's end: where appending goes on, what a torn write left, and ``--check``.
 
 A file ends with a whole record and its newline. Bytes after the last newline (at most one record's
-worth) are a record a crash or a full disk cut short: :func:`read_tail` reports them so that the writer
+worth, then any number of zero bytes, which a power loss leaves where unsynced records were to go) are a
+record a crash or a full disk cut short: :func:`read_tail` reports them so that the writer
 cuts them (and records that it did) instead of refusing to start. Anything else at the end (a last line
 that is not one of our sealed records, or more than a record's worth of bytes without a newline) is
 refused: that is not a torn write.
@@ -19,6 +20,7 @@ from pki.auditchain import GENESIS, MAX_LINE, Verdict, parse_timestamp, record_h
 from secure_agent.errors import AuditError
 
 _TAIL_BYTES = MAX_LINE + 1
+_ZERO_BLOCK = 1024 * 1024
 
 
 def verify_file(path: Path, prev: str = GENESIS) -> Verdict:
@@ -35,11 +37,31 @@ class Tail(NamedTuple):
     torn: int  # bytes after it (a record a crash or a full disk cut short), to be cut
 
 
+def _end_of_data(fd: int, size: int) -> int:
+    """``size`` less the zero bytes at the end: what a power loss leaves where unsynced data was to go (the new
+    size on disk, the data not). No record holds a zero byte."""
+    end = size
+    while end > 0:
+        start = max(0, end - _ZERO_BLOCK)
+        kept = len(os.pread(fd, end - start, start).rstrip(b"\0"))
+        if kept:
+            return start + kept
+        end = start
+    return 0
+
+
 def read_tail(fd: int, size: int) -> Tail:
     """Where to go on appending to a file of ``size`` bytes open for reading at ``fd``.
 
-    Bytes after the last newline (at most one record's worth) are a torn write: reported in ``torn``.
+    Bytes after the last newline (at most one record's worth, then any number of zero bytes) are a torn
+    write: reported in ``torn``.
     """
+    data_end = _end_of_data(fd, size)
+    tail = _read_tail(fd, data_end)
+    return tail._replace(torn=tail.torn + size - data_end)
+
+
+def _read_tail(fd: int, size: int) -> Tail:
     if size == 0:
         return Tail(GENESIS, 0, None, 0, 0)
     start = max(0, size - 2 * _TAIL_BYTES)
@@ -65,6 +87,20 @@ def read_tail(fd: int, size: int) -> Tail:
     return Tail(str(record["hash"]), int(record["seq"]) + 1, parse_timestamp(record.get("time")), start + end, torn)
 
 
+def check_directory(directory: Path) -> None:
+    """The audit log's directory must be writable by no one but us (or root): whoever can write there can
+    delete segments no collector has fetched, or plant ``audit.log.N`` files that ``get_audit`` would serve
+    as our records. Raises :class:`AuditError` naming it; OSError when it cannot be read."""
+    info = os.stat(directory)
+    if info.st_mode & 0o022:
+        raise AuditError(
+            f"{directory}: the audit log's directory is writable by group or others, who could delete or plant "
+            "segments; make it 0700 (chmod go-w)"
+        )
+    if info.st_uid not in (0, os.geteuid()):
+        raise AuditError(f"{directory}: the audit log's directory belongs to another user (uid {info.st_uid})")
+
+
 def check_audit_path(path: Path) -> None:
     """Could an audit log be kept at ``path``? Checks without creating or changing anything.
 
@@ -78,12 +114,15 @@ def check_audit_path(path: Path) -> None:
             parent = parent.parent
         if not os.access(parent, os.W_OK | os.X_OK):
             raise AuditError(f"{path}: cannot create the audit log: {parent} is not writable") from None
+        if parent == path.parent:
+            check_directory(parent)
         return
     except OSError as exc:
         raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(info.st_mode):
         raise AuditError(f"{path}: the audit log must be a regular file")
     try:
+        check_directory(path.parent)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc

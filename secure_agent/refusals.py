@@ -17,10 +17,13 @@ What goes over is never dropped: it is counted per (source, refusal) with the fi
 written as ``refusals_suppressed`` records ``summary_interval`` seconds after the first refusal counted
 (the server's accept loop asks :meth:`RefusalRecorder.due` how long it may sleep, and is woken through
 :meth:`RefusalRecorder.set_waker` when counting starts: an idle agent never wakes) and at stop. At most
-:data:`MAX_GROUPS` groups are counted between two summaries (later sources fold into one ``*`` group) and at most
-:data:`MAX_SUMMARY_RECORDS` records are written per summary, the largest groups first, the rest (and the
-``*`` group) folded into one ``*`` record with the number of groups in ``sources``: summaries are bounded
-too, at most 33 records per ``summary_interval`` (10 s at the least).
+:data:`MAX_GROUPS` groups of networks and as many of certificates are counted between two summaries (later
+sources fold into one ``*`` group) and at most :data:`MAX_SUMMARY_RECORDS` records are written per summary,
+certificates before networks, the largest groups first, the rest (and the ``*`` group) folded into one ``*``
+record with the number of groups in ``sources``: summaries are bounded too, at most 33 records per
+``summary_interval`` (10 s at the least).
+Certificates go first because anyone can refuse from as many networks as they like (an IPv6 /48 holds
+65,536 /64s), but only our CA makes certificates: a network flood cannot fold a certificate's refusals away.
 
 Served calls, start, stop and reload records do not come through here: nothing limits them but the
 rate limit of admitted clients.
@@ -71,6 +74,7 @@ class _Group:
     last: float
     sample: dict[str, object] = field(default_factory=dict)  # peer / common name of the last one
     folded: int = 1  # groups folded into this one (for "*")
+    identified: bool = False  # the source is a certificate's fingerprint, not a network
 
     def add(self, other: _Group) -> None:
         self.count += other.count
@@ -109,14 +113,20 @@ class RefusalRecorder:
         self._lock = threading.Lock()
         self._clock = clock
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._sizes = {False: 0, True: 0}  # named groups of networks (False) and of certificates (True)
         self._due: float | None = None  # when the next summary is due (monotonic), while anything is counted
         self._waker: Callable[[], None] | None = None
         self.written = 0
         self.counted = 0
+        self._closing = False
 
     def refuse(self, source: str, event: str, reason: str | None, fields: Mapping[str, object]) -> bool:
-        """Record one refusal of ``source``, or count it for the next summary; True when it was written."""
-        if self._sources.take(source).allowed and self._global.take("").allowed:
+        """Record one refusal of ``source``, or count it for the next summary; True when it was written.
+
+        While the log cannot be written (a full disk) refusals are counted for the summary, which keeps who
+        was refused, rather than tried one by one (the log would count them by event only).
+        """
+        if self._audit.broken is None and self._sources.take(source).allowed and self._global.take("").allowed:
             try:
                 self._audit.record(event, "refused", reason=reason, **fields)
             except AuditError as exc:  # the log counts what it could not write, and says so when it can
@@ -132,13 +142,15 @@ class RefusalRecorder:
         sample = {key: fields[key] for key in ("peer", "common_name") if fields.get(key) is not None}
         with self._lock:
             self.counted += 1
+            identified = source == fields.get("fingerprint")
             key = (source, refusal)
             group = self._groups.get(key)
-            if group is None and len(self._groups) >= MAX_GROUPS:
+            if group is None and self._sizes[identified] >= MAX_GROUPS:
                 key = (OTHERS, refusal)
                 group = self._groups.get(key)
             if group is None:
-                self._groups[key] = _Group(1, now, now, sample)
+                self._groups[key] = _Group(1, now, now, sample, identified=identified and key[0] != OTHERS)
+                self._sizes[identified] += key[0] != OTHERS
             else:
                 group.count += 1
                 group.last = now
@@ -147,7 +159,9 @@ class RefusalRecorder:
             if starting:
                 self._due = self._clock() + self.budget.summary_interval
             waker = self._waker
-        if starting and waker is not None:
+        if self._closing:  # a connection that outlived the stop: no summary will come, so write it now
+            self.flush()
+        elif starting and waker is not None:
             waker()  # whoever sleeps until the next thing due should know about this one
 
     def set_waker(self, waker: Callable[[], None] | None) -> None:
@@ -165,14 +179,19 @@ class RefusalRecorder:
             self.flush()
 
     def flush(self) -> None:
-        """Write the summary records of everything counted since the last summary."""
+        """Write the summary records of everything counted since the last summary.
+
+        What cannot be written (the log is broken: a full disk) is counted on and written with the next
+        summary, once the log works again; never dropped while the agent runs.
+        """
         with self._lock:
             groups, self._groups = self._groups, {}
+            self._sizes = {False: 0, True: 0}
             self._due = None
         if not groups:
             return
         named = [(key, group) for key, group in groups.items() if key[0] != OTHERS]
-        named.sort(key=lambda item: (-item[1].count, item[0]))
+        named.sort(key=lambda item: (not item[1].identified, -item[1].count, item[0]))
         kept, rest = named[:MAX_SUMMARY_RECORDS], named[MAX_SUMMARY_RECORDS:]
         rest += [(key, group) for key, group in groups.items() if key[0] == OTHERS]  # folded when counted
         summaries: list[tuple[str, str, _Group]] = [(source, refusal, group) for (source, refusal), group in kept]
@@ -182,7 +201,10 @@ class RefusalRecorder:
             for _, group in rest:
                 folded.add(group)
             summaries.append((OTHERS, kinds.pop() if len(kinds) == 1 else OTHERS, folded))
-        for source, refusal, group in summaries:
+        for written, (source, refusal, group) in enumerate(summaries):
+            if self._audit.broken is not None:
+                self._keep(summaries[written:])
+                return
             try:
                 self._audit.record(
                     SUMMARY_EVENT,
@@ -195,10 +217,32 @@ class RefusalRecorder:
                     sources=group.folded if source == OTHERS else None,
                     **group.sample,
                 )
-            except AuditError as exc:  # counted by the log as not written, and said when it can write again
+            except AuditError as exc:  # counted by the log as a record not written; its counts are kept here
                 logger.error("%s", exc)
+                self._keep(summaries[written:])
+                return
+
+    def _keep(self, summaries: list[tuple[str, str, _Group]]) -> None:
+        """Count ``summaries`` (not written) on, for the next summary."""
+        with self._lock:
+            for source, refusal, group in summaries:
+                kept = self._groups.get((source, refusal))
+                if kept is None:
+                    self._groups[(source, refusal)] = group
+                    self._sizes[group.identified] += source != OTHERS
+                else:  # counted since: one group still (``folded`` counts sources only for "*")
+                    kept.count += group.count
+                    kept.first, kept.last = min(kept.first, group.first), max(kept.last, group.last)
+                    kept.folded += group.folded if source == OTHERS else 0
+            if self._due is None:
+                self._due = self._clock() + self.budget.summary_interval
+            if self._closing:
+                lost = ", ".join(f"{source} {refusal} x{group.count}" for source, refusal, group in summaries)
+                logger.error("refusal summaries that could not be written before the stop: %s", lost)
 
     def close(self) -> None:
-        """Write what is still counted (at stop)."""
+        """Write what is still counted (at stop); from now on a refusal over the budget is summarised at once
+        (a connection cut at the stop may still refuse), or logged when the log cannot take it."""
         self.set_waker(None)
+        self._closing = True
         self.flush()

@@ -150,6 +150,25 @@ def test_torn_tail_is_cut_back_and_recorded(tmp_path: Path) -> None:
     assert verify_file(path).ok and verify_file(path).records == 4
 
 
+@pytest.mark.parametrize("torn", ["", '{"event":"call","outc'])
+def test_a_power_loss_that_left_zeros_past_the_last_record_is_repaired(tmp_path: Path, torn: str) -> None:
+    """A power loss can leave the file's new size with zeros where the unsynced records were to go (a second of
+    records: more than one record's worth): cut like a torn record, never a refusal to start."""
+    path = tmp_path / "audit.log"
+    _log(path, 2).close()
+    with open(path, "ab") as handle:
+        handle.write(torn.encode() + bytes(3 * MAX_LINE))
+    check_audit_path(path)
+    log = AuditLog(path, "agent-a", sync_interval=0)
+    log.open()
+    log.record("start", "ok")
+    log.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["call", "call", "repair", "start"]
+    assert json.loads(lines[2])["count"] == len(torn) + 3 * MAX_LINE
+    assert verify_file(path).ok
+
+
 def test_a_last_line_that_is_not_a_record_still_refuses_to_open(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     _log(path, 2).close()
@@ -255,3 +274,20 @@ def test_sealed_records_hash_as_record_hash_says() -> None:
     sealed = seal({"time": utc_timestamp(1.7e9), "event": "call", "outcome": "served", "agent": "a"}, GENESIS, 0)
     record = json.loads(sealed.line)
     assert record["hash"] == sealed.hash == record_hash(record)
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o1777])
+def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever can write the audit log's directory can delete unfetched segments or plant an ``audit.log.N``
+    that get_audit would serve as the agent's records: refused at open and by --check, with the directory named."""
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    folder.chmod(mode)
+    with pytest.raises(AuditError, match="directory is writable by group or others"):
+        check_audit_path(folder / "audit.log")
+    with pytest.raises(AuditError, match="directory is writable by group or others"):
+        AuditLog(folder / "audit.log", "a").open()
+    assert not (folder / "audit.log").exists()
+    folder.chmod(0o700)
+    _log(folder / "audit.log", 1).close()  # the same place, once only we can write there
+    check_audit_path(folder / "audit.log")

@@ -11,7 +11,13 @@ import json
 import time
 from pathlib import Path
 
-from secure_agent.audit import verify_file
+import pytest
+
+from secure_agent.audit import AuditLog, verify_file
+from secure_agent.audit_rotation import RotationPolicy, segment_path
+from secure_agent.errors import AuditError
+from secure_agent.refusals import Budget, RefusalRecorder
+from secure_audit.segments import verify_segments
 from tests.plugins.agent import RPCStatusError, StartAgent, rpc_call
 from tests.plugins.disk import fill_up
 from tests.plugins.pki import TestPKI
@@ -68,3 +74,129 @@ def test_a_full_disk_is_recovered_from_without_a_signal(
     assert resumed[0]["count"] + summarised == statuses.count(503) + 1
     assert verify_file(agent.audit_log).ok
     assert records[-1]["event"] == "stop"
+
+
+def wait_writable(log: AuditLog) -> None:
+    deadline = time.monotonic() + RECOVERY_DEADLINE
+    while log.broken is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # bounded: the log's own retry timer is what is waited for
+    assert log.broken is None, "the log did not write again once space was back"
+
+
+def test_a_full_disk_between_the_rename_and_the_new_segments_first_record(small_disk: Path) -> None:
+    """The rename of a rotation needs no space, the new segment's first record does: once space is back, the
+    new segment must still start with its ``rotate`` record (else, once it is the oldest segment, it verifies
+    as "records cut"), and that record must still say that unfetched segments were deleted."""
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, rotation=RotationPolicy(2048, 1, 1), retry_first=0.05)
+    log.open()
+    written = 0
+    while not segment_path(path, 1).exists() and written < MAX_CALLS:  # one rotation done: .1 is unfetched
+        log.record("call", "served", method="ping", request_id=f"r{written}")
+        written += 1
+    # A reader holds .1 open (as get_audit does), so deleting it frees no space.
+    with open(segment_path(path, 1), "rb"):
+        filler = fill_up(small_disk, 0)  # the live segment's page has room; a new file has none
+        with pytest.raises(AuditError):
+            while written < 2 * MAX_CALLS:  # the next rotation deletes .1 and renames, then cannot write
+                log.record("call", "served", method="ping", request_id=f"r{written}")
+                written += 1
+    assert path.stat().st_size == 0
+    filler.unlink()
+    wait_writable(log)
+    log.record("call", "served", method="ping", request_id="after")
+    log.close()
+    live = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["event"] for r in live][:2] == ["rotate", "audit_resumed"]
+    assert "deleted 1 segment(s) holding records no collector had fetched" in live[0]["detail"]
+    assert verify_segments([path]).ok  # the live segment, as the oldest one kept, starts a chain
+    assert verify_segments([segment_path(path, 1), path]).ok
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_summary_the_full_disk_refused_is_written_once_space_is_back(small_disk: Path) -> None:
+    """The counts of a refusal summary that a full disk refused are not lost: written with the next summary."""
+    clock = Clock()
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, retry_first=0.05)
+    log.open()
+    refusals = RefusalRecorder(
+        log, Budget(burst=1, per_second=0.001, per_source_burst=1, per_source_per_second=0.001, summary_interval=60),
+        clock=clock, wall=clock,
+    )
+    for _ in range(30):
+        refusals.refuse("fp1", "identity_refused", "certificate_revoked", {"common_name": "rogue"})
+    filler = fill_up(small_disk, 0)
+    with pytest.raises(AuditError):
+        for number in range(MAX_CALLS):  # until the disk is full to the last byte
+            log.record("call", "served", method="ping", request_id=f"r{number}")
+    clock.now += 60
+    refusals.flush_if_due()  # the summary is due and cannot be written
+    filler.unlink()
+    wait_writable(log)
+    clock.now += 60
+    refusals.flush_if_due()
+    refusals.close()
+    log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    summaries = [r for r in records if r["event"] == "refusals_suppressed"]
+    assert [(s["source"], s["refusal"], s["common_name"]) for s in summaries] == [
+        ("fp1", "identity_refused/certificate_revoked", "rogue")]
+    assert sum(s["count"] for s in summaries) == 29  # the one in the budget was written, every other one counted
+    assert verify_file(path).ok
+
+
+def test_refusals_while_the_disk_is_full_are_summarised_with_who(small_disk: Path) -> None:
+    """A refusal the broken log cannot take is counted in the summary (source, refusal, count), not only as
+    "identity_refused=N" in ``audit_resumed``: a flood while the disk is full does not hide who sent it."""
+    clock = Clock()
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, retry_first=0.05)
+    log.open()
+    refusals = RefusalRecorder(log, Budget(summary_interval=60), clock=clock, wall=clock)
+    filler = fill_up(small_disk, 0)
+    with pytest.raises(AuditError):
+        for number in range(MAX_CALLS):  # until the disk is full to the last byte
+            log.record("call", "served", method="ping", request_id=f"r{number}")
+    for _ in range(5):  # well within every budget
+        refusals.refuse("fp1", "identity_refused", "certificate_revoked", {"common_name": "rogue"})
+    filler.unlink()
+    wait_writable(log)
+    refusals.close()
+    log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    summaries = [r for r in records if r["event"] == "refusals_suppressed"]
+    assert [(s["source"], s["refusal"], s["count"]) for s in summaries] == [
+        ("fp1", "identity_refused/certificate_revoked", 5)]
+    resumed = [r for r in records if r["event"] == "audit_resumed"]
+    assert len(resumed) == 1 and "identity_refused" not in (resumed[0].get("events") or "")  # counted once
+    assert verify_file(path).ok
+
+
+def test_what_a_log_closed_while_full_could_not_write_is_logged_with_its_counts(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while the disk is still full: no ``audit_resumed`` record will ever count what was not written,
+    so the operational log says it (how many of each event, first and last time) rather than nothing."""
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "agent-a", sync_interval=0, retry_first=60)
+    log.open()
+    fill_up(small_disk, 0)
+    failed = 0
+    for number in range(MAX_CALLS):
+        try:
+            log.record("call", "served", method="ping", request_id=f"r{number}")
+        except AuditError:
+            failed += 1
+            if failed == 3:
+                break
+    log.close()
+    assert f"{failed} record(s) not written (call={failed})" in caplog.text
+    assert verify_file(path).ok

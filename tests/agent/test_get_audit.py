@@ -138,3 +138,23 @@ def test_uncollected_segments_are_kept_up_to_the_ceiling_and_collected_ones_go(t
     assert len(rotated_segments(path)) < kept
     assert verify_segments(rotated_segments(path)).ok
     log.close()
+
+
+def test_a_fetched_segment_deleted_past_the_ceiling_does_not_pass_for_the_live_one(tmp_path: Path) -> None:
+    """A collector fetched part of a segment, then went away; the segment is deleted past the ceiling and ext4
+    gives its inode to the next live segment. The agent must not take that for "fetched up to the live one" and
+    delete, unsaid, the unfetched segments it keeps up to the ceiling. (Reproduces where the file system reuses
+    inodes, as ext4 does; passes either way once fixed.)"""
+    path = tmp_path / "audit.log"
+    ceiling = 4
+    log = AuditLog(path, "agent-a", sync_interval=0, rotation=RotationPolicy(1500, 1, ceiling))
+    log.open()
+    reader = AuditReader(log)
+    write(log, 2)
+    reader.get_audit(hash_of(lines_on_host(path)[0]), 1)  # the collector holds the first record, then is gone
+    write(log, 80, 2)  # that segment goes past the ceiling, then several more rotations
+    assert len(rotated_segments(path)) == ceiling + 1  # what no collector has fetched: kept up to the ceiling
+    rotations = [json.loads(line) for line in lines_on_host(path) if '"event":"rotate"' in line]
+    assert all("deleted" in r["detail"] for r in rotations)  # every deletion of unfetched records is said
+    assert verify_segments(rotated_segments(path)).ok
+    log.close()

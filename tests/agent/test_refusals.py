@@ -112,3 +112,46 @@ def test_summaries_are_bounded_and_fold_the_smallest_sources(tmp_path: Path) -> 
     assert folded["source"] == "*" and folded["refusal"] == "connection_denied/address_not_allowed"
     assert folded["sources"] == sources - 9 - (MAX_SUMMARY_RECORDS - 9) - 50 + 1  # the rest, and the overflow
     assert len(written) + sum(s["count"] for s in summaries) == sources + 10  # every refusal accounted for
+
+
+def test_a_flood_from_many_networks_cannot_fold_a_certificates_refusals_away(tmp_path: Path) -> None:
+    """Anyone can refuse from thousands of networks (an IPv6 /48 holds 65,536 /64s), each more often than a revoked
+    certificate that probes now and then: the summary still names that certificate, with its count."""
+    clock = Clock()
+    refusals, log, _ = recorder(tmp_path, clock, burst=1, per_second=0.001, per_source_burst=1,
+                                per_source_per_second=0.001)
+    refusals.refuse("2001:db8::/64", "connection_denied", "address_not_allowed", {})  # the whole budget
+    for number in range(MAX_GROUPS + 10):
+        for _ in range(3):
+            refusals.refuse(f"2001:db8:0:{number:x}::/64", "connection_denied", "address_not_allowed", {})
+    fingerprint = "ab" * 32
+    for _ in range(2):
+        refusals.refuse(fingerprint, "identity_refused", "certificate_revoked",
+                        {"fingerprint": fingerprint, "common_name": "stolen"})
+    refusals.close()
+    log.close()
+    summaries = [r for r in records(tmp_path) if r["event"] == "refusals_suppressed"]
+    assert len(summaries) == MAX_SUMMARY_RECORDS + 1  # still bounded
+    named = [s for s in summaries if s["source"] == fingerprint]
+    assert [(s["refusal"], s["count"], s["common_name"]) for s in named] == [
+        ("identity_refused/certificate_revoked", 2, "stolen")]
+    assert sum(s["count"] for s in summaries) == 3 * (MAX_GROUPS + 10) + 2  # every refusal accounted for
+
+
+def test_a_refusal_after_the_stop_is_not_counted_into_a_summary_that_never_comes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection cut at the stop can still refuse after the last summary: it is written at once, and once the
+    log is closed too, its counts go to the operational log, never nowhere."""
+    clock = Clock()
+    refusals, log, _ = recorder(tmp_path, clock, burst=1, per_second=0.001, per_source_burst=1,
+                                per_source_per_second=0.001)
+    refusals.refuse("net1", "bad_request", "incomplete_request", {})  # the whole budget
+    refusals.close()
+    refusals.refuse("net2", "bad_request", "incomplete_request", {"peer": "192.0.2.9:1"})
+    summaries = [r for r in records(tmp_path) if r["event"] == "refusals_suppressed"]
+    assert [(s["source"], s["refusal"], s["count"]) for s in summaries] == [
+        ("net2", "bad_request/incomplete_request", 1)]
+    log.close()
+    refusals.refuse("net3", "bad_request", "incomplete_request", {})
+    assert "net3 bad_request/incomplete_request x1" in caplog.text
