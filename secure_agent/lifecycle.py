@@ -134,8 +134,16 @@ class Agent:
         try:
             self.audit.open()
         except AuditError as exc:
+            self.audit.close()  # a failed first write started the retry thread: nobody else would stop it
             raise StartupError(str(exc)) from exc
-        self._verifier = self._verifier_with_recorded_tokens(config, policy, clock)
+        except BaseException:
+            self.audit.close()
+            raise
+        try:
+            self._verifier = self._verifier_with_recorded_tokens(config, policy, clock)
+        except BaseException:
+            self.audit.close()
+            raise
         self._limiter = RateLimiter(security.rate_limit.per_second, security.rate_limit.burst)
         refusals = config.audit_refusals
         budget = Budget(

@@ -8,6 +8,7 @@ Needs root (mount); skipped with the reason otherwise. The tmpfs is unmounted af
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import pytest
 
 from secure_agent.audit import AuditLog, verify_file
 from secure_agent.audit_rotation import RotationPolicy, segment_path
-from secure_agent.errors import AuditError
+from secure_agent.config import AgentConfig
+from secure_agent.errors import AuditError, StartupError
+from secure_agent.lifecycle import Agent
 from secure_agent.refusals import Budget, RefusalRecorder
 from secure_audit.segments import verify_segments
-from tests.plugins.agent import RPCStatusError, StartAgent, rpc_call
+from tests.plugins.agent import RPCStatusError, StartAgent, agent_config_data, rpc_call
 from tests.plugins.disk import fill_up
 from tests.plugins.pki import TestPKI
 
@@ -200,3 +203,30 @@ def test_what_a_log_closed_while_full_could_not_write_is_logged_with_its_counts(
     log.close()
     assert f"{failed} record(s) not written (call={failed})" in caplog.text
     assert verify_file(path).ok
+
+
+def test_an_agent_that_cannot_start_on_a_full_disk_leaves_no_retry_thread_behind(
+    small_disk: Path, test_pki: TestPKI, tmp_path: Path
+) -> None:
+    """Found: a start whose first write failed (a crash right after a rotation's rename left the live segment
+    empty; its ``rotate`` record needs room the full disk does not have) was refused, as it should be, but
+    the audit log's retry thread, started by that failed write, ran on with nobody to stop it: an agent
+    built again in the same process (a supervisor's restart) had two, each writing once the disk had room."""
+    path = small_disk / "audit.log"
+    log = AuditLog(path, "localhost", sync_interval=0, rotation=RotationPolicy(2048, 1, 1))
+    log.open()
+    written = 0
+    while not segment_path(path, 1).exists() and written < MAX_CALLS:
+        log.record("call", "served", method="ping", request_id=f"r{written}")
+        written += 1
+    log.close()
+    path.write_bytes(b"")  # the crash right after the rename: the new segment has no record yet
+    fill_up(small_disk, 0)
+    before = {thread.ident for thread in threading.enumerate() if thread.name == "audit-retry"}
+    config = AgentConfig.model_validate(agent_config_data(test_pki, "localhost", tmp_path, audit_log=str(path)))
+    with pytest.raises(StartupError):
+        Agent(config)
+    left = [t for t in threading.enumerate() if t.name == "audit-retry" and t.ident not in before]
+    for thread in left:
+        thread.join(timeout=5)  # bounded: a closed log's retry thread ends at once
+    assert not [thread for thread in left if thread.is_alive()]
