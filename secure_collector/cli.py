@@ -351,6 +351,7 @@ def run_once(collector: Collector) -> int:
     delivery = collector.delivery
     if delivery is not None and delivery.backlog:
         delivery.retry(force=True)
+    refused = delivery.refused.count if delivery is not None else 0
     recorder = collector.poller.recorder
     if recorder is not None:
         recorder.load_audit_tails()
@@ -365,6 +366,9 @@ def run_once(collector: Collector) -> int:
     if delivery is not None and delivery.backlog:
         logger.warning("storage unavailable: this sweep waits in the spool (%s)", delivery.spool.directory)
         return EXIT_SPOOLED
+    if delivery is not None and delivery.refused.count > refused:
+        logger.error("storage refused part of this sweep: set aside in %s", delivery.refused.directory)
+        return EXIT_SPOOLED  # not all of it is in storage: the same as waiting, to a script
     return 0
 
 

@@ -33,9 +33,11 @@ from secure_collector.errors import SpoolError
 from secure_collector.expiry import OwnMaterial
 from secure_collector.hook import AlertHook, storage_summary
 from secure_collector.outbox import SEVERITY_RANK
+from secure_collector.refused import DIRECTORY as REFUSED_DIRECTORY
+from secure_collector.refused import SetAside, by_agent, items
 from secure_collector.spool import Spool
 from storage.base import Batch, Store
-from storage.errors import StorageError
+from storage.errors import StorageConfigError, StorageError, StorageUnavailable
 from storage.escape import escape
 from storage.models import AgentState, AgentStatus, Alert, AuditEntry, AuditTail, Sample
 
@@ -147,12 +149,14 @@ class Delivery:
         self.stored_batches = 0
         self.spooled_batches = 0
         self.lost_batches = 0  # neither storage nor the spool could take them: logged with the count
+        self.refused = SetAside(spool.directory / REFUSED_DIRECTORY)  # what storage refuses: set aside
         self.on_loss: Callable[[], None] | None = None  # told when batches were lost here or in the spool
         self._losses = self._lost()
 
     def _lost(self) -> int:
-        """Batches lost so far: refused by the spool, or dropped or unreadable in it."""
-        return self.lost_batches + self.spool.dropped_batches
+        """Batches not in storage for good: refused by the spool, dropped or unreadable in it, or refused by
+        storage itself (set aside)."""
+        return self.lost_batches + self.spool.dropped_batches + self.refused.count
 
     @property
     def backlog(self) -> bool:
@@ -170,7 +174,7 @@ class Delivery:
                     self._replay(force=False)
                     return
                 try:
-                    self.store.write(batch)
+                    self._write(batch)
                     self.stored_batches += 1
                 except StorageError as exc:
                     logger.warning("storage unavailable (%s); spooling to %s", exc, self.spool.directory)
@@ -196,6 +200,27 @@ class Delivery:
             if self.on_loss is not None:
                 self.on_loss()
 
+    def _write(self, batch: Batch) -> None:
+        """Store ``batch``; raise what retrying can fix (:mod:`.refused`: the rest is set aside, agent by agent)."""
+        try:
+            self.store.write(batch)
+        except (StorageUnavailable, StorageConfigError):
+            raise
+        except StorageError:
+            for agent, part in by_agent(batch):  # the store refused what the batch holds: whose, which rows?
+                try:
+                    self.store.write(part)
+                except (StorageUnavailable, StorageConfigError):
+                    raise  # down meanwhile: the whole batch waits (what was written is a no-op replayed)
+                except StorageError:
+                    for item in items(part):
+                        try:
+                            self.store.write(item)
+                        except (StorageUnavailable, StorageConfigError):
+                            raise
+                        except StorageError as exc:
+                            self.refused.keep(agent, item, str(exc))
+
     def _spool(self, batch: Batch) -> None:
         try:
             self.spool.append(batch)
@@ -214,7 +239,7 @@ class Delivery:
         if not force and self._clock() < self._next_retry:
             return
         try:
-            written = self.spool.replay(self.store.write)
+            written = self.spool.replay(self._write)
         except StorageError as exc:
             logger.warning("storage still unavailable (%s); retrying in %.0f s", exc, self._delay)
             self._schedule_retry()

@@ -41,6 +41,9 @@ _CONFIG_ERRNOS = {
     1698: "access denied (storage.mysql_user and its password)",
     2026: "TLS connection failed (storage.mysql_ssl)",
 }
+_REFUSED_ERRNOS = frozenset({3819, 4025})
+"""CHECK constraint failed (MySQL 3819, MariaDB 4025): PyMySQL raises these as OperationalError (codes it does not
+know), but the server refused the row, not the connection: retrying the same batch fails the same way."""
 
 
 def _loopback(host: str) -> bool:
@@ -182,7 +185,8 @@ def translate(exc: BaseException, where: str) -> StorageError:
     text = " ".join(str(exc.args[1] if len(exc.args) > 1 else exc).split())
     if code in _CONFIG_ERRNOS:
         return StorageConfigError(f"mysql {where}: {_CONFIG_ERRNOS[code]}: {text}")
-    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError | OSError):
+    unavailable = isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError | OSError)
+    if unavailable and code not in _REFUSED_ERRNOS:
         return StorageUnavailable(f"mysql {where}: {text or type(exc).__name__}")
     # a refused statement (schema or data): retrying the same batch would fail the same way
     return StorageError(f"mysql {where}: error {code}: {text}")
