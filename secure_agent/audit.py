@@ -32,7 +32,15 @@ from pki.auditchain import (
     record_hash,
     verify_lines,
 )
-from secure_agent.audit_file import Segment, Tail, check_audit_path, check_directory, read_tail, verify_file
+from secure_agent.audit_file import (
+    Segment,
+    Tail,
+    check_audit_path,
+    check_directory,
+    open_regular,
+    read_tail,
+    verify_file,
+)
 from secure_agent.audit_record import FIELDS, MAX_TEXT, Sealed, Unwritten, clip, seal, utc_timestamp
 from secure_agent.audit_rotation import (
     RotationPolicy,
@@ -233,7 +241,7 @@ class AuditLog:
         if earlier is None:
             return None
         try:
-            fd = os.open(earlier, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = open_regular(earlier)
         except OSError as exc:
             self._broken = f"cannot read {earlier}"
             raise AuditError(f"{earlier}: cannot read the audit log: {exc.strerror or exc}") from exc
@@ -454,11 +462,11 @@ class AuditLog:
                 for path, number in rotated:  # newest first, until a compressed one
                     if path.name.endswith(".gz"):
                         break
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    fd = open_regular(path)
                     info = os.fstat(fd)
                     opened.append(Segment(number, fd, info.st_ino, info.st_size))
                 if self._fd is not None:
-                    fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                    fd = open_regular(self.path)
                     info = os.fstat(fd)
                     live = Segment(0, fd, info.st_ino, min(self._size, info.st_size))
                     opened.insert(0, live)

@@ -10,6 +10,7 @@ refused: that is not a torn write.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -23,9 +24,26 @@ _TAIL_BYTES = MAX_LINE + 1
 _ZERO_BLOCK = 1024 * 1024
 
 
+def open_regular(path: Path) -> int:
+    """A descriptor open for reading on ``path``, which must be a regular file, not a link. Raises OSError
+    (FileNotFoundError when there is none).
+
+    Opened non-blocking: a FIFO (or a device) planted under a segment's name would otherwise block the open
+    until a writer came, with the caller holding the audit log's lock (every call's record waits on it).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def verify_file(path: Path, prev: str = GENESIS) -> Verdict:
     """Verify an audit file, reading it line by line (bounded line length). Raises OSError."""
-    with open(path, "rb") as handle:
+    with os.fdopen(open_regular(path), "rb") as handle:
         return verify_lines(iter(lambda: handle.readline(MAX_LINE + 2), b""), prev)
 
 
@@ -123,7 +141,7 @@ def check_audit_path(path: Path) -> None:
         raise AuditError(f"{path}: the audit log must be a regular file")
     try:
         check_directory(path.parent)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = open_regular(path)
     except OSError as exc:
         raise AuditError(f"{path}: cannot read the audit log: {exc.strerror or exc}") from exc
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pki.auditchain import GENESIS, MAX_LINE, parse_timestamp
+from secure_agent.audit_file import open_regular
 from secure_agent.audit_record import utc_timestamp
 from secure_agent.audit_rotation import COMPRESSED_SUFFIX, segment_path
 
@@ -132,7 +133,7 @@ class _Scan:
 def _open_segment(path: Path) -> tuple[int, int] | None:
     """(fd, size) of a plain regular segment, or None if there is none. Raises OSError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = open_regular(path)
     except FileNotFoundError:
         return None
     try:

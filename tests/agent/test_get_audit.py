@@ -5,6 +5,8 @@ retention rule that keeps what no collector has fetched (:mod:`secure_agent.audi
 from __future__ import annotations
 
 import json
+import os
+import threading
 import xmlrpc.client
 from pathlib import Path
 
@@ -158,3 +160,36 @@ def test_a_fetched_segment_deleted_past_the_ceiling_does_not_pass_for_the_live_o
     assert all("deleted" in r["detail"] for r in rotations)  # every deletion of unfetched records is said
     assert verify_segments(rotated_segments(path)).ok
     log.close()
+
+
+def test_a_fifo_planted_as_a_segment_is_refused_not_waited_on(start_agent: StartAgent, test_pki: TestPKI) -> None:
+    """Found: a FIFO named ``audit.log.1`` (whoever can write the log's directory: root, since the directory's
+    mode is checked) made get_audit's open of it wait for a writer, holding the audit log's lock: every call
+    after it waited on its record, and the agent answered nothing more. Segments are opened non-blocking and
+    must be regular files: get_audit is a generic fault, and the agent goes on serving and recording."""
+    agent = start_agent(test_pki)
+    rpc_call(agent, test_pki, "ping")
+    fifo = Path(f"{agent.audit_log}.1")
+    os.mkfifo(fifo)
+    outcome: dict[str, object] = {}
+
+    def ask() -> None:
+        try:
+            outcome["answer"] = rpc_call(agent, test_pki, "get_audit", "", 10)
+        except xmlrpc.client.Fault as fault:
+            outcome["fault"] = fault.faultString
+        except Exception as exc:  # a timeout: what the test reports below
+            outcome["error"] = exc
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(10)
+    if asking.is_alive():  # release the blocked open so the agent can stop
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        asking.join(10)
+        pytest.fail("get_audit waited on a FIFO planted as a segment")
+    assert "fault" in outcome, outcome
+    assert "fifo" not in str(outcome["fault"]).lower() and "audit.log" not in str(outcome["fault"])  # no internals
+    rpc_call(agent, test_pki, "ping")  # serving, and recording
+    records = [json.loads(line) for line in agent.audit_log.read_text().splitlines()]
+    assert records[-1]["method"] == "ping" and records[-1]["outcome"] == "served"
