@@ -78,7 +78,8 @@ class SetAside:
             )
             try:
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-                write_atomic(path, encode(part), mode=PRIVATE_MODE)
+                if not write_atomic(path, encode(part), mode=PRIVATE_MODE):
+                    raise FileExistsError(f"{path} exists")  # never written over: another part's evidence
             except (OSError, ValueError) as exc:
                 logger.error(
                     "storage refused %s's part of a batch (%s): %s; it could not be set aside either (%s): lost",
